@@ -1,0 +1,1 @@
+"""Confide's Flower ClientApp: a thin adapter over common/."""

@@ -1,0 +1,73 @@
+"""Flower ClientApp: one site. Receives global weights, trains or evaluates locally,
+replies with weights and scalar metrics only (never records or per-sample values)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common.batches import make_loader
+from common.config import ExperimentConfig, load_from_run_config
+from common.data import LabelSet
+from common.site import SiteRuntime, SiteSpec, site_runtime
+from common.train import evaluate as evaluate_model
+from common.train import train as train_model
+from common.weights import set_weights
+
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def _setup(msg: Message, context: Context, fixed: ExperimentConfig | None) -> tuple[ExperimentConfig, SiteRuntime]:
+    exp = fixed or load_from_run_config(context.run_config, APP_DIR)
+    spec = SiteSpec.from_node_config(context.node_config)
+    labels = LabelSet(tuple(exp.data.labels) or tuple(msg.content["config"]["labels"]))
+    runtime = site_runtime(exp, spec, labels)
+    weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    set_weights(runtime.model, weights, source="the server")
+    return exp, runtime
+
+
+def _reply(msg: Message, runtime: SiteRuntime, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": runtime.spec.name})})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
+
+
+def create_client_app(fixed: ExperimentConfig | None = None) -> ClientApp:
+    """The ClientApp; ``fixed`` bypasses the run config (in-process simulations, tests)."""
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        exp, rt = _setup(msg, context, fixed)
+        server_round = int(msg.content["config"].get("server-round", 0))
+        loader = make_loader(rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round)
+        result = train_model(rt.model, loader, exp.train)
+        metrics = {
+            "num-examples": len(rt.train_set),
+            "train_loss": result.loss,
+            "train_steps": result.steps,
+            "train_seconds": result.seconds,
+        }
+        return _reply(msg, rt, metrics, ArrayRecord(rt.model.state_dict()))
+
+    @client_app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        exp, rt = _setup(msg, context, fixed)
+        loader = make_loader(rt.val_set, exp.train.eval_batch_size, shuffle=False)
+        res = evaluate_model(rt.model, loader, len(rt.labels))
+        metrics = {
+            "num-examples": res.num_examples,
+            "loss": res.loss,
+            "accuracy": res.accuracy,
+            "macro_f1": res.macro_f1,
+        }
+        return _reply(msg, rt, metrics)
+
+    return client_app
+
+
+app = create_client_app()

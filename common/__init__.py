@@ -1,0 +1,1 @@
+"""Confide's ML core: config, models, data, training, metrics. Never imports flwr."""

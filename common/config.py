@@ -1,0 +1,366 @@
+"""Typed experiment configuration: the one declared place for every tunable.
+
+An experiment is a YAML file whose sections mirror the dataclasses below. Values are
+resolved in this order: dataclass defaults < YAML file < overrides (e.g. from
+``flwr run --run-config``). Unknown keys and bad values raise ``ConfigError`` naming
+the dotted key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from common.errors import ConfigError
+
+ModelName = Literal["bert", "resnet18", "resnet34", "resnet50"]
+DataSource = Literal["digits", "synthetic_text", "csv", "json", "jsonl", "parquet", "imagefolder", "npz"]
+TEXT_SOURCES = ("synthetic_text", "csv", "json", "jsonl", "parquet")
+IMAGE_SOURCES = ("digits", "imagefolder", "npz")
+BUILTIN_SOURCES = ("digits", "synthetic_text")
+MINILM = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network every site and the server build (identically)."""
+
+    name: ModelName = "resnet18"
+    # bert: a local folder, a hub name (online only), or "all-MiniLM-L6-v2" (bundled).
+    checkpoint: str = MINILM
+    max_length: int = 64
+    # resnet: input channels (1 = grayscale), small-image stem for 28-32 px inputs,
+    # and an optional local file of pretrained weights (else random init, logged).
+    in_channels: int = 1
+    small_input: bool = True
+    weights: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.max_length >= 8, "model.max_length", "must be >= 8")
+        _require(self.in_channels in (1, 3), "model.in_channels", "must be 1 or 3")
+
+    @property
+    def is_text(self) -> bool:
+        return self.name == "bert"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from, how labels are read, and how it is split into sites."""
+
+    source: DataSource = "digits"
+    # Training file or folder (text: csv/json/jsonl/parquet; images: folder or .npz).
+    path: str = ""
+    # Optional server-side test set. For npz the file's test_* arrays are used when empty.
+    test_path: str = ""
+    text_field: str = "text"
+    label_field: str = "label"
+    # The label set every site uses. Empty: derived once from the training data and
+    # recorded in the run's resolved config. Sites with their own files need it set.
+    labels: tuple[str, ...] = ()
+    # Resize images to this square size (0 keeps the native size).
+    image_size: int = 0
+    num_sites: int = 3
+    partitioner: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = 0.5
+    min_partition_size: int = 10
+    # Fraction of each site's data held out for federated evaluation.
+    val_fraction: float = 0.2
+    # Use only the first N training records (0: all). For quick runs and tests.
+    max_samples: int = 0
+    central_eval: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.num_sites >= 1, "data.num_sites", "must be >= 1")
+        _require(self.alpha > 0, "data.alpha", "must be > 0")
+        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
+        _require(self.max_samples >= 0, "data.max_samples", "must be >= 0")
+        _require(self.image_size >= 0, "data.image_size", "must be >= 0")
+        _require(self.min_partition_size >= 0, "data.min_partition_size", "must be >= 0")
+        if self.source not in BUILTIN_SOURCES:
+            _require(bool(self.path), "data.path", f"is required for source '{self.source}'")
+        _require(len(set(self.labels)) == len(self.labels), "data.labels", "has duplicates")
+
+    @property
+    def is_text(self) -> bool:
+        return self.source in TEXT_SOURCES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training on each site, per round."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    # Cap on optimizer steps per round (0: no cap, run local_epochs).
+    max_steps: int = 0
+    # torch intra-op threads per site process (0: torch's default).
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.local_epochs >= 1, "train.local_epochs", "must be >= 1")
+        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _require(self.threads >= 0, "train.threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Server-side orchestration."""
+
+    name: Literal["fedavg"] = "fedavg"
+    rounds: int = 3
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    # Minimum sites that must be connected and that must reply for a round to count.
+    min_sites: int = 2
+    round_timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _require(self.rounds >= 1, "strategy.rounds", "must be >= 1")
+        _require(0 < self.fraction_train <= 1, "strategy.fraction_train", "must be in (0, 1]")
+        _require(0 <= self.fraction_evaluate <= 1, "strategy.fraction_evaluate", "must be in [0, 1]")
+        _require(self.min_sites >= 1, "strategy.min_sites", "must be >= 1")
+        _require(self.round_timeout > 0, "strategy.round_timeout", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole federated experiment."""
+
+    name: str = "default"
+    seed: int = 0
+    # Where run folders are written (relative paths: see resolve_path).
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()), "name", "must not be empty")
+        if self.model.is_text != self.data.is_text:
+            kind = "text" if self.model.is_text else "image"
+            raise ConfigError(
+                f"model.name '{self.model.name}' is a {kind} model but data.source "
+                f"'{self.data.source}' is not {kind} data"
+            )
+        _require(
+            self.strategy.min_sites <= self.data.num_sites or self.data.num_sites == 1,
+            "strategy.min_sites",
+            f"({self.strategy.min_sites}) exceeds data.num_sites ({self.data.num_sites})",
+        )
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {why}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Build an ExperimentConfig from a YAML file plus flat dotted-key overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(Path(path))
+    source = str(path) if path is not None else "<defaults>"
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return _build(ExperimentConfig, raw, prefix="", source=source)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"experiment file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"experiment file {path} must hold a mapping at top level")
+    return raw
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) for YAML/JSON output."""
+    out = dataclasses.asdict(cfg)
+    return _listify(out)
+
+
+def dump(cfg: ExperimentConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def flat_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every overridable dotted key, e.g. ``train.lr``."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += flat_keys(tp, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def replace(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    """Return a copy with dotted keys changed, re-validated (e.g. ``{"data.labels": (...)}``)."""
+    raw = to_dict(cfg)
+    for key, value in changes.items():
+        _set_dotted(raw, key.replace("__", "."), value)
+    return _build(ExperimentConfig, raw, prefix="", source="<replace>")
+
+
+def _listify(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _listify(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_listify(v) for v in obj]
+    return obj
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{key}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    section = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{section}' in {source} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}' in {source}; "
+            f"known keys in {section}: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{key}.", source)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the unknown-key check
+        raise ConfigError(f"config section '{section}': {exc}") from None
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check and convert one value to its declared type; raise naming the key."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is tuple:
+        if isinstance(value, str):  # run-config overrides carry lists as "a,b,c"
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list; got {value!r}")
+        return tuple(str(v) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"config key '{key}' must be true or false; got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}' must be an integer; got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a number; got {value!r}")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' must be a number; got {value!r}") from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ConfigError(f"config key '{key}' must be finite; got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a string; got {value!r}")
+        return str(value)
+    raise ConfigError(f"config key '{key}' has unsupported type {tp}")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- run config
+
+EXPERIMENT_KEY = "experiment"
+
+
+def load_from_run_config(run_config: Mapping[str, Any], app_dir: Path) -> ExperimentConfig:
+    """Resolve an experiment from a Flower run config.
+
+    ``experiment`` names the YAML file (relative to the app folder or the project root);
+    every other key is a dotted override. Empty strings mean "not overridden" because
+    Flower only accepts overrides for keys declared in pyproject.toml, where each key is
+    declared with "" as its default.
+    """
+    exp_path = str(run_config.get(EXPERIMENT_KEY, "") or "")
+    path: Path | None = None
+    if exp_path:
+        candidates = (
+            [Path(exp_path)]
+            if Path(exp_path).is_absolute()
+            else [
+                app_dir / exp_path,
+                resolve_path(exp_path),
+            ]
+        )
+        path = next((p for p in candidates if p.is_file()), candidates[-1])
+    overrides = {k: v for k, v in run_config.items() if k != EXPERIMENT_KEY and v != ""}
+    return load(path, overrides)
+
+
+def project_root() -> Path:
+    """Base for relative paths in configs: $CONFIDE_ROOT, else the working directory.
+
+    ``flwr run .`` from the project folder starts the local SuperLink there, so relative
+    paths such as ``../shared/datasets/...`` resolve against the project folder.
+    """
+    return Path(os.environ.get("CONFIDE_ROOT") or Path.cwd())
+
+
+def resolve_path(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (project_root() / p).resolve()

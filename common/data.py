@@ -1,0 +1,295 @@
+"""Data sources: files a site owns (or built-in offline sets) -> labelled raw records.
+
+Text comes from CSV, JSON/JSONL or Parquet through Hugging Face ``datasets`` loaders;
+images from an image folder (one subfolder per class) or MedMNIST-layout NPZ arrays.
+Every source yields a ``RawData``: integer labels under a fixed ``LabelSet`` plus either
+texts or uint8 images (N, C, H, W). Problems raise ``DataError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.config import DataConfig, resolve_path
+from common.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+BUILTIN_TEST_FRACTION = 0.2
+BUILTIN_TEST_SEED = 1234
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """The ordered label names; index i is class i on every site and on the server."""
+
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            raise DataError("the label set is empty")
+
+    @staticmethod
+    def derive(raw_labels: list[str]) -> LabelSet:
+        """Sorted unique labels; numerically when all are integers."""
+        uniq = set(raw_labels)
+        if all(_is_int(v) for v in uniq):
+            return LabelSet(tuple(sorted(uniq, key=int)))
+        return LabelSet(tuple(sorted(uniq)))
+
+    def encode(self, raw_labels: list[str], where: str) -> np.ndarray:
+        index = {name: i for i, name in enumerate(self.names)}
+        out = np.empty(len(raw_labels), dtype=np.int64)
+        for row, value in enumerate(raw_labels):
+            if value not in index:
+                shown = ", ".join(self.names[:10]) + (", ..." if len(self.names) > 10 else "")
+                raise DataError(
+                    f"{where}: label {value!r} (record {row}) is not in the label set "
+                    f"[{shown}] (config key 'data.labels')"
+                )
+            out[row] = index[value]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class RawData:
+    """Labelled records of one split. Exactly one of ``texts`` / ``images`` is set."""
+
+    labels: np.ndarray  # int64 class indices
+    texts: tuple[str, ...] | None = None
+    images: np.ndarray | None = None  # uint8 (N, C, H, W)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: np.ndarray | list[int]) -> RawData:
+        idx = np.asarray(indices, dtype=np.int64)
+        return RawData(
+            labels=self.labels[idx],
+            texts=tuple(self.texts[i] for i in idx) if self.texts is not None else None,
+            images=self.images[idx] if self.images is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class Unlabelled:
+    """Records read from a file before labels are mapped (labels as strings)."""
+
+    raw_labels: list[str]
+    texts: tuple[str, ...] | None = None
+    images: np.ndarray | None = None
+
+    def with_labels(self, labels: LabelSet, where: str) -> RawData:
+        return RawData(labels.encode(self.raw_labels, where), self.texts, self.images)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def read_train(cfg: DataConfig, path: str | None = None) -> Unlabelled:
+    """The training records of a source (a site's own file when ``path`` is given)."""
+    records = _read(cfg, path or cfg.path, split="train")
+    if cfg.max_samples and len(records.raw_labels) > cfg.max_samples:
+        records = _head(records, cfg.max_samples)
+    return records
+
+
+def read_test(cfg: DataConfig) -> Unlabelled | None:
+    """The server-side test records, or None when the source has no test split."""
+    if cfg.test_path:
+        return _read(cfg, cfg.test_path, split="test")
+    if cfg.source in ("digits", "synthetic_text") or cfg.source == "npz":
+        return _read(cfg, cfg.path, split="test")
+    return None
+
+
+def label_set(cfg: DataConfig, train: Unlabelled | None = None) -> LabelSet:
+    """The configured label set, or one derived from the training records."""
+    if cfg.labels:
+        return LabelSet(cfg.labels)
+    if train is None:
+        raise DataError("config key 'data.labels' must be set when no training data is given")
+    return LabelSet.derive(train.raw_labels)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _read(cfg: DataConfig, path: str, split: str) -> Unlabelled:
+    if cfg.source == "digits":
+        return _digits(split)
+    if cfg.source == "synthetic_text":
+        from common.synthetic import synthetic_text
+
+        texts, labels = synthetic_text(split)
+        return Unlabelled(labels, texts=tuple(texts))
+    file = resolve_path(path)
+    if cfg.source in ("csv", "json", "jsonl", "parquet"):
+        return _read_table(str(file), cfg.source, cfg.text_field, cfg.label_field)
+    if cfg.source == "npz":
+        return _read_npz(str(file), split, cfg.image_size)
+    return _read_image_folder(str(file), cfg.image_size)
+
+
+def _head(records: Unlabelled, n: int) -> Unlabelled:
+    return Unlabelled(
+        records.raw_labels[:n],
+        texts=records.texts[:n] if records.texts is not None else None,
+        images=records.images[:n] if records.images is not None else None,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _read_table(path: str, source: str, text_field: str, label_field: str) -> Unlabelled:
+    import datasets
+
+    if not Path(path).is_file():
+        raise DataError(f"data file not found: {path} (config key 'data.path')")
+    builder = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}[source]
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(builder, data_files=path, split="train")
+    except Exception as exc:  # the loaders raise many types for unreadable files
+        raise DataError(f"cannot read {path} as {source}: {_first_line(exc)}") from None
+    for key, column in (("data.text_field", text_field), ("data.label_field", label_field)):
+        if column not in ds.column_names:
+            raise DataError(
+                f"{path}: column '{column}' (config key '{key}') not found; columns are: {', '.join(ds.column_names)}"
+            )
+    if len(ds) == 0:
+        raise DataError(f"{path}: file has no records")
+    texts = ds[text_field]
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
+    if bad is not None:
+        raise DataError(f"{path}: record {bad} has an empty or non-text '{text_field}' value")
+    labels = [_label_str(v, path, i) for i, v in enumerate(ds[label_field])]
+    return Unlabelled(labels, texts=tuple(texts))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_npz(path: str, split: str, image_size: int) -> Unlabelled:
+    if not Path(path).is_file():
+        raise DataError(f"data file not found: {path} (config key 'data.path')")
+    try:
+        arrays = np.load(path)
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as npz: {_first_line(exc)}") from None
+    want = (f"{split}_images", f"{split}_labels")
+    missing = [k for k in want if k not in arrays.files]
+    if missing:
+        raise DataError(
+            f"{path}: array '{missing[0]}' not found (MedMNIST layout expected); arrays are: {', '.join(arrays.files)}"
+        )
+    images = np.asarray(arrays[want[0]])
+    labels = np.asarray(arrays[want[1]]).reshape(len(images), -1)
+    if labels.shape[1] != 1:
+        raise DataError(f"{path}: '{want[1]}' must hold one label per image (multi-label unsupported)")
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    else:
+        raise DataError(f"{path}: '{want[0]}' has shape {images.shape}; expected (N,H,W) or (N,H,W,C)")
+    images = _to_uint8(images, path)
+    return Unlabelled([_label_str(v, path, i) for i, v in enumerate(labels[:, 0])], images=_resize(images, image_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_image_folder(path: str, image_size: int) -> Unlabelled:
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {path} (config key 'data.path')")
+    files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"{path}: no images found (expected one subfolder per class)")
+    images, labels = [], []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"unreadable image {file}: {_first_line(exc)}") from None
+        images.append(arr)
+        labels.append(file.parent.name)
+    shapes = {a.shape for a in images}
+    if len(shapes) > 1 and not image_size:
+        raise DataError(f"{path}: images have different sizes {sorted(shapes)[:3]}; set 'data.image_size'")
+    if image_size:
+        images = [np.asarray(Image.fromarray(a).resize((image_size, image_size))) for a in images]
+    stacked = np.stack(images).transpose(0, 3, 1, 2)
+    if all(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]) for a in images):
+        stacked = stacked[:, :1]
+    return Unlabelled(labels, images=np.ascontiguousarray(stacked))
+
+
+@functools.lru_cache(maxsize=2)
+def _digits(split: str) -> Unlabelled:
+    """scikit-learn's real 8x8 handwritten digits (1,797 images), with a fixed test split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    order = np.random.default_rng(BUILTIN_TEST_SEED).permutation(len(images))
+    n_test = int(len(images) * BUILTIN_TEST_FRACTION)
+    idx = order[:n_test] if split == "test" else order[n_test:]
+    return Unlabelled([str(int(v)) for v in bunch.target[idx]], images=images[idx])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _label_str(value: object, path: str, row: int) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        raise DataError(f"{path}: record {row} has no label")
+    if isinstance(value, (bool, np.bool_)):
+        return str(value).lower()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _is_int(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _to_uint8(images: np.ndarray, path: str) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return np.ascontiguousarray(images)
+    if not np.isfinite(images).all():
+        raise DataError(f"{path}: images contain non-finite values")
+    hi = float(images.max()) if images.size else 0.0
+    scaled = images * 255.0 if hi <= 1.0 else images
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    if not size or images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(images).float()
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,23 @@
+"""The one exception type that user-facing entry points turn into a single clear message."""
+
+from __future__ import annotations
+
+
+class ConfideError(Exception):
+    """A problem with the user's input (config, file, label, update), stated in one line.
+
+    The message always names the offending file or config key. Entry points print it
+    without a traceback and exit non-zero.
+    """
+
+
+class ConfigError(ConfideError):
+    """A bad experiment config: unknown key, wrong type, or value out of range."""
+
+
+class DataError(ConfideError):
+    """A bad data file: missing, unreadable, missing column, label outside the label set."""
+
+
+class UpdateError(ConfideError):
+    """A malformed model update from a site: wrong keys, wrong shapes, non-finite values."""

@@ -1,0 +1,129 @@
+"""Final model export in forms plain libraries load, plus the model card.
+
+- bert: a ``save_pretrained`` folder (weights, config with id2label, tokenizer);
+  ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it.
+- resnet: ``model.pt`` (a torch state_dict) beside ``confide.yaml``, which holds the
+  model config and labels needed to rebuild the torchvision network.
+Both folders carry ``confide.yaml`` so ``load_model`` and the scorer can rebuild them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from common import config as config_mod
+from common.config import ExperimentConfig, ModelConfig
+from common.data import LabelSet
+from common.errors import ConfideError
+from common.models import checkpoint_path, create_model, load_tokenizer
+
+META = "confide.yaml"
+RESNET_WEIGHTS = "model.pt"
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    model: nn.Module
+    model_cfg: ModelConfig
+    labels: LabelSet
+    experiment: dict[str, Any]
+
+
+def save_model(model: nn.Module, exp: ExperimentConfig, labels: LabelSet, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if exp.model.is_text:
+        model.config.id2label = dict(enumerate(labels.names))
+        model.config.label2id = {n: i for i, n in enumerate(labels.names)}
+        model.save_pretrained(folder)
+        load_tokenizer(checkpoint_path(exp.model)).save_pretrained(folder)
+    else:
+        torch.save(model.state_dict(), folder / RESNET_WEIGHTS)
+    meta = {"model": config_mod.to_dict(exp.model), "labels": list(labels.names), "experiment": config_mod.to_dict(exp)}
+    (folder / META).write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def load_model(folder: Path) -> SavedModel:
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise ConfideError(f"not a Confide model folder (no {META}): {folder}")
+    meta = yaml.safe_load(meta_path.read_text())
+    labels = LabelSet(tuple(meta["labels"]))
+    exp = config_mod.load(None, _flatten(meta["experiment"]))
+    if exp.model.is_text:
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        model_cfg = config_mod.replace(exp, **{"model.checkpoint": str(folder)}).model
+    else:
+        model = create_model(exp.model, len(labels))
+        model.load_state_dict(torch.load(folder / RESNET_WEIGHTS, map_location="cpu", weights_only=True))
+        model_cfg = exp.model
+    model.eval()
+    return SavedModel(model=model, model_cfg=model_cfg, labels=labels, experiment=meta["experiment"])
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def write_model_card(
+    folder: Path, exp: ExperimentConfig, labels: LabelSet, sites: dict[str, dict[str, float]], final: dict[str, Any]
+) -> None:
+    """A short human-readable card: what was trained, on what, by whom, how well."""
+    lines = [
+        f"# Model card: {exp.name}",
+        "",
+        f"- Model: `{exp.model.name}`"
+        + (
+            f" from `{exp.model.checkpoint}`, max length {exp.model.max_length}"
+            if exp.model.is_text
+            else f", {exp.model.in_channels} input channel(s), small-input stem: {exp.model.small_input}"
+        ),
+        f"- Labels ({len(labels)}): {', '.join(labels.names[:20])}{' ...' if len(labels) > 20 else ''}",
+        f"- Data: source `{exp.data.source}`"
+        + (f", path `{exp.data.path}`" if exp.data.path else "")
+        + f"; partitioner `{exp.data.partitioner}`"
+        + (f" (alpha {exp.data.alpha})" if exp.data.partitioner == "dirichlet" else ""),
+        f"- Federation: FedAvg, {exp.strategy.rounds} rounds, {len(sites)} site(s), "
+        f"{exp.train.local_epochs} local epoch(s), batch {exp.train.batch_size}, "
+        f"{exp.train.optimizer} lr {exp.train.lr}",
+        "- Only model weights and scalar metrics left the sites.",
+        "",
+        "## Final metrics",
+        "",
+        "| scope | accuracy | macro-F1 | loss | records |",
+        "|---|---|---|---|---|",
+    ]
+    for scope, m in final.items():
+        lines.append(
+            f"| {scope} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | "
+            f"{_f(m.get('loss'))} | {int(m.get('num_examples', 0))} |"
+        )
+    lines += [
+        "",
+        "## Per-site held-out metrics (last round)",
+        "",
+        "| site | accuracy | macro-F1 | records |",
+        "|---|---|---|---|",
+    ]
+    for name, m in sorted(sites.items()):
+        lines.append(
+            f"| {name} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | {int(m.get('num_examples', 0))} |"
+        )
+    (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.4f}"

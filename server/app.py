@@ -1,0 +1,36 @@
+"""Flower ServerApp: resolve the experiment from the run config and run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from common import logs
+from common.config import ExperimentConfig, load_from_run_config
+from common.errors import ConfideError
+from server.run import run_experiment
+
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def create_server_app(fixed: ExperimentConfig | None = None) -> ServerApp:
+    """The ServerApp; ``fixed`` bypasses the run config (in-process simulations, tests)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        logs.setup()
+        try:
+            exp = fixed or load_from_run_config(context.run_config, APP_DIR)
+            run_experiment(grid, exp, run_id=str(context.run_id))
+        except ConfideError as exc:
+            # One clear line instead of a traceback wall; the run is marked failed.
+            print(f"[confide] error: {exc}", flush=True)
+            raise SystemExit(f"confide: {exc}") from None
+
+    return server_app
+
+
+app = create_server_app()

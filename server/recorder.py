@@ -1,0 +1,84 @@
+"""Collects one round's per-site and aggregate results and writes them as one JSONL line.
+
+Plain Python: the strategy feeds it what sites replied (or why they failed), the
+server's evaluation closes the round, and the line lands in ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.metrics import JsonlLog, summarize_sites
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    started: float = field(default_factory=time.perf_counter)
+    train_done: float | None = None
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    bytes_down_per_site: int = 0
+
+
+class RoundRecorder:
+    def __init__(self, log_file: JsonlLog | None) -> None:
+        self.log_file = log_file
+        self.current: RoundRecord | None = None
+        self.history: list[dict[str, Any]] = []
+        self.last_sites: dict[str, dict[str, float]] = {}
+
+    def begin(self, server_round: int, bytes_down: int) -> None:
+        self.current = RoundRecord(round=server_round, bytes_down_per_site=bytes_down)
+
+    def site_trained(self, site: str, metrics: dict[str, float], bytes_up: int) -> None:
+        self._cur().train[site] = {**metrics, "bytes_up": float(bytes_up)}
+
+    def train_finished(self) -> None:
+        self._cur().train_done = time.perf_counter()
+
+    def site_evaluated(self, site: str, metrics: dict[str, float]) -> None:
+        self._cur().evaluate[site] = dict(metrics)
+
+    def site_failed(self, site: str, phase: str, reason: str) -> None:
+        log.error("round %s: site %s failed in %s: %s", self._cur().round, site, phase, reason)
+        self._cur().failures.append({"site": site, "phase": phase, "reason": reason})
+
+    def close(self, central: dict[str, float] | None) -> dict[str, Any]:
+        """Finish the round: build its record, append it to the log, return it."""
+        rec = self._cur()
+        end = time.perf_counter()
+        train_secs = [m["train_seconds"] for m in rec.train.values() if "train_seconds" in m]
+        line: dict[str, Any] = {
+            "round": rec.round,
+            "wall_seconds": end - rec.started,
+            "train_phase_seconds": (rec.train_done or end) - rec.started,
+            "slowest_site_train_seconds": max(train_secs) if train_secs else None,
+            "bytes_down_per_site": rec.bytes_down_per_site,
+            "federated": summarize_sites(rec.evaluate),
+            "central": central or {},
+            "train": summarize_sites(rec.train),
+            "sites": {
+                name: {"train": rec.train.get(name, {}), "evaluate": rec.evaluate.get(name, {})}
+                for name in sorted(set(rec.train) | set(rec.evaluate))
+            },
+            "failures": rec.failures,
+        }
+        if rec.evaluate:
+            self.last_sites = rec.evaluate
+        self.history.append(line)
+        if self.log_file is not None:
+            self.log_file.append(line)
+        self.current = None
+        return line
+
+    def _cur(self) -> RoundRecord:
+        if self.current is None:
+            raise RuntimeError("no round in progress")
+        return self.current

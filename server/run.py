@@ -1,0 +1,125 @@
+"""The server side of one experiment: labels, initial model, rounds, outputs.
+
+Called by ``server/app.py`` with the Flower grid and the resolved experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+
+from common import config as config_mod
+from common.batches import make_dataset, make_loader
+from common.config import ExperimentConfig
+from common.data import LabelSet, label_set, read_test, read_train
+from common.export import save_model, write_model_card
+from common.models import create_model
+from common.rundir import RunDir
+from common.train import evaluate
+from common.weights import get_weights, set_weights
+from server.recorder import RoundRecorder
+from server.strategy import build_strategy, to_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    path: Path
+    rounds: list[dict[str, Any]]
+
+
+def resolve_labels(exp: ExperimentConfig) -> ExperimentConfig:
+    """Fix the label set once (derived from the training data if not configured)."""
+    if exp.data.labels:
+        return exp
+    labels = label_set(exp.data, read_train(exp.data))
+    log.info("label set derived from the training data: %d labels", len(labels))
+    return config_mod.replace(exp, **{"data.labels": labels.names})
+
+
+def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str) -> RunSummary:
+    exp = resolve_labels(exp)
+    labels = LabelSet(exp.data.labels)
+    model = create_model(exp.model, len(labels), seed=exp.seed)
+    test_loader = _central_loader(exp, labels)
+    run_dir = RunDir(exp, run_id)
+    recorder = RoundRecorder(run_dir.metrics)
+    initial = get_weights(model)
+    strategy = build_strategy(exp.strategy, initial, recorder)
+
+    def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        weights = to_weights(arrays)
+        set_weights(model, weights, source="the aggregated global model")
+        central = evaluate(model, test_loader, len(labels)).as_dict() if test_loader else None
+        if server_round == 0:
+            recorder.begin(0, bytes_down=0)
+        else:
+            run_dir.save_checkpoint(weights, server_round)
+        line = recorder.close(central)
+        _print_round(line)
+        return MetricRecord(central) if central else None
+
+    train_config = ConfigRecord({"labels": list(labels.names)})
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=exp.strategy.rounds,
+        timeout=exp.strategy.round_timeout,
+        train_config=train_config,
+        evaluate_config=ConfigRecord({"labels": list(labels.names)}),
+        evaluate_fn=server_evaluate,
+    )
+    set_weights(model, to_weights(result.arrays), source="the final global model")
+    save_model(model, exp, labels, run_dir.path / "model")
+    last = recorder.history[-1]
+    final = {k: last[k] for k in ("federated", "central") if last.get(k)}
+    write_model_card(run_dir.path, exp, labels, recorder.last_sites, final)
+    path = run_dir.finish()
+    _print_summary(recorder.history, path)
+    return RunSummary(path=path, rounds=recorder.history)
+
+
+def _central_loader(exp: ExperimentConfig, labels: LabelSet):
+    if not exp.data.central_eval:
+        return None
+    records = read_test(exp.data)
+    if records is None:
+        log.info("no server-side test set (data.test_path is empty): federated evaluation only")
+        return None
+    where = exp.data.test_path or exp.data.path or f"built-in '{exp.data.source}'"
+    dataset = make_dataset(records.with_labels(labels, where=where), exp.model)
+    return make_loader(dataset, exp.train.eval_batch_size, shuffle=False)
+
+
+def _print_round(line: dict[str, Any]) -> None:
+    fed, cen = line["federated"], line["central"]
+    parts = [f"[confide] round {line['round']}"]
+    if cen:
+        parts.append(f"central acc {cen['accuracy']:.4f} f1 {cen['macro_f1']:.4f} loss {cen['loss']:.4f}")
+    if fed:
+        parts.append(f"sites acc {fed['accuracy']:.4f} (worst {fed['worst_accuracy']:.4f})")
+    if line["failures"]:
+        parts.append(f"{len(line['failures'])} site failure(s)")
+    print(" | ".join(parts), flush=True)
+
+
+def _print_summary(history: list[dict[str, Any]], path: Path) -> None:
+    print("\n[confide] summary", flush=True)
+    print(f"{'round':>5} {'central acc':>11} {'central f1':>10} {'sites acc':>9} {'worst site':>10}")
+    for line in history:
+        cen, fed = line["central"], line["federated"]
+        print(
+            f"{line['round']:>5} {_fmt(cen.get('accuracy')):>11} {_fmt(cen.get('macro_f1')):>10} "
+            f"{_fmt(fed.get('accuracy')):>9} {_fmt(fed.get('worst_accuracy')):>10}"
+        )
+    print(f"[confide] run folder: {path}", flush=True)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"

@@ -1,0 +1,138 @@
+"""Strategy construction by name, and the checks Confide adds around Flower's FedAvg.
+
+``ConfideFedAvg`` is Flower's FedAvg plus: every update is checked (tensor names, shapes,
+finite values) before aggregation and a malformed one is excluded, naming the site and
+tensor; per-site metrics are kept beside the weighted means; failures are recorded; and
+a round with fewer valid updates than ``strategy.min_sites`` stops the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from common.config import StrategyConfig
+from common.errors import ConfideError, UpdateError
+from common.metrics import summarize_sites
+from common.weights import Weights, check_update, num_bytes
+from server.recorder import RoundRecorder
+
+WEIGHT_KEY = "num-examples"
+SITE_KEY = "site"
+
+
+def to_weights(record: ArrayRecord) -> Weights:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def to_record(weights: Weights) -> ArrayRecord:
+    return ArrayRecord({k: np.ascontiguousarray(v) for k, v in weights.items()})
+
+
+def site_name(msg: Message) -> str:
+    if not msg.has_error() and SITE_KEY in msg.content.config_records:
+        return str(msg.content.config_records[SITE_KEY].get("name", ""))
+    return f"node-{msg.metadata.src_node_id}"
+
+
+class ConfideFedAvg(FedAvg):
+    def __init__(self, cfg: StrategyConfig, reference: Weights, recorder: RoundRecorder) -> None:
+        super().__init__(
+            fraction_train=cfg.fraction_train,
+            fraction_evaluate=cfg.fraction_evaluate,
+            min_train_nodes=cfg.min_sites,
+            min_evaluate_nodes=cfg.min_sites if cfg.fraction_evaluate > 0 else 0,
+            min_available_nodes=cfg.min_sites,
+            weighted_by_key=WEIGHT_KEY,
+            evaluate_metrics_aggr_fn=self._aggregate_site_metrics,
+        )
+        self.cfg = cfg
+        self.reference = {k: np.zeros(v.shape, v.dtype) for k, v in reference.items()}
+        self.recorder = recorder
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.recorder.begin(server_round, bytes_down=arrays.count_bytes())
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted: list[Message] = []
+        for msg in replies:
+            name = site_name(msg)
+            if msg.has_error():
+                self.recorder.site_failed(name, "train", _reason(msg))
+                continue
+            try:
+                record = _only_array_record(msg, name)
+                weights = to_weights(record)
+                check_update(self.reference, weights, f"site '{name}'")
+            except UpdateError as exc:
+                self.recorder.site_failed(name, "train", str(exc))
+                continue
+            metrics = _only_metrics(msg)
+            self.recorder.site_trained(name, metrics, bytes_up=num_bytes(weights))
+            accepted.append(msg)
+        self.recorder.train_finished()
+        if len(accepted) < self.cfg.min_sites:
+            failures = "; ".join(f"{f['site']}: {f['reason']}" for f in self.recorder.current.failures)
+            raise ConfideError(
+                f"round {server_round}: {len(accepted)} valid update(s), fewer than "
+                f"strategy.min_sites={self.cfg.min_sites}" + (f" ({failures})" if failures else "")
+            )
+        return super().aggregate_train(server_round, accepted)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        ok: list[Message] = []
+        for msg in replies:
+            name = site_name(msg)
+            if msg.has_error():
+                self.recorder.site_failed(name, "evaluate", _reason(msg))
+                continue
+            self.recorder.site_evaluated(name, _only_metrics(msg))
+            ok.append(msg)
+        return super().aggregate_evaluate(server_round, ok)
+
+    @staticmethod
+    def _aggregate_site_metrics(records: list[Any], weight_key: str) -> MetricRecord:
+        per_site = {
+            str(i): {k: float(v) for k, v in next(iter(r.metric_records.values())).items()}
+            for i, r in enumerate(records)
+        }
+        summary = summarize_sites(per_site, weight_key=weight_key)
+        return MetricRecord(summary)
+
+
+def build_strategy(cfg: StrategyConfig, reference: Weights, recorder: RoundRecorder) -> FedAvg:
+    """The strategy named in the config (FedAvg today; the place to add others)."""
+    if cfg.name == "fedavg":
+        return ConfideFedAvg(cfg, reference, recorder)
+    raise ConfideError(f"config key 'strategy.name': unknown strategy '{cfg.name}'")  # pragma: no cover
+
+
+def _only_array_record(msg: Message, name: str) -> ArrayRecord:
+    records = list(msg.content.array_records.values())
+    if len(records) != 1:
+        raise UpdateError(f"update from site '{name}' carries {len(records)} weight records, expected 1")
+    return records[0]
+
+
+def _only_metrics(msg: Message) -> dict[str, float]:
+    records = list(msg.content.metric_records.values())
+    if len(records) != 1:
+        return {}
+    return {k.replace("-", "_"): float(v) for k, v in records[0].items() if not isinstance(v, list)}
+
+
+def _reason(msg: Message) -> str:
+    reason = str(msg.error.reason).strip()
+    lines = [ln for ln in reason.splitlines() if ln.strip()]
+    # Flower forwards the ClientApp's exception; keep its last line (the message itself).
+    return lines[-1] if lines else f"error code {msg.error.code}"

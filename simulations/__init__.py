@@ -1,0 +1,1 @@
+"""Experiments on top of Confide: configs, the in-process simulation runner, scoring."""
