@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from common.batches import make_loader
 from common.config import ExperimentConfig, load_from_run_config
@@ -36,9 +37,10 @@ def _reply(msg: Message, runtime: SiteRuntime, metrics: dict, arrays: ArrayRecor
     return Message(content=content, reply_to=msg)
 
 
-def create_client_app(fixed: ExperimentConfig | None = None) -> ClientApp:
-    """The ClientApp; ``fixed`` bypasses the run config (in-process simulations, tests)."""
-    client_app = ClientApp()
+def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | None = None) -> ClientApp:
+    """The ClientApp; ``fixed`` bypasses the run config (in-process simulations, tests);
+    ``mods`` are Flower ClientApp mods wrapped around every message."""
+    client_app = ClientApp(mods=mods or [])
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:

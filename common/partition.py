@@ -16,6 +16,11 @@ from common.errors import DataError
 
 def partition_indices(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray]:
     """Record indices of each of ``cfg.num_sites`` disjoint partitions."""
+    if len(labels) < cfg.num_sites:
+        raise DataError(
+            f"{len(labels)} records cannot be split into {cfg.num_sites} sites (config key 'data.num_sites'); "
+            "every site would need at least one record"
+        )
     return list(
         _partition_cached(labels.tobytes(), cfg.num_sites, cfg.partitioner, cfg.alpha, cfg.min_partition_size, seed)
     )
@@ -45,7 +50,7 @@ def _partition_cached(
     partitioner.dataset = ds
     try:
         parts = [np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64) for i in range(num_sites)]
-    except ValueError as exc:
+    except (ValueError, IndexError) as exc:
         raise DataError(
             f"cannot split {len(labels)} records into {num_sites} sites "
             f"(config keys 'data.num_sites', 'data.alpha', 'data.min_partition_size'): {exc}"

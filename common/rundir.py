@@ -3,12 +3,12 @@
 So a crashed or interrupted run never leaves a folder that looks finished. Contents:
 ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per round), ``checkpoint.pt``
 (latest global weights, replaced atomically), ``model/`` (final export), ``MODEL_CARD.md``.
+A run that stops early keeps the ``.incomplete`` name and says why in ``FAILED.txt``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from common.metrics import JsonlLog
 from common.weights import Weights
 
 INCOMPLETE = ".incomplete"
+FAILED = "FAILED.txt"
 
 
 class RunDir:
@@ -47,9 +48,15 @@ class RunDir:
         self.metrics = JsonlLog(self.final / "metrics.jsonl")
         return self.final
 
-    def discard_if_empty(self) -> None:
-        if self.path.name.endswith(INCOMPLETE) and not (self.path / "metrics.jsonl").exists():
-            shutil.rmtree(self.path, ignore_errors=True)
+    def fail(self, reason: str) -> None:
+        """Record why the run stopped; the folder keeps its '.incomplete' name."""
+        (self.path / FAILED).write_text(reason.rstrip() + "\n")
+
+
+def failure_of(folder: Path) -> str | None:
+    """The recorded reason an incomplete run stopped, if any."""
+    path = folder / FAILED
+    return path.read_text().strip() if path.is_file() else None
 
 
 def _slug(text: str) -> str:

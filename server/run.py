@@ -12,11 +12,14 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
+from torch import nn
+from torch.utils.data import DataLoader
 
 from common import config as config_mod
 from common.batches import make_dataset, make_loader
 from common.config import ExperimentConfig
 from common.data import LabelSet, label_set, read_test, read_train
+from common.errors import ConfideError
 from common.export import save_model, write_model_card
 from common.models import create_model
 from common.rundir import RunDir
@@ -49,6 +52,21 @@ def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str) -> RunSummary
     model = create_model(exp.model, len(labels), seed=exp.seed)
     test_loader = _central_loader(exp, labels)
     run_dir = RunDir(exp, run_id)
+    try:
+        return _run_rounds(grid, exp, labels, model, test_loader, run_dir)
+    except ConfideError as exc:
+        run_dir.fail(str(exc))
+        raise
+
+
+def _run_rounds(
+    grid: Grid,
+    exp: ExperimentConfig,
+    labels: LabelSet,
+    model: nn.Module,
+    test_loader: DataLoader | None,
+    run_dir: RunDir,
+) -> RunSummary:
     recorder = RoundRecorder(run_dir.metrics)
     initial = get_weights(model)
     strategy = build_strategy(exp.strategy, initial, recorder)
@@ -85,7 +103,7 @@ def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str) -> RunSummary
     return RunSummary(path=path, rounds=recorder.history)
 
 
-def _central_loader(exp: ExperimentConfig, labels: LabelSet):
+def _central_loader(exp: ExperimentConfig, labels: LabelSet) -> DataLoader | None:
     if not exp.data.central_eval:
         return None
     records = read_test(exp.data)

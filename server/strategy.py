@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -31,13 +31,15 @@ def to_weights(record: ArrayRecord) -> Weights:
 
 
 def to_record(weights: Weights) -> ArrayRecord:
-    return ArrayRecord({k: np.ascontiguousarray(v) for k, v in weights.items()})
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
 
 
-def site_name(msg: Message) -> str:
+def site_name(msg: Message, known: dict[int, str]) -> str:
+    """The site's self-declared name; for an error reply, the name it used before (or node-<id>)."""
+    node = msg.metadata.src_node_id
     if not msg.has_error() and SITE_KEY in msg.content.config_records:
-        return str(msg.content.config_records[SITE_KEY].get("name", ""))
-    return f"node-{msg.metadata.src_node_id}"
+        known[node] = str(msg.content.config_records[SITE_KEY].get("name", "")) or f"node-{node}"
+    return known.get(node, f"node-{node}")
 
 
 class ConfideFedAvg(FedAvg):
@@ -54,6 +56,7 @@ class ConfideFedAvg(FedAvg):
         self.cfg = cfg
         self.reference = {k: np.zeros(v.shape, v.dtype) for k, v in reference.items()}
         self.recorder = recorder
+        self.names: dict[int, str] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -66,7 +69,7 @@ class ConfideFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted: list[Message] = []
         for msg in replies:
-            name = site_name(msg)
+            name = site_name(msg, self.names)
             if msg.has_error():
                 self.recorder.site_failed(name, "train", _reason(msg))
                 continue
@@ -92,7 +95,7 @@ class ConfideFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         ok: list[Message] = []
         for msg in replies:
-            name = site_name(msg)
+            name = site_name(msg, self.names)
             if msg.has_error():
                 self.recorder.site_failed(name, "evaluate", _reason(msg))
                 continue

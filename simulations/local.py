@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ from common import config as config_mod
 from common import logs
 from common.config import ExperimentConfig
 from common.errors import ConfideError
+from common.rundir import INCOMPLETE, failure_of
 
 log = logging.getLogger(__name__)
 
 
-def simulate(exp: ExperimentConfig, cpus_per_site: float = 1.0, threads_per_site: int = 1) -> Path:
+def simulate(
+    exp: ExperimentConfig, cpus_per_site: float = 1.0, threads_per_site: int = 1, client_mods: list | None = None
+) -> Path:
     """Run the experiment with ``data.num_sites`` simulated sites; return the run folder."""
     from flwr.simulation import run_simulation
 
@@ -33,7 +37,7 @@ def simulate(exp: ExperimentConfig, cpus_per_site: float = 1.0, threads_per_site
     before = _runs(exp)
     run_simulation(
         server_app=create_server_app(exp),
-        client_app=create_client_app(exp),
+        client_app=create_client_app(exp, mods=client_mods),
         num_supernodes=exp.data.num_sites,
         backend_config={
             "client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
@@ -41,17 +45,26 @@ def simulate(exp: ExperimentConfig, cpus_per_site: float = 1.0, threads_per_site
         },
     )
     new = sorted(_runs(exp) - before)
-    if not new:
-        raise ConfideError(
-            f"the simulation of '{exp.name}' ended without a complete run folder "
-            f"in {config_mod.resolve_path(exp.output_dir)} (see the log above)"
-        )
-    return new[-1]
+    complete = [p for p in new if not p.name.endswith(INCOMPLETE)]
+    if complete:
+        return complete[-1]
+    # Flower's in-process engine neither re-raises the ServerApp's exit nor always waits for
+    # its thread to unwind: wait briefly for the reason the run folder records.
+    deadline = time.monotonic() + 30
+    while new and not any(map(failure_of, new)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    reasons = [r for r in map(failure_of, new) if r]
+    raise ConfideError(
+        reasons[-1]
+        if reasons
+        else f"the simulation of '{exp.name}' ended without a complete run folder in "
+        f"{config_mod.resolve_path(exp.output_dir)} (see the log above)"
+    )
 
 
 def _runs(exp: ExperimentConfig) -> set[Path]:
     base = config_mod.resolve_path(exp.output_dir)
-    return {p for p in base.glob("*") if p.is_dir() and not p.name.endswith(".incomplete")} if base.exists() else set()
+    return {p for p in base.iterdir() if p.is_dir()} if base.exists() else set()
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

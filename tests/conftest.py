@@ -1,0 +1,39 @@
+"""Shared fixtures: an isolated project root per test and the optional real datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common import config as config_mod
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Relative paths in configs (runs/, data files) resolve inside the test's tmp folder."""
+    monkeypatch.setenv("CONFIDE_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def shared_file(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"real dataset not available: {path}")
+    return path
+
+
+def small_experiment(**overrides: object) -> config_mod.ExperimentConfig:
+    """A fast digits/ResNet-18 experiment; overrides use dotted keys."""
+    base = {
+        "data.num_sites": 2,
+        "strategy.min_sites": 2,
+        "strategy.rounds": 2,
+        "data.max_samples": 400,
+        "train.batch_size": 32,
+    }
+    base.update({k: v for k, v in overrides.items()})
+    return config_mod.load(None, base)

@@ -1,0 +1,138 @@
+"""Data sources: every supported format from tiny files written here, labels, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import config as config_mod
+from common.data import LabelSet, label_set, read_test, read_train
+from common.errors import DataError
+
+ROWS = [("card lost", "card"), ("send money", "transfer"), ("lost my card", "card"), ("wire cash", "transfer")]
+
+
+def text_cfg(source: str, path: Path, **kw: object):
+    return config_mod.load(None, {"model.name": "bert", "data.source": source, "data.path": str(path), **kw}).data
+
+
+def write_csv(path: Path, header: str = "text,category") -> Path:
+    path.write_text(header + "\n" + "\n".join(f"{t},{c}" for t, c in ROWS) + "\n")
+    return path
+
+
+def test_csv_with_configured_fields(tmp_path: Path) -> None:
+    cfg = text_cfg("csv", write_csv(tmp_path / "a.csv"), **{"data.label_field": "category"})
+    rec = read_train(cfg)
+    assert rec.texts == tuple(t for t, _ in ROWS)
+    assert label_set(cfg, rec).names == ("card", "transfer")
+    raw = rec.with_labels(label_set(cfg, rec), where="a.csv")
+    assert raw.labels.tolist() == [0, 1, 0, 1]
+
+
+def test_json_array_and_jsonl_with_other_field_names(tmp_path: Path) -> None:
+    records = [{"input": t, "output": c} for t, c in ROWS]
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    for name, source in (("a.json", "json"), ("a.jsonl", "jsonl")):
+        cfg = text_cfg(source, tmp_path / name, **{"data.text_field": "input", "data.label_field": "output"})
+        assert read_train(cfg).raw_labels == [c for _, c in ROWS]
+
+
+def test_parquet_with_integer_labels(tmp_path: Path) -> None:
+    import datasets
+
+    path = tmp_path / "a.parquet"
+    datasets.Dataset.from_dict({"medical_abstract": ["a b", "c d", "e f"], "condition_label": [3, 1, 10]}).to_parquet(
+        str(path)
+    )
+    cfg = text_cfg("parquet", path, **{"data.text_field": "medical_abstract", "data.label_field": "condition_label"})
+    rec = read_train(cfg)
+    assert label_set(cfg, rec).names == ("1", "3", "10")  # numeric order, not string order
+
+
+def test_missing_file_and_missing_column_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found: .*missing.csv"):
+        read_train(text_cfg("csv", tmp_path / "missing.csv"))
+    cfg = text_cfg("csv", write_csv(tmp_path / "b.csv"), **{"data.label_field": "intent"})
+    with pytest.raises(DataError, match=r"b.csv: column 'intent' \(config key 'data.label_field'\).*category"):
+        read_train(cfg)
+
+
+def test_label_outside_the_label_set_is_named(tmp_path: Path) -> None:
+    cfg = text_cfg("csv", write_csv(tmp_path / "c.csv"), **{"data.label_field": "category", "data.labels": "card"})
+    rec = read_train(cfg)
+    with pytest.raises(DataError, match=r"c.csv: label 'transfer' \(record 1\) is not in the label set"):
+        rec.with_labels(label_set(cfg, rec), where="c.csv")
+
+
+def test_npz_medmnist_layout(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "m.npz"
+    np.savez(
+        path,
+        train_images=rng.integers(0, 255, (6, 28, 28), dtype=np.uint8),
+        train_labels=np.array([[0], [1], [0], [1], [1], [0]]),
+        test_images=rng.integers(0, 255, (2, 28, 28), dtype=np.uint8),
+        test_labels=np.array([[1], [0]]),
+    )
+    cfg = config_mod.load(None, {"data.source": "npz", "data.path": str(path)}).data
+    train = read_train(cfg)
+    assert train.images.shape == (6, 1, 28, 28) and train.images.dtype == np.uint8
+    assert read_test(cfg).images.shape == (2, 1, 28, 28)
+    resized = config_mod.load(None, {"data.source": "npz", "data.path": str(path), "data.image_size": 14}).data
+    assert read_train(resized).images.shape == (6, 1, 14, 14)
+
+
+def test_npz_missing_array_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros((2, 4, 4)))
+    cfg = config_mod.load(None, {"data.source": "npz", "data.path": str(path)}).data
+    with pytest.raises(DataError, match="bad.npz: array 'train_images' not found"):
+        read_train(cfg)
+
+
+def make_image_folder(root: Path) -> Path:
+    for label, value in (("normal", 20), ("pneumonia", 200)):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((10, 10), value + i, dtype=np.uint8)).save(root / label / f"{i}.png")
+    return root
+
+
+def test_image_folder_one_subfolder_per_class(tmp_path: Path) -> None:
+    cfg = config_mod.load(None, {"data.source": "imagefolder", "data.path": str(make_image_folder(tmp_path / "img"))})
+    rec = read_train(cfg.data)
+    assert rec.images.shape == (6, 1, 10, 10)  # grayscale detected
+    assert label_set(cfg.data, rec).names == ("normal", "pneumonia")
+
+
+def test_unreadable_image_is_named(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "img2")
+    (root / "normal" / "broken.png").write_bytes(b"not an image")
+    cfg = config_mod.load(None, {"data.source": "imagefolder", "data.path": str(root)})
+    with pytest.raises(DataError, match="unreadable image .*broken.png"):
+        read_train(cfg.data)
+
+
+def test_builtin_offline_sets_have_disjoint_fixed_test_splits() -> None:
+    digits = config_mod.load().data
+    train, test = read_train(digits), read_test(digits)
+    assert len(train.raw_labels) + len(test.raw_labels) == 1797
+    assert len(set(train.raw_labels)) == 10
+    text = config_mod.load(None, {"model.name": "bert", "data.source": "synthetic_text"}).data
+    assert len(read_train(text).texts) == 1200 and len(read_test(text).texts) == 300
+
+
+def test_max_samples_caps_training_records() -> None:
+    cfg = config_mod.load(None, {"data.max_samples": 50}).data
+    assert len(read_train(cfg).raw_labels) == 50
+
+
+def test_label_set_rejects_empty() -> None:
+    with pytest.raises(DataError):
+        LabelSet(())

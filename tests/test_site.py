@@ -1,0 +1,71 @@
+"""A site's identity from its node config, and its records in simulation or from its own file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import config as config_mod
+from common.data import LabelSet
+from common.errors import ConfigError, DataError
+from common.site import SiteSpec, site_records
+
+DIGITS = LabelSet(tuple(str(i) for i in range(10)))
+
+
+def test_simulation_node_config() -> None:
+    spec = SiteSpec.from_node_config({"partition-id": 1, "num-partitions": 3})
+    assert spec == SiteSpec(name="site-1", partition_id=1, num_partitions=3)
+
+
+def test_deployment_node_config() -> None:
+    spec = SiteSpec.from_node_config({"site-name": "st-marys", "data-path": "/data/train.csv"})
+    assert spec.name == "st-marys" and spec.data_path == "/data/train.csv" and spec.partition_id is None
+
+
+@pytest.mark.parametrize(
+    ("node_config", "message"),
+    [
+        ({}, "needs 'data-path'"),
+        ({"partition-id": 3, "num-partitions": 3}, "outside"),
+        ({"partition-id": "x", "num-partitions": 3}, "'partition-id' must be an integer"),
+    ],
+)
+def test_bad_node_config_is_named(node_config: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SiteSpec.from_node_config(node_config)
+
+
+def test_simulated_sites_get_disjoint_partitions_split_into_train_and_held_out() -> None:
+    exp = config_mod.load(None, {"data.num_sites": 3, "data.max_samples": 300})
+    seen: list[int] = []
+    for pid in range(3):
+        train, val = site_records(exp, SiteSpec(f"s{pid}", pid, 3), DIGITS)
+        assert len(train) > len(val) > 0
+        seen.append(len(train) + len(val))
+    assert sum(seen) == 300
+
+
+def test_site_count_mismatch_explains_the_fix() -> None:
+    exp = config_mod.load(None, {"data.num_sites": 3})
+    with pytest.raises(ConfigError, match="num-supernodes=3"):
+        site_records(exp, SiteSpec("s0", 0, 2), DIGITS)
+
+
+def test_site_with_its_own_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "site.npz"
+    np.savez(path, train_images=rng.integers(0, 255, (10, 8, 8), np.uint8), train_labels=np.arange(10) % 2)
+    exp = config_mod.load(None, {"data.source": "npz", "data.path": "unused.npz", "data.labels": "0,1"})
+    train, val = site_records(exp, SiteSpec("own", data_path=str(path)), LabelSet(("0", "1")))
+    assert len(train) == 8 and len(val) == 2
+    with pytest.raises(DataError, match=r"label '1' \(record 1\)"):
+        site_records(exp, SiteSpec("own", data_path=str(path)), LabelSet(("0", "9")))
+
+
+def test_empty_partition_is_reported() -> None:
+    exp = config_mod.load(None, {"data.num_sites": 3, "data.max_samples": 2, "strategy.min_sites": 1})
+    with pytest.raises(DataError, match="cannot be split into 3 sites"):
+        site_records(exp, SiteSpec("s2", 2, 3), DIGITS)
