@@ -162,7 +162,7 @@ class ExperimentConfig:
                 f"'{self.data.source}' is not {kind} data"
             )
         _require(
-            self.strategy.min_sites <= self.data.num_sites or self.data.num_sites == 1,
+            self.strategy.min_sites <= self.data.num_sites,
             "strategy.min_sites",
             f"({self.strategy.min_sites}) exceeds data.num_sites ({self.data.num_sites})",
         )
