@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -35,14 +36,28 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=False)
         config_mod.dump(exp, self.path / "config.yaml")
         self.metrics = JsonlLog(self.path / "metrics.jsonl")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confide-checkpoint")
+        self._pending: Future[None] | None = None
 
     def save_checkpoint(self, weights: Weights, server_round: int) -> None:
+        """Write the latest global weights in the background (the next round need not wait)."""
+        self.wait_for_checkpoint()
+        self._pending = self._writer.submit(self._write_checkpoint, weights, server_round)
+
+    def wait_for_checkpoint(self) -> None:
+        if self._pending is not None:
+            self._pending.result()  # re-raises a failed write
+            self._pending = None
+
+    def _write_checkpoint(self, weights: Weights, server_round: int) -> None:
         tmp = self.path / "checkpoint.pt.tmp"
         torch.save({"round": server_round, "state_dict": {k: torch.as_tensor(v) for k, v in weights.items()}}, tmp)
         os.replace(tmp, self.path / "checkpoint.pt")
 
     def finish(self) -> Path:
         """Rename to the final name; only a complete run carries it."""
+        self.wait_for_checkpoint()
+        self._writer.shutdown()
         os.replace(self.path, self.final)
         self.path = self.final
         self.metrics = JsonlLog(self.final / "metrics.jsonl")
@@ -50,6 +65,7 @@ class RunDir:
 
     def fail(self, reason: str) -> None:
         """Record why the run stopped; the folder keeps its '.incomplete' name."""
+        self._writer.shutdown(wait=True)
         (self.path / FAILED).write_text(reason.rstrip() + "\n")
 
 

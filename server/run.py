@@ -73,8 +73,10 @@ def _run_rounds(
 
     def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         weights = to_weights(arrays)
-        set_weights(model, weights, source="the aggregated global model")
-        central = evaluate(model, test_loader, len(labels)).as_dict() if test_loader else None
+        central = None
+        if test_loader is not None:
+            set_weights(model, weights, source="the aggregated global model")
+            central = evaluate(model, test_loader, len(labels)).as_dict()
         if server_round == 0:
             recorder.begin(0, bytes_down=0)
         else:

@@ -47,12 +47,23 @@ def test_flwr_run_local_simulation_with_override(tmp_path: Path) -> None:
     if port_in_use(LOCAL_CONTROL_PORT):
         pytest.skip("a local Flower SuperLink is already running on 127.0.0.1:39093; stop it to run this test")
     home = tmp_path / "flwr-home"
-    env = {**os.environ, "FLWR_HOME": str(home), "CONFIDE_ROOT": str(tmp_path),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(REPO), "--stream",
-           "--federation-config", "num-supernodes=2",
-           "--run-config", "data.num_sites=2 strategy.rounds=1 data.max_samples=300 name='cli-run'"]
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "CONFIDE_ROOT": str(tmp_path),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    cmd = [
+        str(Path(sys.executable).parent / "flwr"),
+        "run",
+        str(REPO),
+        "--stream",
+        "--federation-config",
+        "num-supernodes=2",
+        "--run-config",
+        "data.num_sites=2 strategy.rounds=1 data.max_samples=300 name='cli-run'",
+    ]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=tmp_path)
     finally:
