@@ -12,10 +12,9 @@ from flwr.clientapp.typing import Mod
 from common.batches import make_loader
 from common.config import ExperimentConfig, load_from_run_config
 from common.data import LabelSet
-from common.site import SiteRuntime, SiteSpec, site_runtime
+from common.site import SiteRuntime, SiteSpec, site_runtime, train_round
 from common.train import evaluate as evaluate_model
-from common.train import train as train_model
-from common.weights import set_weights
+from common.weights import exchanged_state, set_weights
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -46,15 +45,8 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
     def train(msg: Message, context: Context) -> Message:
         exp, rt = _setup(msg, context, fixed)
         server_round = int(msg.content["config"].get("server-round", 0))
-        loader = make_loader(rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round)
-        result = train_model(rt.model, loader, exp.train)
-        metrics = {
-            "num-examples": len(rt.train_set),
-            "train_loss": result.loss,
-            "train_steps": result.steps,
-            "train_seconds": result.seconds,
-        }
-        return _reply(msg, rt, metrics, ArrayRecord(rt.model.state_dict()))
+        metrics = train_round(exp, rt, server_round, run_id=str(context.run_id))
+        return _reply(msg, rt, metrics, ArrayRecord(exchanged_state(rt.model)))
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -68,6 +68,9 @@ class TextSet(Dataset):
             "input_ids": input_ids,
             "attention_mask": mask,
             "token_type_ids": torch.zeros_like(input_ids),
+            # Full-batch, contiguous position ids: with the model's broadcast default buffer,
+            # Opacus's per-sample gradients fail ("stack expects each tensor to be equal size").
+            "position_ids": torch.arange(width).expand(len(ids), width).contiguous(),
             "labels": torch.stack(ys),
         }
 
@@ -76,9 +79,12 @@ def make_dataset(raw: RawData, cfg: ModelConfig) -> Dataset:
     return TextSet(raw, cfg) if cfg.is_text else ImageSet(raw, cfg.in_channels)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, generator: torch.Generator | None = None
+) -> DataLoader:
     collate: Any = dataset.collate if isinstance(dataset, TextSet) else _collate_images
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    if shuffle and generator is None:
+        generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
 

@@ -42,10 +42,22 @@ class ModelConfig:
     in_channels: int = 1
     small_input: bool = True
     weights: str = ""
+    # resnet normalization: "batch" (torchvision's default) or "group" (GroupNorm: no batch
+    # statistics to average across non-IID sites; the variant DP-SGD uses anyway).
+    norm: Literal["batch", "group"] = "batch"
+    # bert: LoRA rank (0: off). With LoRA only the adapters and the head are trained and sent.
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("query", "value")
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 8, "model.max_length", "must be >= 8")
         _require(self.in_channels in (1, 3), "model.in_channels", "must be 1 or 3")
+        _require(self.lora_r >= 0, "model.lora_r", "must be >= 0")
+        _require(self.lora_r == 0 or self.name == "bert", "model.lora_r", "LoRA is available for model.name 'bert'")
+        _require(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout", "must be in [0, 1)")
+        _require(self.lora_r == 0 or bool(self.lora_targets), "model.lora_targets", "must name modules")
 
     @property
     def is_text(self) -> bool:
@@ -121,6 +133,49 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy for the whole training.
+
+    mode "local": DP-SGD (Opacus) at every site; record-level (epsilon, delta) per site, accounted
+    cumulatively over all rounds. Either ``noise_multiplier`` is set directly, or ``target_epsilon``
+    (> 0) calibrates it from rounds, local epochs, batch size and the site's record count.
+    mode "central": site-level DP with Flower's DP strategy wrappers (clip each site's update,
+    add Gaussian noise to the aggregate), accounted over rounds.
+    A site's own node config can only tighten this: its epsilon cap and noise floor always win.
+    """
+
+    mode: Literal["off", "local", "central"] = "off"
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    target_epsilon: float = 0.0
+    # 0: 1/n with n the site's training records (local) or the number of sites (central).
+    delta: float = 0.0
+    accountant: Literal["rdp", "prv"] = "rdp"
+    grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"
+    # central mode: Flower's DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping
+    clip_side: Literal["server", "client"] = "server"
+    clipping: Literal["fixed", "adaptive"] = "fixed"
+    clipping_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0")
+        _require(self.max_grad_norm > 0, "privacy.max_grad_norm", "must be > 0")
+        _require(self.target_epsilon >= 0, "privacy.target_epsilon", "must be >= 0")
+        _require(0 <= self.delta < 1, "privacy.delta", "must be in [0, 1)")
+        _require(self.clipping_norm > 0, "privacy.clipping_norm", "must be > 0")
+        if self.mode != "off" and self.target_epsilon == 0:
+            _require(
+                self.noise_multiplier > 0,
+                "privacy.noise_multiplier",
+                "must be > 0 when privacy is on and no target_epsilon is given",
+            )
+
+    @property
+    def local(self) -> bool:
+        return self.mode == "local"
+
+
+@dataclass(frozen=True)
 class StrategyConfig:
     """Server-side orchestration."""
 
@@ -151,6 +206,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
     def __post_init__(self) -> None:

@@ -21,7 +21,7 @@ from common import config as config_mod
 from common.config import ExperimentConfig, ModelConfig
 from common.data import LabelSet
 from common.errors import ConfideError
-from common.models import checkpoint_path, create_model, load_tokenizer
+from common.models import build_model, checkpoint_path, load_tokenizer, merged
 
 META = "confide.yaml"
 RESNET_WEIGHTS = "model.pt"
@@ -38,6 +38,7 @@ class SavedModel:
 def save_model(model: nn.Module, exp: ExperimentConfig, labels: LabelSet, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if exp.model.is_text:
+        model = merged(model)
         model.config.id2label = dict(enumerate(labels.names))
         model.config.label2id = {n: i for i, n in enumerate(labels.names)}
         model.save_pretrained(folder)
@@ -61,7 +62,7 @@ def load_model(folder: Path) -> SavedModel:
         model = AutoModelForSequenceClassification.from_pretrained(folder)
         model_cfg = config_mod.replace(exp, **{"model.checkpoint": str(folder)}).model
     else:
-        model = create_model(exp.model, len(labels))
+        model = build_model(exp, len(labels))
         model.load_state_dict(torch.load(folder / RESNET_WEIGHTS, map_location="cpu", weights_only=True))
         model_cfg = exp.model
     model.eval()
@@ -78,8 +79,32 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def privacy_statement(privacy: dict[str, Any]) -> list[str]:
+    """The run's final privacy guarantee in words, one line per party it covers."""
+    mode = privacy.get("mode", "off")
+    if mode == "local":
+        return [
+            f"Record-level differential privacy (DP-SGD at each site). Site '{name}': "
+            f"(epsilon={v['epsilon']:.4f}, delta={v['delta']:.3g}) over all its DP training so far; "
+            f"this run: epsilon={v['epsilon_run']:.4f}"
+            for name, v in privacy.get("sites", {}).items()
+        ]
+    if mode == "central":
+        return [
+            f"Site-level differential privacy (Flower central DP): each site's whole contribution is "
+            f"(epsilon={privacy['epsilon']:.4f}, delta={privacy['delta']:.3g}) after {privacy['rounds']} rounds "
+            f"(noise multiplier {privacy['noise_multiplier']:.4g}, clipping norm {privacy['clipping_norm']:g})."
+        ]
+    return ["No differential privacy: the weights carry no formal privacy guarantee."]
+
+
 def write_model_card(
-    folder: Path, exp: ExperimentConfig, labels: LabelSet, sites: dict[str, dict[str, float]], final: dict[str, Any]
+    folder: Path,
+    exp: ExperimentConfig,
+    labels: LabelSet,
+    sites: dict[str, dict[str, float]],
+    final: dict[str, Any],
+    privacy: dict[str, Any] | None = None,
 ) -> None:
     """A short human-readable card: what was trained, on what, by whom, how well."""
     lines = [
@@ -100,6 +125,10 @@ def write_model_card(
         f"{exp.train.local_epochs} local epoch(s), batch {exp.train.batch_size}, "
         f"{exp.train.optimizer} lr {exp.train.lr}",
         "- Only model weights and scalar metrics left the sites.",
+        "",
+        "## Privacy",
+        "",
+        *[f"- {line}" for line in privacy_statement(privacy or {})],
         "",
         "## Final metrics",
         "",

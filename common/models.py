@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.config import MINILM, ModelConfig, resolve_path
+from common.config import MINILM, ExperimentConfig, ModelConfig, resolve_path
 from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,55 @@ def create_model(cfg: ModelConfig, num_labels: int, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return _REGISTRY[cfg.name](cfg, num_labels)
+
+
+def build_model(exp: ExperimentConfig, num_labels: int) -> nn.Module:
+    """The one place that decides the variant every party builds for an experiment.
+
+    Server and sites call this, so their exchanged tensors have the same names and shapes:
+    LoRA adapters when ``model.lora_r`` > 0, DP-SGD-compatible layers when privacy is local.
+    """
+    model = create_model(exp.model, num_labels, seed=exp.seed)
+    if exp.model.lora_r:
+        model = _with_lora(model, exp.model, exp.seed)
+    if exp.privacy.local or exp.model.norm == "group":
+        from common.privacy import dp_compatible
+
+        model, changes = dp_compatible(model)
+        if changes:
+            log.info("%s: %s", "DP-SGD compatibility" if exp.privacy.local else "model.norm=group", "; ".join(changes))
+    return model
+
+
+def _with_lora(model: nn.Module, cfg: ModelConfig, seed: int) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        try:
+            peft_model = get_peft_model(model, lora)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'model.lora_targets': {_first(exc)}") from None
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    log.info(
+        "LoRA r=%d on %s: %s trainable parameters (adapters + head)",
+        cfg.lora_r,
+        ",".join(cfg.lora_targets),
+        f"{trainable:,}",
+    )
+    return peft_model
+
+
+def merged(model: nn.Module) -> nn.Module:
+    """A plain model for export: LoRA adapters merged into the base weights."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 # --------------------------------------------------------------------------- BERT

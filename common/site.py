@@ -10,25 +10,36 @@ every round (Flower builds a new ClientApp object for every message).
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common.batches import make_dataset
-from common.config import ExperimentConfig
+from common.batches import make_dataset, make_loader
+from common.config import ExperimentConfig, resolve_path
 from common.data import LabelSet, read_train
 from common.errors import ConfigError, DataError
-from common.models import create_model
+from common.models import build_model
 from common.partition import partition_indices, train_val_split
+from common.train import train
 
 log = logging.getLogger(__name__)
 
-NODE_KEYS = ("site-name", "data-path", "partition-id", "num-partitions")
+NODE_KEYS = (
+    "site-name",
+    "data-path",
+    "partition-id",
+    "num-partitions",
+    "max-epsilon",
+    "min-noise-multiplier",
+    "ledger-dir",
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,10 @@ class SiteSpec:
     partition_id: int | None = None
     num_partitions: int | None = None
     data_path: str = ""
+    # The site's own privacy limits: nothing the coordinator sends can loosen them.
+    max_epsilon: float = math.inf
+    min_noise_multiplier: float = 0.0
+    ledger_dir: str = ""
 
     @staticmethod
     def from_node_config(node_config: Mapping[str, Any]) -> SiteSpec:
@@ -77,7 +92,7 @@ def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> Sit
     train_raw, val_raw = site_records(exp, spec, labels)
     runtime = SiteRuntime(
         spec=spec,
-        model=create_model(exp.model, len(labels), seed=exp.seed),
+        model=build_model(exp, len(labels)),
         train_set=make_dataset(train_raw, exp.model),
         val_set=make_dataset(val_raw, exp.model),
         labels=labels,
@@ -117,6 +132,18 @@ def site_records(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet):  # ->
     return raw.subset(train_idx), raw.subset(val_idx)
 
 
+def _opt_float(cfg: Mapping[str, Any], key: str) -> float | None:
+    if key not in cfg or cfg[key] == "":
+        return None
+    try:
+        value = float(cfg[key])
+    except (TypeError, ValueError):
+        raise ConfigError(f"node config '{key}' must be a number; got {cfg[key]!r}") from None
+    if math.isnan(value):
+        raise ConfigError(f"node config '{key}' must be a number; got {cfg[key]!r}")
+    return value
+
+
 def _opt_int(cfg: Mapping[str, Any], key: str) -> int | None:
     if key not in cfg or cfg[key] == "":
         return None
@@ -124,3 +151,43 @@ def _opt_int(cfg: Mapping[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
         raise ConfigError(f"node config '{key}' must be an integer; got {value!r}")
     return int(value)
+
+
+def ledger_path(exp: ExperimentConfig, spec: SiteSpec, run_id: str) -> Path:
+    """The site's privacy ledger: under its node config's 'ledger-dir' (persistent across runs),
+    else, in simulation, one ledger per run under the output folder."""
+    if spec.ledger_dir:
+        return resolve_path(spec.ledger_dir) / f"{_safe(spec.name)}.json"
+    return resolve_path(exp.output_dir) / "ledgers" / run_id / f"{_safe(spec.name)}.json"
+
+
+def train_round(exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str) -> dict[str, float]:
+    """One round of local training (DP-SGD when privacy is local); returns scalar metrics only."""
+    metrics: dict[str, float] = {"num-examples": float(len(rt.train_set))}
+    if exp.privacy.local:
+        from common.privacy import SiteLedger, SiteLimits, train_private
+
+        ledger = SiteLedger.open(ledger_path(exp, rt.spec, run_id))
+        limits = SiteLimits(max_epsilon=rt.spec.max_epsilon, min_noise_multiplier=rt.spec.min_noise_multiplier)
+        result, privacy = train_private(
+            rt.model,
+            rt.train_set,
+            exp.train,
+            exp.privacy,
+            rounds=exp.strategy.rounds,
+            ledger=ledger,
+            limits=limits,
+            site=rt.spec.name,
+            run=run_id,
+            server_round=server_round,
+        )
+        metrics.update(privacy.as_metrics())
+    else:
+        loader = make_loader(rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round)
+        result = train(rt.model, loader, exp.train)
+    metrics.update({"train_loss": result.loss, "train_steps": float(result.steps), "train_seconds": result.seconds})
+    return metrics
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "site"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,19 +60,32 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train(
-    model: nn.Module, loader: DataLoader, cfg: TrainConfig, optimizer: torch.optim.Optimizer | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
+    step_hook: Callable[[Batch], None] | None = None,
 ) -> TrainResult:
-    """Run local training; returns the mean training loss over the steps taken."""
+    """Run local training; returns the mean training loss over the steps taken.
+
+    ``optimizer``, ``loss_fn`` and ``step_hook`` (called after backward, before the step) let a
+    caller such as DP-SGD substitute its own objects without a second training loop.
+    """
     optimizer = optimizer or make_optimizer(model, cfg)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.train()
     start = time.perf_counter()
     total_loss, seen, steps = 0.0, 0, 0
     for _ in range(cfg.local_epochs):
         for batch in loader:
+            if not isinstance(batch, dict):  # an empty Poisson-sampled batch (probability ~e^-batch_size)
+                continue
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(logits(model, batch), batch["labels"])
             loss.backward()
+            if step_hook is not None:
+                step_hook(batch)
             optimizer.step()
             n = int(batch["labels"].shape[0])
             total_loss += float(loss.detach()) * n

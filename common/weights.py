@@ -13,16 +13,31 @@ from common.errors import UpdateError
 Weights = dict[str, np.ndarray]
 
 
+def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors that travel between server and sites.
+
+    The whole state_dict (parameters and buffers such as BatchNorm statistics), unless part of
+    the model is frozen (LoRA): then only the trainable tensors (adapters and head).
+    """
+    state = model.state_dict()
+    params = dict(model.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        return state
+    return {k: v for k, v in state.items() if k in params and params[k].requires_grad}
+
+
 def get_weights(model: nn.Module) -> Weights:
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().numpy() for k, v in exchanged_state(model).items()}
 
 
 def set_weights(model: nn.Module, weights: Mapping[str, np.ndarray], source: str) -> None:
-    """Load weights after checking them against the model (keys, shapes, finiteness)."""
-    own = model.state_dict()
+    """Load exchanged weights after checking them against the model (keys, shapes, finiteness)."""
+    own = exchanged_state(model)
     check_update({k: v.detach().cpu().numpy() for k, v in own.items()}, weights, source)
     state = {k: torch.as_tensor(np.asarray(v)).to(own[k].dtype) for k, v in weights.items()}
-    model.load_state_dict(state, strict=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or (len(own) == len(model.state_dict()) and missing):
+        raise UpdateError(f"weights from {source} do not fit the model ({(unexpected or missing)[0]})")
 
 
 def check_update(reference: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], source: str) -> None:

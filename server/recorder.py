@@ -33,6 +33,7 @@ class RoundRecorder:
         self.current: RoundRecord | None = None
         self.history: list[dict[str, Any]] = []
         self.last_sites: dict[str, dict[str, float]] = {}
+        self.site_privacy: dict[str, dict[str, float]] = {}
 
     def begin(self, server_round: int, bytes_down: int) -> None:
         self.current = RoundRecord(round=server_round, bytes_down_per_site=bytes_down)
@@ -50,9 +51,21 @@ class RoundRecorder:
         log.error("round %s: site %s failed in %s: %s", self._cur().round, site, phase, reason)
         self._cur().failures.append({"site": site, "phase": phase, "reason": reason})
 
-    def close(self, central: dict[str, float] | None) -> dict[str, Any]:
-        """Finish the round: build its record, append it to the log, return it."""
+    def close(self, central: dict[str, float] | None, privacy: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Finish the round: build its record, append it to the log, return it.
+
+        ``privacy`` is the server's site-level guarantee (central DP). With local DP each site's
+        cumulative (epsilon, delta) comes from its own reports, the latest one kept for sites
+        that did not train this round.
+        """
         rec = self._cur()
+        for name, m in rec.train.items():
+            if "epsilon" in m:
+                self.site_privacy[name] = {
+                    "epsilon": m["epsilon"],
+                    "delta": m["delta"],
+                    "epsilon_run": m.get("epsilon_run", m["epsilon"]),
+                }
         end = time.perf_counter()
         train_secs = [m["train_seconds"] for m in rec.train.values() if "train_seconds" in m]
         line: dict[str, Any] = {
@@ -69,6 +82,12 @@ class RoundRecorder:
                 for name in sorted(set(rec.train) | set(rec.evaluate))
             },
             "failures": rec.failures,
+            "privacy": privacy
+            or (
+                {"mode": "local", "sites": dict(sorted(self.site_privacy.items()))}
+                if self.site_privacy
+                else {"mode": "off"}
+            ),
         }
         if rec.evaluate:
             self.last_sites = rec.evaluate

@@ -20,11 +20,12 @@ from common.batches import make_dataset, make_loader
 from common.config import ExperimentConfig
 from common.data import LabelSet, label_set, read_test, read_train
 from common.errors import ConfideError
-from common.export import save_model, write_model_card
-from common.models import create_model
+from common.export import privacy_statement, save_model, write_model_card
+from common.models import build_model
+from common.privacy import central_plan
 from common.rundir import RunDir
 from common.train import evaluate
-from common.weights import get_weights, set_weights
+from common.weights import exchanged_state, get_weights, set_weights
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy, to_weights
 
@@ -49,7 +50,7 @@ def resolve_labels(exp: ExperimentConfig) -> ExperimentConfig:
 def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str) -> RunSummary:
     exp = resolve_labels(exp)
     labels = LabelSet(exp.data.labels)
-    model = create_model(exp.model, len(labels), seed=exp.seed)
+    model = build_model(exp, len(labels))
     test_loader = _central_loader(exp, labels)
     run_dir = RunDir(exp, run_id)
     try:
@@ -69,7 +70,8 @@ def _run_rounds(
 ) -> RunSummary:
     recorder = RoundRecorder(run_dir.metrics)
     initial = get_weights(model)
-    strategy = build_strategy(exp.strategy, initial, recorder)
+    strategy = build_strategy(exp, initial, recorder)
+    site_level_dp = central_plan(exp) if exp.privacy.mode == "central" else None
 
     def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         weights = to_weights(arrays)
@@ -81,14 +83,15 @@ def _run_rounds(
             recorder.begin(0, bytes_down=0)
         else:
             run_dir.save_checkpoint(weights, server_round)
-        line = recorder.close(central)
+        privacy = site_level_dp.as_record(server_round) if site_level_dp else None
+        line = recorder.close(central, privacy)
         _print_round(line)
         return MetricRecord(central) if central else None
 
     train_config = ConfigRecord({"labels": list(labels.names)})
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=ArrayRecord(exchanged_state(model)),
         num_rounds=exp.strategy.rounds,
         timeout=exp.strategy.round_timeout,
         train_config=train_config,
@@ -99,7 +102,7 @@ def _run_rounds(
     save_model(model, exp, labels, run_dir.path / "model")
     last = recorder.history[-1]
     final = {k: last[k] for k in ("federated", "central") if last.get(k)}
-    write_model_card(run_dir.path, exp, labels, recorder.last_sites, final)
+    write_model_card(run_dir.path, exp, labels, recorder.last_sites, final, last.get("privacy"))
     path = run_dir.finish()
     _print_summary(recorder.history, path)
     return RunSummary(path=path, rounds=recorder.history)
@@ -124,6 +127,11 @@ def _print_round(line: dict[str, Any]) -> None:
         parts.append(f"central acc {cen['accuracy']:.4f} f1 {cen['macro_f1']:.4f} loss {cen['loss']:.4f}")
     if fed:
         parts.append(f"sites acc {fed['accuracy']:.4f} (worst {fed['worst_accuracy']:.4f})")
+    privacy = line.get("privacy", {})
+    if privacy.get("mode") == "central":
+        parts.append(f"site-level epsilon {privacy['epsilon']:.3f}")
+    elif privacy.get("mode") == "local":
+        parts.append(f"max site epsilon {max(v['epsilon'] for v in privacy['sites'].values()):.3f}")
     if line["failures"]:
         parts.append(f"{len(line['failures'])} site failure(s)")
     print(" | ".join(parts), flush=True)
@@ -138,6 +146,8 @@ def _print_summary(history: list[dict[str, Any]], path: Path) -> None:
             f"{line['round']:>5} {_fmt(cen.get('accuracy')):>11} {_fmt(cen.get('macro_f1')):>10} "
             f"{_fmt(fed.get('accuracy')):>9} {_fmt(fed.get('worst_accuracy')):>10}"
         )
+    for statement in privacy_statement(history[-1].get("privacy", {})):
+        print(f"[confide] privacy: {statement}", flush=True)
     print(f"[confide] run folder: {path}", flush=True)
 
 

@@ -14,11 +14,19 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    Strategy,
+)
 
-from common.config import StrategyConfig
+from common.config import ExperimentConfig, StrategyConfig
 from common.errors import ConfideError, UpdateError
 from common.metrics import summarize_sites
+from common.privacy import central_plan
 from common.weights import Weights, check_update, num_bytes
 from server.recorder import RoundRecorder
 
@@ -113,11 +121,30 @@ class ConfideFedAvg(FedAvg):
         return MetricRecord(summary)
 
 
-def build_strategy(cfg: StrategyConfig, reference: Weights, recorder: RoundRecorder) -> FedAvg:
-    """The strategy named in the config (FedAvg today; the place to add others)."""
-    if cfg.name == "fedavg":
-        return ConfideFedAvg(cfg, reference, recorder)
-    raise ConfideError(f"config key 'strategy.name': unknown strategy '{cfg.name}'")  # pragma: no cover
+def build_strategy(exp: ExperimentConfig, reference: Weights, recorder: RoundRecorder) -> Strategy:
+    """The strategy named in the config (FedAvg today), wrapped in Flower's DP strategy
+    wrapper when privacy.mode is 'central'."""
+    cfg = exp.strategy
+    if cfg.name != "fedavg":  # pragma: no cover - the config's Literal type rejects others
+        raise ConfideError(f"config key 'strategy.name': unknown strategy '{cfg.name}'")
+    base = ConfideFedAvg(cfg, reference, recorder)
+    if exp.privacy.mode != "central":
+        return base
+    plan = central_plan(exp)
+    p = exp.privacy
+    if p.clipping == "adaptive":
+        wrapper = (
+            DifferentialPrivacyServerSideAdaptiveClipping
+            if p.clip_side == "server"
+            else DifferentialPrivacyClientSideAdaptiveClipping
+        )
+        return wrapper(base, plan.noise_multiplier, plan.sampled_sites, initial_clipping_norm=p.clipping_norm)
+    wrapper = (
+        DifferentialPrivacyServerSideFixedClipping
+        if p.clip_side == "server"
+        else DifferentialPrivacyClientSideFixedClipping
+    )
+    return wrapper(base, plan.noise_multiplier, p.clipping_norm, plan.sampled_sites)
 
 
 def _only_array_record(msg: Message, name: str) -> ArrayRecord:

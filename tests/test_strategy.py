@@ -47,8 +47,8 @@ def reply(node: int, site: str, weights: dict | None = None, metrics: dict | Non
 
 def strategy(min_sites: int = 1):
     recorder = RoundRecorder(None)
-    cfg = config_mod.load(None, {"strategy.min_sites": min_sites, "data.num_sites": 3}).strategy
-    s = build_strategy(cfg, REF, recorder)
+    exp = config_mod.load(None, {"strategy.min_sites": min_sites, "data.num_sites": 3})
+    s = build_strategy(exp, REF, recorder)
     recorder.begin(1, bytes_down=0)
     return s, recorder
 
