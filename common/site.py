@@ -65,7 +65,21 @@ class SiteSpec:
             raise ConfigError("node config needs 'data-path' (a site's own data) or 'partition-id' (simulation)")
         if pid is not None and (nparts is None or not 0 <= pid < nparts):
             raise ConfigError(f"node config 'partition-id'={pid} is outside 'num-partitions'={nparts}")
-        return SiteSpec(name=name or f"site-{pid}", partition_id=pid, num_partitions=nparts, data_path=data_path)
+        max_eps = _opt_float(node_config, "max-epsilon")
+        floor = _opt_float(node_config, "min-noise-multiplier")
+        if max_eps is not None and max_eps <= 0:
+            raise ConfigError(f"node config 'max-epsilon' must be > 0; got {max_eps}")
+        if floor is not None and floor < 0:
+            raise ConfigError(f"node config 'min-noise-multiplier' must be >= 0; got {floor}")
+        return SiteSpec(
+            name=name or f"site-{pid}",
+            partition_id=pid,
+            num_partitions=nparts,
+            data_path=data_path,
+            max_epsilon=math.inf if max_eps is None else max_eps,
+            min_noise_multiplier=floor or 0.0,
+            ledger_dir=str(node_config.get("ledger-dir", "") or ""),
+        )
 
 
 @dataclass

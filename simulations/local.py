@@ -64,7 +64,7 @@ def simulate(
 
 def _runs(exp: ExperimentConfig) -> set[Path]:
     base = config_mod.resolve_path(exp.output_dir)
-    return {p for p in base.iterdir() if p.is_dir()} if base.exists() else set()
+    return {p for p in base.iterdir() if (p / "config.yaml").is_file()} if base.exists() else set()
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from common import config as config_mod
-from common.data import read_test
+from common.data import LabelSet, read_test
 from common.errors import ConfideError
 from common.export import load_model
 from common.models import create_model
@@ -115,3 +115,112 @@ def test_malformed_update_stops_the_run_naming_the_site(project_root: Path) -> N
     (run,) = list((project_root / "runs").iterdir())
     assert run.name.endswith(".incomplete")
     assert "non-finite" in (run / "FAILED.txt").read_text()
+
+
+# --------------------------------------------------------------------------- differential privacy
+
+
+def site_epsilons(rounds: list[dict]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in rounds[1:]:
+        for name, site in r["sites"].items():
+            if "epsilon" in site["train"]:
+                out.setdefault(name, []).append(site["train"]["epsilon"])
+    return out
+
+
+def test_local_dp_resnet_two_sites_reports_cumulative_epsilon() -> None:
+    exp = small_experiment(
+        **{"privacy.mode": "local", "privacy.noise_multiplier": 1.0, "data.max_samples": 240, "train.lr": 0.002}
+    )
+    run = simulate(exp)
+    rounds = read_metrics(run)
+    eps = site_epsilons(rounds)
+    assert set(eps) == {"site-0", "site-1"} and all(len(v) == 2 and v[0] < v[1] for v in eps.values())
+    site = rounds[-1]["sites"]["site-0"]["train"]
+    assert {"noise_multiplier", "max_grad_norm", "fraction_clipped", "steps", "sample_rate", "delta"} <= set(site)
+    assert rounds[-1]["privacy"]["mode"] == "local"
+    assert rounds[-1]["privacy"]["sites"]["site-1"]["epsilon"] == eps["site-1"][-1]
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "Record-level differential privacy" in card and f"{eps['site-0'][-1]:.4f}" in card
+
+
+def test_local_dp_bert_lora_two_sites() -> None:
+    exp = config_mod.load(
+        None,
+        {
+            "model.name": "bert",
+            "model.max_length": 16,
+            "model.lora_r": 4,
+            "data.source": "synthetic_text",
+            "data.num_sites": 2,
+            "data.max_samples": 160,
+            "strategy.rounds": 2,
+            "train.batch_size": 16,
+            "train.lr": 1e-3,
+            "privacy.mode": "local",
+            "privacy.target_epsilon": 8.0,
+        },
+    )
+    run = simulate(exp)
+    rounds = read_metrics(run)
+    eps = site_epsilons(rounds)
+    assert all(abs(v[-1] - 8.0) / 8.0 <= 0.01 for v in eps.values())  # calibrated to the target
+    up = rounds[-1]["sites"]["site-0"]["train"]["bytes_up"]
+    assert up < 200_000  # adapters + head only, not 90 MB
+    saved = load_model(run / "model")  # LoRA merged into a plain model
+    assert not any("lora" in k for k in saved.model.state_dict())
+
+
+def cap_site_one(cap: float):
+    """A ClientApp mod standing in for site 1's own node config: max-epsilon=cap."""
+
+    def mod(msg, context, call_next):
+        if context.node_config.get("partition-id") == 1:
+            context.node_config["max-epsilon"] = cap
+        return call_next(msg, context)
+
+    return mod
+
+
+def test_budget_refusal_mid_run_is_recorded_and_the_run_goes_on() -> None:
+    from common.privacy import epsilon
+    from common.site import SiteSpec, site_records
+
+    exp = small_experiment(
+        **{
+            "privacy.mode": "local",
+            "privacy.noise_multiplier": 1.0,
+            "data.max_samples": 240,
+            "strategy.rounds": 3,
+            "strategy.min_sites": 1,
+        }
+    )
+    n = len(site_records(exp, SiteSpec("site-1", 1, 2), LabelSet(tuple(str(i) for i in range(10))))[0])
+    q, steps = 1 / -(-n // 32), -(-n // 32)
+    e1, e2 = (epsilon([(1.0, q, steps)] * k, 1 / n) for k in (1, 2))
+    run = simulate(exp, client_mods=[cap_site_one((e1 + e2) / 2)])
+    rounds = read_metrics(run)
+    assert [len(r["failures"]) for r in rounds[1:]] == [0, 1, 1]  # refused in rounds 2 and 3
+    failure = rounds[2]["failures"][0]
+    assert failure["site"] == "site-1" and "refuses" in failure["reason"] and "max-epsilon" in failure["reason"]
+    assert set(rounds[3]["sites"]["site-0"]) == {"train", "evaluate"} and "train" not in [
+        k for k, v in rounds[3]["sites"].get("site-1", {}).items() if v
+    ]
+    assert rounds[-1]["privacy"]["sites"]["site-1"]["epsilon"] == pytest.approx(e1)
+
+
+def test_central_dp_server_side_clipping() -> None:
+    exp = small_experiment(
+        **{
+            "privacy.mode": "central",
+            "privacy.noise_multiplier": 0.5,
+            "privacy.clipping_norm": 5.0,
+            "data.max_samples": 200,
+        }
+    )
+    run = simulate(exp)
+    rounds = read_metrics(run)
+    assert [r["privacy"]["mode"] for r in rounds] == ["central"] * 3
+    assert 0 < rounds[1]["privacy"]["epsilon"] < rounds[2]["privacy"]["epsilon"]
+    assert "Site-level differential privacy" in (run / "MODEL_CARD.md").read_text()

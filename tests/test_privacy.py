@@ -1,0 +1,236 @@
+"""Differential privacy: accounting is cumulative and matches Opacus recomputed independently,
+calibration hits its target, site caps refuse at the right round (also after a restart), DP
+model variants build identically, LoRA sends only adapters and head, DP off changes nothing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+from common import config as config_mod
+from common.batches import make_dataset, make_loader
+from common.data import LabelSet, RawData
+from common.errors import ConfigError
+from common.models import build_model
+from common.privacy import (
+    BudgetExceeded,
+    SiteLedger,
+    SiteLimits,
+    central_epsilon,
+    central_plan,
+    dp_compatible,
+    epsilon,
+    readiness,
+    train_private,
+)
+from common.site import SiteRuntime, SiteSpec, train_round
+from common.train import train
+from common.weights import exchanged_state, get_weights
+
+N = 48  # records per test site
+
+
+def image_exp(**kw: object) -> config_mod.ExperimentConfig:
+    base = {
+        "privacy.mode": "local",
+        "privacy.noise_multiplier": 1.1,
+        "train.batch_size": 12,
+        "model.name": "resnet18",
+        "strategy.rounds": 3,
+    }
+    return config_mod.load(None, {**base, **kw})
+
+
+def images(n: int = N) -> RawData:
+    rng = np.random.default_rng(0)
+    return RawData(labels=np.arange(n) % 2, images=rng.integers(0, 255, (n, 1, 8, 8), np.uint8))
+
+
+NO_LIMITS = SiteLimits()
+
+
+def one_round(exp, ledger: SiteLedger, rnd: int, limits: SiteLimits = NO_LIMITS, run: str = "r1"):
+    model = build_model(exp, 2)
+    return train_private(
+        model,
+        make_dataset(images(), exp.model),
+        exp.train,
+        exp.privacy,
+        rounds=exp.strategy.rounds,
+        ledger=ledger,
+        limits=limits,
+        site="s",
+        run=run,
+        server_round=rnd,
+    )
+
+
+def independent_epsilon(entries: list[dict], delta: float) -> float:
+    acc = RDPAccountant()
+    for e in entries:
+        for _ in range(e["steps"]):
+            acc.step(noise_multiplier=e["noise_multiplier"], sample_rate=e["sample_rate"])
+    return acc.get_epsilon(delta=delta)
+
+
+def test_cumulative_epsilon_matches_opacus_and_grows_across_rounds_and_restarts(tmp_path: Path) -> None:
+    exp = image_exp()
+    path = tmp_path / "ledger.json"
+    seen = []
+    for rnd in (1, 2):
+        _, stats = one_round(exp, SiteLedger.open(path), rnd)
+        seen.append(stats.epsilon)
+    # "restart": a new process would reopen the ledger from disk and rebuild the model
+    reopened = SiteLedger.open(path)
+    assert len(reopened.entries) == 2
+    _, stats = one_round(exp, reopened, 3)
+    seen.append(stats.epsilon)
+    assert seen[0] < seen[1] < seen[2]
+    assert stats.delta == pytest.approx(1 / len(make_dataset(images(), exp.model)))
+    expected = independent_epsilon(SiteLedger.open(path).entries, delta=stats.delta)
+    assert abs(stats.epsilon - expected) / expected <= 1e-6
+    assert stats.steps == 4 and stats.sample_rate == pytest.approx(1 / 4)  # ceil(48/12) batches
+
+
+def test_calibrated_run_ends_within_one_percent_of_target(tmp_path: Path) -> None:
+    exp = image_exp(**{"privacy.target_epsilon": 3.0, "strategy.rounds": 3})
+    ledger = SiteLedger.open(tmp_path / "l.json")
+    for rnd in (1, 2, 3):
+        _, stats = one_round(exp, ledger, rnd)
+    assert abs(stats.epsilon - 3.0) / 3.0 <= 0.01
+    assert stats.epsilon <= 3.0 * 1.001
+
+
+def test_budget_cap_refuses_at_the_right_round_and_after_restart(tmp_path: Path) -> None:
+    exp = image_exp()
+    probe = SiteLedger(tmp_path / "probe.json")
+    e1 = one_round(exp, probe, 1)[1].epsilon
+    e2 = one_round(exp, probe, 2)[1].epsilon
+    cap = (e1 + e2) / 2  # round 1 fits, round 2 would not
+    path = tmp_path / "site.json"
+    one_round(exp, SiteLedger.open(path), 1, SiteLimits(max_epsilon=cap))
+    with pytest.raises(BudgetExceeded, match=r"site 's' refuses.*above its cap.*max-epsilon"):
+        one_round(exp, SiteLedger.open(path), 2, SiteLimits(max_epsilon=cap))
+    with pytest.raises(BudgetExceeded):  # a restarted site still refuses: the ledger remembers
+        one_round(exp, SiteLedger.open(path), 2, SiteLimits(max_epsilon=cap), run="r2")
+    assert len(SiteLedger.open(path).entries) == 1  # refusals spend nothing
+
+
+def test_site_noise_floor_wins_over_the_coordinator(tmp_path: Path) -> None:
+    exp = image_exp(**{"privacy.noise_multiplier": 0.3})
+    _, stats = one_round(exp, SiteLedger(tmp_path / "l.json"), 1, SiteLimits(min_noise_multiplier=2.0))
+    assert stats.noise_multiplier == 2.0
+
+
+def test_unreadable_ledger_stops_training(tmp_path: Path) -> None:
+    path = tmp_path / "l.json"
+    path.write_text("{not json")
+    with pytest.raises(Exception, match="ledger .*unreadable"):
+        SiteLedger.open(path)
+
+
+def test_dp_variant_is_identical_on_server_and_sites_and_fixes_resnet() -> None:
+    exp = image_exp()
+    a, b = build_model(exp, 2), build_model(exp, 2)
+    assert list(a.state_dict()) == list(b.state_dict())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in a.modules())
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in a.modules()) == 20
+    report = readiness(a, exp.privacy, batch_size=64)
+    assert report.unsupported == () and report.grad_sample_mode == "ghost"
+    assert report.per_sample_grad_bytes_hooks == 64 * sum(p.numel() for p in a.parameters()) * 4
+    _, changes = dp_compatible(build_model(config_mod.load(None, {}), 2))
+    assert any("GroupNorm" in c for c in changes) and any("residual" in c for c in changes)
+
+
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+def test_bert_trains_under_dp_in_both_clipping_modes(tmp_path: Path, mode: str) -> None:
+    exp = config_mod.load(
+        None,
+        {
+            "model.name": "bert",
+            "data.source": "synthetic_text",
+            "model.max_length": 16,
+            "privacy.mode": "local",
+            "privacy.grad_sample_mode": mode,
+            "train.batch_size": 8,
+        },
+    )
+    model = build_model(exp, 2)
+    raw = RawData(labels=np.arange(16) % 2, texts=tuple(f"query {i} about my card" for i in range(16)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _, stats = train_private(
+        model,
+        make_dataset(raw, exp.model),
+        exp.train,
+        exp.privacy,
+        rounds=1,
+        ledger=SiteLedger(tmp_path / "l.json"),
+        limits=SiteLimits(),
+        site="s",
+        run="r",
+        server_round=1,
+    )
+    assert stats.epsilon > 0 and 0 <= stats.fraction_clipped <= 1 and stats.grad_sample_mode == mode
+    assert not torch.equal(before["classifier.weight"], model.state_dict()["classifier.weight"])
+    assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters())
+
+
+def test_lora_exchanges_only_adapters_and_head() -> None:
+    exp = config_mod.load(None, {"model.name": "bert", "data.source": "synthetic_text", "model.lora_r": 4})
+    model = build_model(exp, 3)
+    sent = get_weights(model)
+    assert sent and all("lora_" in k or "classifier" in k for k in sent)
+    assert any("lora_A" in k for k in sent) and any("classifier" in k for k in sent)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(v.nbytes for v in sent.values()) == trainable * 4
+    # 6 layers x (query, value) x (A: r x 384, B: 384 x r) + head (3 x 384 + 3)
+    assert trainable == 6 * 2 * (4 * 384 + 384 * 4) + 3 * 384 + 3
+    assert set(exchanged_state(model)) == set(sent)
+
+
+def test_dp_off_reproduces_the_plain_training_path_exactly() -> None:
+    exp = config_mod.load(None, {"train.batch_size": 16})
+    labels = LabelSet(("0", "1"))
+    ds = make_dataset(images(), exp.model)
+    via_site = SiteRuntime(SiteSpec("s", 0, 1), build_model(exp, 2), ds, ds, labels)
+    train_round(exp, via_site, server_round=3, run_id="r")
+    plain = build_model(exp, 2)
+    train(plain, make_loader(ds, 16, shuffle=True, seed=exp.seed * 1000 + 3), exp.train)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, via_site.model.state_dict()[k]), k
+
+
+def test_central_dp_accounting_and_calibration() -> None:
+    exp = config_mod.load(None, {"privacy.mode": "central", "privacy.noise_multiplier": 1.0, "strategy.rounds": 5})
+    plan = central_plan(exp)
+    acc = RDPAccountant()
+    for _ in range(5):
+        acc.step(noise_multiplier=1.0, sample_rate=1.0)
+    assert plan.epsilon_after(5) == pytest.approx(acc.get_epsilon(delta=plan.delta), rel=1e-9)
+    assert plan.delta == pytest.approx(1 / 3) and plan.sampled_sites == 3
+    target = central_plan(
+        config_mod.load(
+            None,
+            {"privacy.mode": "central", "privacy.target_epsilon": 8.0, "privacy.delta": 1e-3, "strategy.rounds": 5},
+        )
+    )
+    assert abs(target.epsilon_after(5) - 8.0) / 8.0 <= 0.01
+    assert central_epsilon(0.0, 5, 1e-5) == math.inf
+
+
+def test_privacy_config_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match="privacy.noise_multiplier"):
+        config_mod.load(None, {"privacy.mode": "local", "privacy.noise_multiplier": 0.0})
+    with pytest.raises(ConfigError, match="privacy.mode"):
+        config_mod.load(None, {"privacy.mode": "both"})
+    with pytest.raises(ConfigError, match="model.lora_r"):
+        config_mod.load(None, {"model.lora_r": 4})  # resnet has no LoRA
+
+
+def test_history_epsilon_is_zero_without_training() -> None:
+    assert epsilon([], 1e-5) == 0.0
