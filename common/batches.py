@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -86,7 +85,3 @@ def make_loader(
     if shuffle and generator is None:
         generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
-
-
-def labels_of(dataset: Dataset) -> np.ndarray:
-    return dataset.y.numpy()  # type: ignore[attr-defined]

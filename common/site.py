@@ -31,16 +31,6 @@ from common.train import train
 
 log = logging.getLogger(__name__)
 
-NODE_KEYS = (
-    "site-name",
-    "data-path",
-    "partition-id",
-    "num-partitions",
-    "max-epsilon",
-    "min-noise-multiplier",
-    "ledger-dir",
-)
-
 
 @dataclass(frozen=True)
 class SiteSpec:
@@ -112,6 +102,11 @@ def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> Sit
         labels=labels,
     )
     log.info("site %s: %d training and %d held-out records", spec.name, len(train_raw), len(val_raw))
+    if exp.privacy.local:  # report before the first DP round what DP-SGD will do with this model
+        from common.privacy import readiness
+
+        log.info("site %s: %s", spec.name, readiness(runtime.model, exp.privacy, exp.train.batch_size).summary())
+
     _CACHE[key] = runtime
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

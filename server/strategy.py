@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -36,10 +36,6 @@ SITE_KEY = "site"
 
 def to_weights(record: ArrayRecord) -> Weights:
     return {k: v.numpy() for k, v in record.items()}
-
-
-def to_record(weights: Weights) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
 
 
 def site_name(msg: Message, known: dict[int, str]) -> str:
