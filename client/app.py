@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from client.mods import central_dp_clipping_mod
 from common.batches import make_loader
 from common.config import ExperimentConfig, load_from_run_config
 from common.data import LabelSet
@@ -38,8 +39,10 @@ def _reply(msg: Message, runtime: SiteRuntime, metrics: dict, arrays: ArrayRecor
 
 def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | None = None) -> ClientApp:
     """The ClientApp; ``fixed`` bypasses the run config (in-process simulations, tests);
-    ``mods`` are Flower ClientApp mods wrapped around every message."""
-    client_app = ClientApp(mods=mods or [])
+    ``mods`` are Flower ClientApp mods wrapped around every message. The central-DP clipping
+    mod is outermost, so it clips exactly the update that leaves the site."""
+    client_app = ClientApp(mods=[central_dp_clipping_mod, *(mods or [])])
+
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -179,8 +179,14 @@ def central_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float
     return epsilon([(noise_multiplier, 1.0, rounds)], delta, "rdp")
 
 
+# Train-config key by which the server asks sites to clip their own update (central DP with
+# client-side clipping); the value is the clipping kind, "fixed" or "adaptive".
+CLIENT_CLIPPING_KEY = "dp-client-clipping"
+
+
 @dataclass(frozen=True)
 class CentralPlan:
+
     """Site-level DP with Flower's strategy wrappers: the noise and what it buys."""
 
     noise_multiplier: float

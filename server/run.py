@@ -22,7 +22,7 @@ from common.data import LabelSet, label_set, read_test, read_train
 from common.errors import ConfideError
 from common.export import privacy_statement, save_model, write_model_card
 from common.models import build_model
-from common.privacy import central_plan
+from common.privacy import CLIENT_CLIPPING_KEY, central_plan
 from common.rundir import RunDir
 from common.train import evaluate
 from common.weights import exchanged_state, get_weights, set_weights
@@ -89,6 +89,10 @@ def _run_rounds(
         return MetricRecord(central) if central else None
 
     train_config = ConfigRecord({"labels": list(labels.names)})
+    if exp.privacy.mode == "central" and exp.privacy.clip_side == "client":
+        train_config[CLIENT_CLIPPING_KEY] = exp.privacy.clipping  # the site clips (client/mods.py)
+
+
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(exchanged_state(model)),

@@ -210,10 +210,14 @@ def test_budget_refusal_mid_run_is_recorded_and_the_run_goes_on() -> None:
     assert rounds[-1]["privacy"]["sites"]["site-1"]["epsilon"] == pytest.approx(e1)
 
 
-def test_central_dp_server_side_clipping() -> None:
+@pytest.mark.parametrize("clip_side", ["server", "client"])
+def test_central_dp(clip_side: str) -> None:
+    """Flower's DP wrappers run end to end with either clipping side (client side: every site
+    clips its own update in client/mods.py, or its reply would be an error and the round fail)."""
     exp = small_experiment(
         **{
             "privacy.mode": "central",
+            "privacy.clip_side": clip_side,
             "privacy.noise_multiplier": 0.5,
             "privacy.clipping_norm": 5.0,
             "data.max_samples": 200,
@@ -223,4 +227,5 @@ def test_central_dp_server_side_clipping() -> None:
     rounds = read_metrics(run)
     assert [r["privacy"]["mode"] for r in rounds] == ["central"] * 3
     assert 0 < rounds[1]["privacy"]["epsilon"] < rounds[2]["privacy"]["epsilon"]
+    assert all(not r.get("failures") and len(r["sites"]) == exp.data.num_sites for r in rounds[1:])
     assert "Site-level differential privacy" in (run / "MODEL_CARD.md").read_text()
