@@ -5,10 +5,11 @@ Setups (the issue's): MiniLM (all-MiniLM-L6-v2) at sequence length 64, batch 32;
 
 - ``plain``: non-private training as Confide runs it (``common.train.train``); for ResNet-18
   both the stock BatchNorm model and the GroupNorm variant DP needs (``plain-gn``);
-- ``hooks`` / ``ghost``: Confide's DP-SGD round (``common.privacy.train_private``) with
-  Opacus's per-sample-gradient hooks or its ghost (fast gradient) clipping;
-- ``lora`` / ``lora-ghost``: MiniLM with LoRA r=8 on query/value (adapters + head trained),
-  without and with DP.
+- ``hooks`` / ``ghost`` / ``bookkeeping``: Confide's DP-SGD round (``common.privacy.train_private``)
+  with Opacus's per-sample-gradient hooks, Opacus's ghost (fast gradient) clipping, or Confide's
+  one-pass book-keeping clipping (``common/bookkeeping.py``, the default where supported);
+- ``lora`` / ``lora-ghost`` / ``lora-bookkeeping``: MiniLM with LoRA r=8 on query/value
+  (adapters + head trained), without and with DP.
 
 Each variant runs in its own fresh process (so peak RSS is its own), first a warm-up round of
 ``--warmup`` steps and then a measured round of ``--steps`` steps on the same model. Throughput
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,9 +47,10 @@ from benchmarks._util import save, table
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 VARIANTS = {
-    "minilm": ["plain", "hooks", "ghost", "lora", "lora-ghost"],
-    "resnet18": ["plain", "plain-gn", "hooks", "ghost"],
+    "minilm": ["plain", "hooks", "ghost", "bookkeeping", "lora", "lora-ghost", "lora-bookkeeping"],
+    "resnet18": ["plain", "plain-gn", "hooks", "ghost", "bookkeeping"],
 }
+DP_MODES = {"hooks": "hooks", "ghost": "ghost", "bookkeeping": "bookkeeping"}
 BASELINE = {"minilm": "plain", "resnet18": "plain"}
 
 
@@ -78,12 +81,13 @@ def _experiment(model: str, variant: str):
         )
         if variant == "plain-gn":
             overrides["model.norm"] = "group"
-    if variant in ("hooks", "ghost", "lora-ghost"):
+    mode = DP_MODES.get(variant.removeprefix("lora-"))
+    if mode:
         overrides |= {
             "privacy.mode": "local",
             "privacy.noise_multiplier": 1.0,
             "privacy.max_grad_norm": 1.0,
-            "privacy.grad_sample_mode": "hooks" if variant == "hooks" else "ghost",
+            "privacy.grad_sample_mode": mode,
         }
     overrides |= {"data.max_samples": 2048, "train.lr": 1e-4}
     return config_mod.load(None, overrides), real
@@ -124,9 +128,10 @@ def measure_one(model: str, variant: str, warmup: int, steps: int, threads: int)
     seq = len(first) if isinstance(first, list) else tuple(first.shape)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     base_rss = _rss_mib()
-    results = []
+    results, cpu = [], 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for n_steps in (warmup, steps):
+            cpu = time.process_time()
             cfg = replace(exp.train, max_steps=n_steps)
             if exp.privacy.local:
                 ledger = SiteLedger.open(Path(tmp) / "ledger.json")
@@ -136,6 +141,7 @@ def measure_one(model: str, variant: str, warmup: int, steps: int, threads: int)
                 )  # fmt: skip
             else:
                 result = train(net, make_loader(dataset, cfg.batch_size, shuffle=True), cfg)
+            cpu = time.process_time() - cpu
             results.append(result)
     measured = results[-1]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -150,6 +156,7 @@ def measure_one(model: str, variant: str, warmup: int, steps: int, threads: int)
         "samples": measured.num_examples,
         "seconds": measured.seconds,
         "samples_per_s": measured.num_examples / measured.seconds,
+        "samples_per_cpu_s": measured.num_examples / cpu,
         "peak_rss_mib": peak,
         "train_mem_mib": peak - base_rss,
         "threads": threads,

@@ -151,7 +151,11 @@ class PrivacyConfig:
     # 0: 1/n with n the site's training records (local) or the number of sites (central).
     delta: float = 0.0
     accountant: Literal["rdp", "prv"] = "rdp"
-    grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"
+    # How per-sample gradients are clipped: "bookkeeping" (one backward pass, common/bookkeeping.py),
+    # Opacus "ghost" clipping (two passes) or Opacus "hooks" (per-sample gradients materialized);
+    # "auto" = bookkeeping where the model's layers support it, else ghost. All give the same DP-SGD.
+    grad_sample_mode: Literal["auto", "bookkeeping", "ghost", "hooks"] = "auto"
+
     # central mode: Flower's DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping
     clip_side: Literal["server", "client"] = "server"
     clipping: Literal["fixed", "adaptive"] = "fixed"

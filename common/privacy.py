@@ -9,8 +9,9 @@
   steps) entries, persisted in its ``SiteLedger`` on disk, composed by an Opacus accountant
   (RDP or PRV). A new PrivacyEngine per round is fine *because* epsilon is always computed
   from the full history, never from one round.
-- ``train_private``: one round of DP-SGD (Poisson sampling, per-sample clipping, Gaussian
-  noise), refusing up front if the round would take the site past its epsilon cap.
+- ``train_private``: one round of DP-SGD (Poisson sampling, per-sample clipping by book-keeping,
+  ghost or hooks, Gaussian noise), refusing up front if the round would take the site past its
+  epsilon cap.
 - ``central_epsilon``: site-level epsilon of Flower's DP strategy wrappers over rounds.
 """
 
@@ -31,6 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common.batches import Batch, make_loader
+from common.bookkeeping import BookKeeping, supports
 from common.config import ExperimentConfig, PrivacyConfig, TrainConfig
 from common.errors import ConfideError, ConfigError
 from common.train import TrainResult, make_optimizer, train
@@ -122,16 +124,24 @@ def readiness(model: nn.Module, cfg: PrivacyConfig, batch_size: int) -> Readines
     model.train()
     problems = tuple(str(e) for e in ModuleValidator.validate(model, strict=False))
     return Readiness(
-        grad_sample_mode=grad_sample_mode(cfg),
+        grad_sample_mode=grad_sample_mode(cfg, model),
         trainable_parameters=trainable,
         per_sample_grad_bytes_hooks=batch_size * trainable * 4,
         unsupported=problems,
     )
 
 
-def grad_sample_mode(cfg: PrivacyConfig) -> str:
-    """Ghost clipping (no per-sample gradients materialized) unless hooks are asked for."""
-    return "hooks" if cfg.grad_sample_mode == "hooks" else "ghost"
+def grad_sample_mode(cfg: PrivacyConfig, model: nn.Module) -> str:
+    """The clipping implementation for this model: book-keeping (one backward pass) where all its
+    trainable layers are supported, else Opacus's ghost clipping; or what the config names."""
+    if cfg.grad_sample_mode != "auto":
+        if cfg.grad_sample_mode == "bookkeeping" and supports(model):
+            raise ConfigError(
+                "config key 'privacy.grad_sample_mode': bookkeeping does not support "
+                f"{', '.join(supports(model)[:3])}; use 'auto', 'ghost' or 'hooks'"
+            )
+        return cfg.grad_sample_mode
+    return "ghost" if supports(model) else "bookkeeping"
 
 
 # --------------------------------------------------------------------------- accounting
@@ -186,7 +196,6 @@ CLIENT_CLIPPING_KEY = "dp-client-clipping"
 
 @dataclass(frozen=True)
 class CentralPlan:
-
     """Site-level DP with Flower's strategy wrappers: the noise and what it buys."""
 
     noise_multiplier: float
@@ -343,7 +352,7 @@ def train_private(
             f"site '{site}' refuses to train: this round would bring its epsilon from {spent:.3f} to "
             f"{projected:.3f}, above its cap {limits.max_epsilon:g} (node config 'max-epsilon')"
         )
-    mode = grad_sample_mode(cfg)
+    mode = grad_sample_mode(cfg, model)
     model.train()
     optimizer = make_optimizer(model, train_cfg)
     loader = make_loader(dataset, train_cfg.batch_size, shuffle=True, generator=secret_generator())
@@ -355,21 +364,30 @@ def train_private(
         noise_multiplier=sigma,
         max_grad_norm=cfg.max_grad_norm,
         poisson_sampling=True,
-        grad_sample_mode=mode,
+        grad_sample_mode="hooks" if mode == "hooks" else "ghost",
         criterion=nn.CrossEntropyLoss(),
         wrap_model=False,
         noise_generator=secret_generator(),
     )
-    if mode == "ghost":
-        hooks, dp_optimizer, criterion, dp_loader = out
-    else:
+    if mode == "hooks":
         (hooks, dp_optimizer, dp_loader), criterion = out, nn.CrossEntropyLoss()
-    clip = _ClipCounter(model, hooks, cfg.max_grad_norm, mode)
+    else:
+        hooks, dp_optimizer, criterion, dp_loader = out
+    bookkeeping = None
+    if mode == "bookkeeping":  # keep Opacus's optimizer (noise, accountant) and loader; replace its hooks
+        hooks.remove_hooks()
+        hooks.cleanup()
+        bookkeeping = BookKeeping(model, cfg.max_grad_norm)
+        criterion = _BookKeepingLoss(bookkeeping)
+    clip = _ClipCounter(model, bookkeeping or hooks, cfg.max_grad_norm, mode)
     try:
         result = train(model, dp_loader, train_cfg, optimizer=dp_optimizer, loss_fn=criterion, step_hook=clip)
     finally:
-        hooks.remove_hooks()
-        hooks.cleanup()
+        if bookkeeping is not None:
+            bookkeeping.remove()
+        else:
+            hooks.remove_hooks()
+            hooks.cleanup()
     for s, r, k in engine.accountant.history:  # what the Opacus accountant actually recorded
         ledger.append(
             {
@@ -407,7 +425,9 @@ class _ClipCounter:
         self.total = 0
 
     def __call__(self, batch: Batch) -> None:
-        if self.mode == "ghost":
+        if self.mode == "bookkeeping":
+            norms = self.hooks.last_norms
+        elif self.mode == "ghost":
             norms = self.hooks.get_norm_sample()
         else:
             per_param = [
@@ -423,3 +443,27 @@ class _ClipCounter:
 
     def fraction(self) -> float:
         return self.clipped / self.total if self.total else 0.0
+
+
+class _BookKeepingLoss:
+    """Loss for ``common.train.train`` under book-keeping clipping: ``backward()`` leaves the
+    clipped per-sample gradient sum in ``.grad`` (what Opacus's fast-gradient-clipping optimizer
+    then noises and scales, as it does after ghost clipping's two passes)."""
+
+    def __init__(self, engine: BookKeeping) -> None:
+        self.engine = engine
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> _PerSampleLoss:
+        return _PerSampleLoss(self.engine, nn.functional.cross_entropy(logits, labels, reduction="none"))
+
+
+@dataclass
+class _PerSampleLoss:
+    engine: BookKeeping
+    losses: torch.Tensor
+
+    def backward(self) -> None:
+        self.engine.backward(self.losses)
+
+    def detach(self) -> torch.Tensor:
+        return self.losses.detach().mean()

@@ -141,14 +141,14 @@ def test_dp_variant_is_identical_on_server_and_sites_and_fixes_resnet() -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in a.modules())
     assert sum(isinstance(m, torch.nn.GroupNorm) for m in a.modules()) == 20
     report = readiness(a, exp.privacy, batch_size=64)
-    assert report.unsupported == () and report.grad_sample_mode == "ghost"
+    assert report.unsupported == () and report.grad_sample_mode == "bookkeeping"
     assert report.per_sample_grad_bytes_hooks == 64 * sum(p.numel() for p in a.parameters()) * 4
     _, changes = dp_compatible(build_model(config_mod.load(None, {}), 2))
     assert any("GroupNorm" in c for c in changes) and any("residual" in c for c in changes)
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
-def test_bert_trains_under_dp_in_both_clipping_modes(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["bookkeeping", "ghost", "hooks"])
+def test_bert_trains_under_dp_in_every_clipping_mode(tmp_path: Path, mode: str) -> None:
     exp = config_mod.load(
         None,
         {
