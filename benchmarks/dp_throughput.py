@@ -16,8 +16,10 @@ Each variant runs in its own fresh process (so peak RSS is its own), first a war
 = samples processed / seconds of the measured round (for DP rounds: Poisson-sampled batches,
 expected size = batch size; the DP round's Opacus setup is inside the measured time, as it is
 in every real round). Variants are interleaved across ``--repeats`` and the median is kept, so
-background load affects all variants alike. Memory: the process's peak RSS, and the peak above
-the RSS measured just before training (model, data and libraries loaded): the training working set.
+background load affects all variants alike; samples per CPU-second (process CPU time) is also
+reported, which is the steadier figure when the machine is shared (use ``--threads 1`` then).
+Memory: the process's peak RSS, and the peak above the RSS measured just before training (model,
+data and libraries loaded): the training working set.
 
 Inputs are real records where ``../shared/datasets`` has them (BANKING77 queries joined to fill
 64 tokens; PneumoniaMNIST images), else the built-in offline sets; the JSON records which.
@@ -184,6 +186,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             row = dict(mine[0])
             row["samples_per_s"] = statistics.median(r["samples_per_s"] for r in mine)
+            row["samples_per_cpu_s"] = statistics.median(r["samples_per_cpu_s"] for r in mine)
             row["samples_per_s_all"] = [round(r["samples_per_s"], 2) for r in mine]
             row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in mine)
             row["train_mem_mib"] = max(r["train_mem_mib"] for r in mine)
@@ -192,6 +195,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         base = next((r for r in rows if r["model"] == row["model"] and r["variant"] == BASELINE[row["model"]]), None)
         if base:
             row["speed_vs_plain"] = row["samples_per_s"] / base["samples_per_s"]
+            row["cpu_speed_vs_plain"] = row["samples_per_cpu_s"] / base["samples_per_cpu_s"]
             row["peak_vs_plain"] = row["peak_rss_mib"] / base["peak_rss_mib"]
             row["train_mem_vs_plain"] = row["train_mem_mib"] / max(base["train_mem_mib"], 1.0)
     return rows
@@ -219,9 +223,11 @@ def main() -> None:
                       f"peak {r['peak_rss_mib']:6.0f} MiB", flush=True)  # fmt: skip
                 runs.append(r)
     rows = summarize(runs)
-    headers = ["model", "variant", "samples/s", "x plain", "peak RSS MiB", "x plain", "train mem MiB", "x plain"]
+    headers = ["model", "variant", "samples/s", "x plain", "samples/CPU-s", "x plain", "peak RSS MiB", "x plain",
+               "train mem MiB", "x plain"]  # fmt: skip
     body = [
-        [r["model"], r["variant"], r["samples_per_s"], r.get("speed_vs_plain", float("nan")), r["peak_rss_mib"],
+        [r["model"], r["variant"], r["samples_per_s"], r.get("speed_vs_plain", float("nan")), r["samples_per_cpu_s"],
+         r.get("cpu_speed_vs_plain", float("nan")), r["peak_rss_mib"],
          r.get("peak_vs_plain", float("nan")), r["train_mem_mib"], r.get("train_mem_vs_plain", float("nan"))]
         for r in rows
     ]  # fmt: skip
