@@ -43,7 +43,6 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
     mod is outermost, so it clips exactly the update that leaves the site."""
     client_app = ClientApp(mods=[central_dp_clipping_mod, *(mods or [])])
 
-
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         exp, rt = _setup(msg, context, fixed)

@@ -9,8 +9,10 @@ every round (Flower builds a new ClientApp object for every message).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import typing
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common.batches import make_dataset, make_loader
-from common.config import ExperimentConfig, resolve_path
+from common.config import BUILTIN_SOURCES, TEXT_SOURCES, DataConfig, DataSource, ExperimentConfig, resolve_path
 from common.data import LabelSet, read_train
 from common.errors import ConfigError, DataError
 from common.models import build_model
@@ -30,6 +32,9 @@ from common.partition import partition_indices, train_val_split
 from common.train import train
 
 log = logging.getLogger(__name__)
+
+# File formats a site may name in its node config ('data-format'): the non-built-in sources.
+FILE_FORMATS = tuple(f for f in typing.get_args(DataSource) if f not in BUILTIN_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class SiteSpec:
     partition_id: int | None = None
     num_partitions: int | None = None
     data_path: str = ""
+    # The file format of the site's own data ('npz', 'csv', ...); "" = the experiment's data.source.
+    data_format: str = ""
     # The site's own privacy limits: nothing the coordinator sends can loosen them.
     max_epsilon: float = math.inf
     min_noise_multiplier: float = 0.0
@@ -51,8 +58,13 @@ class SiteSpec:
         nparts = _opt_int(node_config, "num-partitions")
         data_path = str(node_config.get("data-path", "") or "")
         name = str(node_config.get("site-name", "") or "")
+        data_format = str(node_config.get("data-format", "") or "")
         if not data_path and pid is None:
             raise ConfigError("node config needs 'data-path' (a site's own data) or 'partition-id' (simulation)")
+        if data_format and (not data_path or data_format not in FILE_FORMATS):
+            raise ConfigError(
+                f"node config 'data-format'={data_format!r} needs a 'data-path' and one of {', '.join(FILE_FORMATS)}"
+            )
         if pid is not None and (nparts is None or not 0 <= pid < nparts):
             raise ConfigError(f"node config 'partition-id'={pid} is outside 'num-partitions'={nparts}")
         max_eps = _opt_float(node_config, "max-epsilon")
@@ -66,6 +78,7 @@ class SiteSpec:
             partition_id=pid,
             num_partitions=nparts,
             data_path=data_path,
+            data_format=data_format,
             max_epsilon=math.inf if max_eps is None else max_eps,
             min_noise_multiplier=floor or 0.0,
             ledger_dir=str(node_config.get("ledger-dir", "") or ""),
@@ -116,7 +129,7 @@ def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> Sit
 def site_records(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet):  # -> (RawData, RawData)
     """The site's (train, held-out) records."""
     if spec.data_path:
-        raw = read_train(exp.data, spec.data_path).with_labels(labels, where=spec.data_path)
+        raw = read_train(_site_data_config(exp, spec), spec.data_path).with_labels(labels, where=spec.data_path)
         split_seed = exp.seed
     else:
         assert spec.partition_id is not None and spec.num_partitions is not None
@@ -139,6 +152,19 @@ def site_records(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet):  # ->
         split_seed = exp.seed + spec.partition_id
     train_idx, val_idx = train_val_split(len(raw), exp.data.val_fraction, split_seed, spec.name)
     return raw.subset(train_idx), raw.subset(val_idx)
+
+
+def _site_data_config(exp: ExperimentConfig, spec: SiteSpec) -> DataConfig:
+    """The experiment's data settings, with the site's own file format when its node config names one."""
+    if not spec.data_format or spec.data_format == exp.data.source:
+        return exp.data
+    if (spec.data_format in TEXT_SOURCES) != exp.data.is_text:
+        kind = "text" if exp.data.is_text else "image"
+        raise ConfigError(
+            f"site '{spec.name}': node config 'data-format'={spec.data_format!r} is not {kind} data, "
+            f"which this experiment (data.source '{exp.data.source}') needs"
+        )
+    return dataclasses.replace(exp.data, source=spec.data_format, path=spec.data_path)
 
 
 def _opt_float(cfg: Mapping[str, Any], key: str) -> float | None:

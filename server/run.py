@@ -92,7 +92,6 @@ def _run_rounds(
     if exp.privacy.mode == "central" and exp.privacy.clip_side == "client":
         train_config[CLIENT_CLIPPING_KEY] = exp.privacy.clipping  # the site clips (client/mods.py)
 
-
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(exchanged_state(model)),

@@ -2,8 +2,9 @@
 
 ``ConfideFedAvg`` is Flower's FedAvg plus: every update is checked (tensor names, shapes,
 finite values) before aggregation and a malformed one is excluded, naming the site and
-tensor; per-site metrics are kept beside the weighted means; failures are recorded; and
-a round with fewer valid updates than ``strategy.min_sites`` stops the run.
+tensor; per-site metrics are kept beside the weighted means; failures are recorded, including
+sites that never replied within ``strategy.round_timeout`` (a lost site); and a round with
+fewer valid updates than ``strategy.min_sites`` stops the run.
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ def to_weights(record: ArrayRecord) -> Weights:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def site_name(msg: Message, known: dict[int, str]) -> str:
-    """The site's self-declared name; for an error reply, the name it used before (or node-<id>)."""
-    node = msg.metadata.src_node_id
+def site_name(msg: Message, known: dict[int, str], node: int | None = None) -> str:
+    """The site's self-declared name; for an error reply, the name it used before (or node-<id>).
+
+    ``node`` is the node the request went to: an error reply made by the SuperLink itself (node
+    unavailable, message expired) carries the SuperLink's id as its source, not the site's.
+    """
+    node = msg.metadata.src_node_id if node is None else node
     if not msg.has_error() and SITE_KEY in msg.content.config_records:
         known[node] = str(msg.content.config_records[SITE_KEY].get("name", "")) or f"node-{node}"
     return known.get(node, f"node-{node}")
@@ -61,19 +66,31 @@ class ConfideFedAvg(FedAvg):
         self.reference = {k: np.zeros(v.shape, v.dtype) for k, v in reference.items()}
         self.recorder = recorder
         self.names: dict[int, str] = {}
+        # The messages sent in the current phase ("train"/"evaluate"); the grid sets their ids
+        # when it pushes them, so a reply (or its absence) is matched to the node it went to.
+        self.sent: dict[str, list[Message]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.recorder.begin(server_round, bytes_down=arrays.count_bytes())
-        return super().configure_train(server_round, arrays, config, grid)
+        self.sent["train"] = list(super().configure_train(server_round, arrays, config, grid))
+        return self.sent["train"]
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.sent["evaluate"] = list(super().configure_evaluate(server_round, arrays, config, grid))
+        return self.sent["evaluate"]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        sent = self._destinations("train")
         accepted: list[Message] = []
         for msg in replies:
-            name = site_name(msg, self.names)
+            name = site_name(msg, self.names, sent.get(msg.metadata.reply_to_message_id))
             if msg.has_error():
                 self.recorder.site_failed(name, "train", _reason(msg))
                 continue
@@ -87,6 +104,7 @@ class ConfideFedAvg(FedAvg):
             metrics = _only_metrics(msg)
             self.recorder.site_trained(name, metrics, bytes_up=num_bytes(weights))
             accepted.append(msg)
+        self._record_silent("train", sent, replies)
         self.recorder.train_finished()
         if len(accepted) < self.cfg.min_sites:
             failures = "; ".join(f"{f['site']}: {f['reason']}" for f in self.recorder.current.failures)
@@ -97,15 +115,31 @@ class ConfideFedAvg(FedAvg):
         return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        sent = self._destinations("evaluate")
         ok: list[Message] = []
         for msg in replies:
-            name = site_name(msg, self.names)
+            name = site_name(msg, self.names, sent.get(msg.metadata.reply_to_message_id))
             if msg.has_error():
                 self.recorder.site_failed(name, "evaluate", _reason(msg))
                 continue
             self.recorder.site_evaluated(name, _only_metrics(msg))
             ok.append(msg)
+        self._record_silent("evaluate", sent, replies)
         return super().aggregate_evaluate(server_round, ok)
+
+    def _destinations(self, phase: str) -> dict[str, int]:
+        """Message id -> destination node of what this phase sent (empty if nothing was pushed)."""
+        messages = self.sent.pop(phase, [])
+        return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+
+    def _record_silent(self, phase: str, sent: dict[str, int], replies: list[Message]) -> None:
+        """A site that got a message but never answered within the round timeout is a failure too."""
+        answered = {msg.metadata.reply_to_message_id for msg in replies}
+        for message_id, node in sent.items():
+            if message_id not in answered:
+                reason = f"no reply within strategy.round_timeout={self.cfg.round_timeout:g}s (site lost or too slow)"
+                self.recorder.site_failed(self.names.get(node, f"node-{node}"), phase, reason)
 
     @staticmethod
     def _aggregate_site_metrics(records: list[Any], weight_key: str) -> MetricRecord:

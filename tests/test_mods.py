@@ -53,7 +53,6 @@ def test_update_is_clipped_when_the_server_asks_for_client_side_clipping() -> No
     assert abs(update_norm(reply) - 2.0) < 1e-4
 
 
-
 def test_messages_without_the_request_pass_untouched() -> None:
     msg = train_message({KEY_CLIPPING_NORM: 2.0, "server-round": 1})
     reply = central_dp_clipping_mod(msg, context(), local_training)
