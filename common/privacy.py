@@ -23,6 +23,9 @@ import math
 import os
 import time
 import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,10 +322,28 @@ def _steps_per_round(train_cfg: TrainConfig, n: int) -> int:
     return min(steps, train_cfg.max_steps) if train_cfg.max_steps else steps
 
 
+_STUDY_SEEDS: ContextVar[Callable[[], int] | None] = ContextVar("confide_study_noise_seeds", default=None)
+
+
 def secret_generator() -> torch.Generator:
     """A generator seeded from the OS's entropy. DP noise and Poisson sampling must be secret:
-    a seed the coordinator could know (from the config) would let it subtract the noise."""
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    a seed the coordinator could know (from the config) would let it subtract the noise.
+    Inside ``study_noise_seeds`` (simulated studies only) the seeds come from the study instead."""
+    seeds = _STUDY_SEEDS.get()
+    return torch.Generator().manual_seed(seeds() if seeds else int.from_bytes(os.urandom(8), "little"))
+
+
+@contextmanager
+def study_noise_seeds(seeds: Callable[[], int]) -> Iterator[None]:
+    """Simulated privacy-utility studies only: DP noise and sampling seeds from ``seeds`` (derived
+    from the experiment seed), so a sweep reproduces its table. This voids the DP guarantee
+    against anyone who knows the seed; deployed sites never enter it (only the sweep runner's
+    ClientApp mod, simulations/determinism.py, does)."""
+    token = _STUDY_SEEDS.set(seeds)
+    try:
+        yield
+    finally:
+        _STUDY_SEEDS.reset(token)
 
 
 def train_private(

@@ -1,0 +1,71 @@
+"""One sweep cell: simulate it, audit its final model, write its result last and atomically.
+
+Layout and the meaning of "done": see cellstore.py. An unfinished attempt's run folders are
+cleared before the cell runs again, so a cell's folder only ever holds the run its result
+describes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common import config as config_mod
+from simulations.cellstore import FAILED, RESULT, atomic_write, cell_dir, load_result
+from simulations.determinism import seeded_sites
+from simulations.local import simulate
+from simulations.run_summary import summarize_run
+from simulations.study_audit import audit_run
+from simulations.sweep_spec import Cell, Sweep
+
+
+def run_cell(sweep: Sweep, cell: Cell, out: Path) -> dict[str, Any]:
+    """Simulate the cell, audit its final model, write and return its result."""
+    folder = cell_dir(out, cell.id)
+    runs = folder / "runs"
+    if runs.exists():
+        shutil.rmtree(runs)  # an earlier attempt that did not finish
+    (folder / FAILED).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    exp = config_mod.replace(cell.exp, output_dir=str(runs.resolve()))
+    atomic_write(folder / "cell.yaml", yaml.safe_dump({"axes": cell.axes, "experiment": config_mod.to_dict(exp)}))
+    mods = [seeded_sites(exp.seed)] if sweep.deterministic_sites else []
+    start = time.perf_counter()
+    run = simulate(exp, cpus_per_site=sweep.cpus_per_site, client_mods=mods)
+    wall = time.perf_counter() - start
+    summary = summarize_run(run)
+    result = {
+        "cell_id": cell.id,
+        "axes": cell.axes,
+        "config": config_mod.to_dict(config_mod.load(run / "config.yaml")),
+        "run": str(run.relative_to(out.resolve())),
+        "metrics": {**summary["metrics"], "wall_seconds": wall},
+        "curve": summary["curve"],
+        "site_accuracy": summary["site_accuracy"],
+    }
+    result = with_audit(result, audit_run(run, sweep.audit, out / "references"))
+    atomic_write(folder / RESULT, json.dumps(result, indent=1))
+    return result
+
+
+def reaudit_cell(sweep: Sweep, cell: Cell, out: Path) -> dict[str, Any] | None:
+    """Redo a finished cell's audit from its saved run (no new simulation); None if not finished."""
+    folder = cell_dir(out, cell.id)
+    result = load_result(folder, cell.id)
+    if result is None:
+        return None
+    result = with_audit(result, audit_run(out / result["run"], sweep.audit, out / "references"))
+    atomic_write(folder / RESULT, json.dumps(result, indent=1))
+    return result
+
+
+def with_audit(result: dict[str, Any], audit: dict[str, Any]) -> dict[str, Any]:
+    """The result with this audit's numbers as metrics (older ones replaced) and its notes."""
+    mia = {k: v for k, v in audit.items() if k.startswith("mia_")}
+    metrics = {k: v for k, v in result["metrics"].items() if not k.startswith("mia_")}
+    return {**result, "metrics": {**metrics, **mia}, "audit_notes": {k: v for k, v in audit.items() if k not in mia}}

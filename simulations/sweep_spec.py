@@ -1,0 +1,260 @@
+"""A sweep file: one base experiment plus a grid of dotted config keys, expanded into cells.
+
+    name: pneumonia-privacy-utility
+    base: ../configs/hospital_resnet_pneumonia.yaml   # experiment file (relative to this file) or a mapping
+    set:                                               # fixed overrides for every cell
+      strategy.rounds: 8
+    grid:                                              # every combination is one cell
+      privacy.target_epsilon: [1, 3, 8, inf]           # inf: no DP (privacy.mode off)
+      data.alpha: [0.5, 100]
+      seed: [0]
+    audit: {site: 0, max_records: 500, reference_models: 1}
+    deterministic_sites: true
+    cpus_per_site: 1
+
+Every cell is resolved and validated through ``common.config`` before any cell runs, so an
+unknown key or a bad value stops the sweep naming the key. A finite ``privacy.target_epsilon``
+(or a positive ``privacy.noise_multiplier``) turns on DP-SGD at every site (``privacy.mode:
+local``) unless the base or the grid sets ``privacy.mode``; ``inf`` (or a noise multiplier of 0)
+means ``privacy.mode: off`` for that cell. A cell's id is a hash of its resolved config and the
+study settings, so the same cell always lands in the same folder and a rerun can skip it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import config as config_mod
+from common.config import ExperimentConfig
+from common.errors import ConfigError
+
+EPSILON_KEY = "privacy.target_epsilon"
+NOISE_KEY = "privacy.noise_multiplier"
+MODE_KEY = "privacy.mode"
+TOP_KEYS = ("name", "base", "set", "grid", "audit", "deterministic_sites", "cpus_per_site")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The membership-inference audit run on every cell's final global model."""
+
+    site: int = 0  # whose training records are the members
+    max_records: int = 500  # members (= non-members) at most; 0: all that can be label-matched
+    reference_models: int = 1  # for the calibrated attack; 0: loss-threshold attack only
+
+    def __post_init__(self) -> None:
+        _require(self.site >= 0, "audit.site", "must be >= 0")
+        _require(self.max_records >= 0, "audit.max_records", "must be >= 0")
+        _require(self.reference_models >= 0, "audit.reference_models", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    axes: dict[str, Any]  # this cell's grid values (epsilon as float, inf = no DP)
+    exp: ExperimentConfig
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    source: str
+    grid: dict[str, list[Any]]
+    fixed: dict[str, Any]
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    # Seed every site's RNGs per message (DP noise and sampling included) from the experiment seed,
+    # so the same sweep gives the same table. Simulation studies only: see determinism.py.
+    deterministic_sites: bool = True
+    cpus_per_site: float = 1.0
+    cells: tuple[Cell, ...] = ()
+
+    @property
+    def privacy_axis(self) -> str | None:
+        return next((k for k in (EPSILON_KEY, NOISE_KEY) if k in self.grid), None)
+
+    def settings(self) -> dict[str, Any]:
+        """What besides the experiment config decides a cell's result (part of its id)."""
+        return {"audit": asdict(self.audit), "deterministic_sites": self.deterministic_sites}
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, axes: dict[str, Any] | None = None) -> Sweep:
+    """Read, expand and validate a sweep file.
+
+    ``overrides`` set a config key in every cell (e.g. a reduced budget); ``axes`` replace the
+    values of existing grid axes (e.g. fewer seeds).
+    """
+    path = Path(path)
+    raw = config_mod.read_yaml(path)
+    if axes:
+        grid = _mapping(raw.get("grid") or {}, "grid", str(path))
+        for key, values in axes.items():
+            if key not in grid:
+                raise ConfigError(f"'{key}' is not a grid axis of {path}; axes: {', '.join(grid) or 'none'}")
+            grid[key] = values if isinstance(values, list) else [values]
+        raw = {**raw, "grid": grid}
+    return build_sweep(raw, base_dir=path.parent, source=str(path), overrides=overrides)
+
+
+def build_sweep(
+    raw: dict[str, Any], base_dir: Path, source: str = "<sweep>", overrides: dict[str, Any] | None = None
+) -> Sweep:
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown sweep key '{unknown[0]}' in {source}; known keys: {', '.join(TOP_KEYS)}")
+    name = str(raw.get("name") or Path(source).stem)
+    grid = _grid(raw.get("grid") or {}, source)
+    fixed = {**_mapping(raw.get("set") or {}, "set", source), **(overrides or {})}
+    clash = sorted(set(fixed) & set(grid))
+    if clash:
+        raise ConfigError(f"sweep key '{clash[0]}' is a grid axis in {source}; change the grid, not an override")
+    sweep = Sweep(
+        name=name,
+        source=source,
+        grid=grid,
+        fixed=fixed,
+        audit=_audit(raw.get("audit") or {}, source),
+        deterministic_sites=_bool(raw.get("deterministic_sites", True), "deterministic_sites"),
+        cpus_per_site=_positive(raw.get("cpus_per_site", 1.0), "cpus_per_site"),
+    )
+    base = raw.get("base")
+    cells = tuple(_cell(sweep, base, base_dir, values) for values in _combinations(grid))
+    return dataclasses.replace(sweep, cells=cells)
+
+
+def _cell(sweep: Sweep, base: Any, base_dir: Path, values: dict[str, Any]) -> Cell:
+    base_path, base_overrides = _base(base, base_dir)
+    mode = _base_mode(base_path, {**base_overrides, **sweep.fixed})
+    cell_overrides = _privacy_overrides(values, mode)
+    overrides = {**base_overrides, **sweep.fixed, **cell_overrides, "name": sweep.name}
+    where = ", ".join(f"{k}={v}" for k, v in values.items())
+    try:
+        exp = config_mod.load(base_path, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"sweep {sweep.source}, cell ({where}): {exc}") from None
+    return Cell(id=cell_id(exp, sweep.settings()), axes=dict(values), exp=exp)
+
+
+def cell_id(exp: ExperimentConfig, settings: dict[str, Any]) -> str:
+    """A stable id: the hash of the resolved config (not its name or output folder) and study settings."""
+    cfg = config_mod.to_dict(exp)
+    for key in ("name", "output_dir"):
+        cfg.pop(key)
+    cfg["train"].pop("threads")  # does not change results: simulate() runs one thread per site
+    blob = json.dumps({"experiment": cfg, "study": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _privacy_overrides(values: dict[str, Any], base_mode: str) -> dict[str, Any]:
+    """The cell's grid values as config overrides, with epsilon = inf meaning 'no DP'."""
+    out = dict(values)
+    explicit_mode = MODE_KEY in values
+    if EPSILON_KEY in values:
+        eps = values[EPSILON_KEY]
+        if math.isinf(eps):
+            out[EPSILON_KEY], out[MODE_KEY] = 0.0, "off"
+        elif not explicit_mode and base_mode == "off":
+            out[MODE_KEY] = "local"
+    if NOISE_KEY in values and values[NOISE_KEY] == 0:
+        out[MODE_KEY] = "off"
+        out[NOISE_KEY] = 1.0  # unused with privacy off; keeps the config valid
+    elif NOISE_KEY in values and not explicit_mode and base_mode == "off" and out.get(MODE_KEY) != "off":
+        out[MODE_KEY] = "local"
+    return out
+
+
+def _base(base: Any, base_dir: Path) -> tuple[Path | None, dict[str, Any]]:
+    if base is None:
+        return None, {}
+    if isinstance(base, str):
+        path = Path(base) if Path(base).is_absolute() else base_dir / base
+        return path, {}
+    if isinstance(base, dict):
+        return None, _flatten(base)
+    raise ConfigError("sweep key 'base' must be an experiment file or a mapping")
+
+
+def _base_mode(base_path: Path | None, overrides: dict[str, Any]) -> str:
+    return config_mod.load(base_path, overrides).privacy.mode
+
+
+def _grid(grid: Any, source: str) -> dict[str, list[Any]]:
+    grid = _mapping(grid, "grid", source)
+    known = set(config_mod.flat_keys())
+    out: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key '{key}' in the grid of {source}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid key '{key}' in {source} must be a non-empty list; got {values!r}")
+        if len({json.dumps(v, default=str) for v in values}) != len(values):
+            raise ConfigError(f"grid key '{key}' in {source} has duplicate values")
+        out[key] = [_epsilon(v) for v in values] if key == EPSILON_KEY else list(values)
+    return out
+
+
+def _epsilon(value: Any) -> float:
+    """A grid epsilon: a positive number, or inf (also written 'inf', 'infinity' or null) for no DP."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "∞")):
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"config key '{EPSILON_KEY}' in the grid must be a positive number or inf; got {value!r}")
+    return float(value)
+
+
+def _combinations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))] or [{}]
+
+
+def _audit(raw: Any, source: str) -> AuditSettings:
+    raw = _mapping(raw, "audit", source)
+    names = {f for f in AuditSettings.__dataclass_fields__}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown sweep key 'audit.{unknown[0]}' in {source}; known: {', '.join(sorted(names))}")
+    values = {}
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"sweep key 'audit.{key}' must be an integer; got {value!r}")
+        values[key] = value
+    return AuditSettings(**values)
+
+
+def _mapping(value: Any, key: str, source: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"sweep key '{key}' in {source} must be a mapping; got {value!r}")
+    return {str(k): v for k, v in value.items()}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"sweep key '{key}' must be true or false; got {value!r}")
+    return value
+
+
+def _positive(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"sweep key '{key}' must be a positive number; got {value!r}")
+    return float(value)
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"sweep key '{key}' {why}")
