@@ -424,3 +424,14 @@ def project_root() -> Path:
 def resolve_path(path: str) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (project_root() / p).resolve()
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections to dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1} (what ``load`` takes)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

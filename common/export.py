@@ -55,7 +55,7 @@ def load_model(folder: Path) -> SavedModel:
         raise ConfideError(f"not a Confide model folder (no {META}): {folder}")
     meta = yaml.safe_load(meta_path.read_text())
     labels = LabelSet(tuple(meta["labels"]))
-    exp = config_mod.load(None, _flatten(meta["experiment"]))
+    exp = config_mod.load(None, config_mod.flatten(meta["experiment"]))
     if exp.model.is_text:
         from transformers import AutoModelForSequenceClassification
 
@@ -67,16 +67,6 @@ def load_model(folder: Path) -> SavedModel:
         model_cfg = exp.model
     model.eval()
     return SavedModel(model=model, model_cfg=model_cfg, labels=labels, experiment=meta["experiment"])
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def privacy_statement(privacy: dict[str, Any]) -> list[str]:

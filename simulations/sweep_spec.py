@@ -176,7 +176,7 @@ def _base(base: Any, base_dir: Path) -> tuple[Path | None, dict[str, Any]]:
         path = Path(base) if Path(base).is_absolute() else base_dir / base
         return path, {}
     if isinstance(base, dict):
-        return None, _flatten(base)
+        return None, config_mod.flatten(base)
     raise ConfigError("sweep key 'base' must be an experiment file or a mapping")
 
 
@@ -231,16 +231,6 @@ def _mapping(value: Any, key: str, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"sweep key '{key}' in {source} must be a mapping; got {value!r}")
     return {str(k): v for k, v in value.items()}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _bool(value: Any, key: str) -> bool:
