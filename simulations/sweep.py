@@ -20,7 +20,9 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +145,15 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _on_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C: raise KeyboardInterrupt as usual, and leave anyway 3 s later if something swallowed
+    it (seen: an interrupt landing in a logging lock during Ray's start-up is "ignored")."""
+    timer = threading.Timer(3.0, _exit_now, args=(130,))
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="sweep YAML file")
@@ -168,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(f"[sweep] report: {build_report(out)}")
             return 0
+        signal.signal(signal.SIGINT, _on_interrupt)
         counts = run_sweep(sweep, out, command=command, report=not args.no_report)
     except ConfideError as exc:
         print(f"confide-sweep: {exc}", file=sys.stderr)
