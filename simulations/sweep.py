@@ -145,10 +145,15 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _interrupted() -> NoReturn:
+    print("confide-sweep: interrupted (Ctrl-C); rerun the same command to resume", file=sys.stderr)
+    _exit_now(130)
+
+
 def _on_interrupt(signum: int, frame: Any) -> None:
     """Ctrl-C: raise KeyboardInterrupt as usual, and leave anyway 3 s later if something swallowed
     it (seen: an interrupt landing in a logging lock during Ray's start-up is "ignored")."""
-    timer = threading.Timer(3.0, _exit_now, args=(130,))
+    timer = threading.Timer(3.0, _interrupted)
     timer.daemon = True
     timer.start()
     raise KeyboardInterrupt
@@ -185,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"confide-sweep: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("confide-sweep: interrupted (Ctrl-C); rerun the same command to resume", file=sys.stderr)
-        _exit_now(130)
+        _interrupted()
+
     print(f"[sweep] {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed: {out}")
     return 1 if counts["failed"] else 0
 
