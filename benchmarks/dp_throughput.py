@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -204,6 +205,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", help="only these variants (default: all of each model)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
@@ -218,7 +220,10 @@ def main() -> None:
     for rep in range(args.repeats):
         for model in args.models:
             for variant in VARIANTS[model]:
+                if args.variants and variant not in args.variants:
+                    continue
                 r = _run_child(model, variant, args)
+
                 print(f"[{rep + 1}/{args.repeats}] {model:8s} {variant:10s} {r['samples_per_s']:7.1f} samples/s "
                       f"peak {r['peak_rss_mib']:6.0f} MiB", flush=True)  # fmt: skip
                 runs.append(r)
@@ -233,6 +238,7 @@ def main() -> None:
     ]  # fmt: skip
     print(table(headers, body))
     args_record = {k: v for k, v in vars(args).items() if k != "one"}
+    args_record["allocator"] = os.environ.get("LD_PRELOAD", "") or "glibc malloc (default)"
     print("saved", save("dp_throughput", {"args": args_record, "rows": rows, "runs": runs}))
 
 

@@ -103,7 +103,23 @@ def test_dp_ready_resnet() -> None:
     check(model, torch.randn(4, 1, 12, 12, generator=g), torch.tensor([0, 1, 2, 1]))
 
 
+def test_both_conv_paths_with_bias_and_chunked_batch() -> None:
+    """A large-map conv takes the early per-sample path, a small-map one keeps (a, g) for the
+    weight-gradient kernel; both with biases and more samples than one unfold chunk."""
+    from common import bookkeeping
+
+    torch.manual_seed(3)
+    early, late = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 32, 3, stride=2, padding=1)
+    model = nn.Sequential(early, nn.GroupNorm(1, 3), nn.ReLU(), late, nn.Flatten(), nn.Linear(32 * 16, 3))
+    x = torch.randn(bookkeeping._CHUNK + 3, 2, 8, 8)
+    a_early, a_late = x, torch.randn(len(x), 3, 8, 8)
+    assert bookkeeping._conv_instantiate(early, a_early, torch.zeros(len(x), 3, 8, 8))
+    assert not bookkeeping._conv_instantiate(late, a_late, torch.zeros(len(x), 32, 4, 4))
+    check(model, x, torch.arange(len(x)) % 3)
+
+
 def test_unsupported_layers_are_named() -> None:
+
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
     assert supports(model) == ["1 (BatchNorm2d)"]
     with pytest.raises(ValueError, match="BatchNorm2d"):
