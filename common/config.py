@@ -50,6 +50,11 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("query", "value")
+    # bert: what the classification head reads. "cls": the checkpoint's own pooler ([CLS] token,
+    # dense + tanh; Hugging Face's default). "mean": the attention-masked mean of the last hidden
+    # states, the pooling sentence-transformer checkpoints such as all-MiniLM-L6-v2 were trained
+    # with (no pooler weights; a linear head on it starts far closer to a good classifier).
+    pooling: Literal["cls", "mean"] = "cls"
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 8, "model.max_length", "must be >= 8")
@@ -58,6 +63,7 @@ class ModelConfig:
         _require(self.lora_r == 0 or self.name == "bert", "model.lora_r", "LoRA is available for model.name 'bert'")
         _require(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout", "must be in [0, 1)")
         _require(self.lora_r == 0 or bool(self.lora_targets), "model.lora_targets", "must name modules")
+        _require(self.pooling == "cls" or self.name == "bert", "model.pooling", "'mean' is for model.name 'bert'")
 
     @property
     def is_text(self) -> bool:
@@ -114,6 +120,9 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     lr: float = 1e-3
+    # Learning rate of the classification head (BERT's classifier, ResNet's fc); 0: train.lr.
+    # A new head usually wants a larger one than pretrained (or LoRA) weights.
+    head_lr: float = 0.0
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = 0.0
     momentum: float = 0.9
@@ -127,6 +136,8 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(self.head_lr >= 0, "train.head_lr", "must be >= 0 (0: same as train.lr)")
+
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
         _require(self.threads >= 0, "train.threads", "must be >= 0")

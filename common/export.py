@@ -21,7 +21,7 @@ from common import config as config_mod
 from common.config import ExperimentConfig, ModelConfig
 from common.data import LabelSet
 from common.errors import ConfideError
-from common.models import build_model, checkpoint_path, load_tokenizer, merged
+from common.models import build_model, checkpoint_path, load_tokenizer, merged, use_pooling
 
 META = "confide.yaml"
 RESNET_WEIGHTS = "model.pt"
@@ -59,7 +59,7 @@ def load_model(folder: Path) -> SavedModel:
     if exp.model.is_text:
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        model = use_pooling(AutoModelForSequenceClassification.from_pretrained(folder), exp.model.pooling)
         model_cfg = config_mod.replace(exp, **{"model.checkpoint": str(folder)}).model
     else:
         model = build_model(exp, len(labels))

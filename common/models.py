@@ -166,6 +166,40 @@ def _bert(cfg: ModelConfig, num_labels: int) -> nn.Module:
             model.config.model_type,
         )
     log.info("bert: loaded pretrained weights from %s (%d labels, new classification head)", path, num_labels)
+    return use_pooling(model, cfg.pooling)
+
+
+class MeanPooler(nn.Module):
+    """Attention-masked mean of the last hidden states, in place of BERT's [CLS] dense + tanh pooler
+    (no weights). The encoder's forward pre-hook hands it the batch's attention mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def take_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        mask, self.mask = self.mask, None
+        weights = (hidden.new_ones(hidden.shape[:2]) if mask is None else mask.to(hidden.dtype)).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def use_pooling(model: nn.Module, pooling: str) -> nn.Module:
+    """Apply ``model.pooling`` to a BERT sequence classifier (also when reloading an export)."""
+    if pooling == "cls":
+        return model
+    encoder = getattr(model, "bert", None)
+    if encoder is None or not hasattr(encoder, "pooler"):
+        raise ConfigError(
+            f"config key 'model.pooling': 'mean' needs a BERT-architecture checkpoint; this one is "
+            f"'{getattr(model.config, 'model_type', type(model).__name__)}'"
+        )
+    pooler = MeanPooler()
+    encoder.pooler = pooler
+    encoder.register_forward_pre_hook(pooler.take_mask, with_kwargs=True)  # a bound method: survives deepcopy
+    log.info("bert: mean pooling over tokens (model.pooling=mean) in place of the [CLS] pooler")
     return model
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from common.batches import Batch
 from common.config import TrainConfig
+from common.errors import ConfigError
 from common.metrics import classification_scores
 
 
@@ -52,11 +53,29 @@ def logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(**inputs).logits
 
 
+HEAD_MODULES = ("classifier", "fc")  # the classification head's module name (BERT family, torchvision ResNet)
+
+
+def is_head(name: str) -> bool:
+    """Whether a parameter name belongs to the classification head (also inside peft wrappers)."""
+    return any(part in HEAD_MODULES for part in name.split(".")[:-1])
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": [p for _, p in named], "lr": cfg.lr}]
+    if cfg.head_lr:
+        head = [p for n, p in named if is_head(n)]
+        if not head:
+            raise ConfigError(
+                "config key 'train.head_lr': the model has no trainable classification head "
+                f"(a module named {' or '.join(HEAD_MODULES)})"
+            )
+        groups = [g for g in ({"params": [p for n, p in named if not is_head(n)], "lr": cfg.lr},
+                              {"params": head, "lr": cfg.head_lr}) if g["params"]]  # fmt: skip
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train(

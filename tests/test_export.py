@@ -50,3 +50,16 @@ def test_bert_export_is_a_save_pretrained_folder(tmp_path: Path) -> None:
     loader = make_loader(make_dataset(raw, exp.model), 2, shuffle=False)
     loaded = load_model(tmp_path / "b")
     assert torch.allclose(outputs(model, loader), outputs(loaded.model, loader), atol=0, rtol=0)
+
+
+def test_mean_pooled_bert_export_reloads_to_identical_predictions(tmp_path: Path) -> None:
+    """The export records model.pooling; reloading applies it again (no pooler weights are saved)."""
+    overrides = {"model.name": "bert", "model.pooling": "mean", "data.source": "synthetic_text"}
+    overrides["data.labels"] = "no,yes"
+    exp = config_mod.load(None, overrides)
+    model = create_model(exp.model, 2, seed=1)
+    save_model(model, exp, LabelSet(exp.data.labels), tmp_path / "b")
+    raw = RawData(labels=np.array([0, 1]), texts=("is my card lost", "send money to my landlord today"))
+    loader = make_loader(make_dataset(raw, exp.model), 2, shuffle=False)
+    loaded = load_model(tmp_path / "b")
+    assert torch.allclose(outputs(model, loader), outputs(loaded.model, loader), atol=0, rtol=0)

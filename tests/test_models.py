@@ -77,3 +77,52 @@ def test_bad_weights_or_checkpoint_are_named(tmp_path: Path) -> None:
 def test_fewer_than_two_labels_rejected() -> None:
     with pytest.raises(ConfigError, match="at least 2 labels"):
         create_model(model_cfg(name="resnet18"), 1)
+
+
+def tiny_bert(num_labels: int = 3) -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        max_position_embeddings=16, num_labels=num_labels, pad_token_id=0,
+    )  # fmt: skip
+    return BertForSequenceClassification(cfg).eval()
+
+
+def test_mean_pooling_reads_the_masked_mean_of_the_last_hidden_states() -> None:
+    """model.pooling=mean: the head sees the attention-masked token mean (padding changes nothing),
+    the [CLS] pooler's weights are gone, and a deep copy pools with its own mask."""
+    import copy
+
+    from common.models import use_pooling
+
+    model = use_pooling(tiny_bert(), "mean")
+    assert not any(k.startswith("bert.pooler") for k in model.state_dict())
+    ids = torch.tensor([[2, 5, 7, 9, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask).logits
+        hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        want = model.classifier(hidden[:, :4].mean(1))
+        unpadded = model(input_ids=ids[:, :4], attention_mask=mask[:, :4]).logits
+        twin = copy.deepcopy(model)(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got, unpadded)
+    torch.testing.assert_close(twin, got)
+    cls = tiny_bert()
+    with torch.no_grad():
+        assert not torch.allclose(cls(input_ids=ids, attention_mask=mask).logits, got)
+
+
+def test_mean_pooling_is_refused_where_it_cannot_apply() -> None:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from common.models import use_pooling
+
+    with pytest.raises(ConfigError, match="model.pooling"):
+        model_cfg(name="resnet18", pooling="mean")
+    tiny = DistilBertConfig(vocab_size=30, dim=8, n_layers=1, n_heads=2, hidden_dim=16)
+    distil = DistilBertForSequenceClassification(tiny)
+    with pytest.raises(ConfigError, match="model.pooling.*distilbert"):
+        use_pooling(distil, "mean")

@@ -54,3 +54,23 @@ def test_scores_and_site_summary() -> None:
     assert acc == 0.75 and abs(f1 - (2 / 3 + 0.8) / 2) < 1e-9
     summary = summarize_sites({"a": {"accuracy": 1.0, "num_examples": 30}, "b": {"accuracy": 0.5, "num_examples": 10}})
     assert summary["accuracy"] == 0.875 and summary["worst_accuracy"] == 0.5 and summary["num_examples"] == 40
+
+
+def test_head_lr_gives_the_head_its_own_learning_rate() -> None:
+    """train.head_lr puts the classification head (ResNet fc, BERT classifier, also inside peft's
+    wrapper) in its own parameter group; a model without a head is refused naming the key."""
+    import pytest
+
+    from common.errors import ConfigError
+    from common.train import is_head, make_optimizer
+
+    exp = config_mod.load(None, {"train.lr": 0.01, "train.head_lr": 0.5})
+    model = create_model(exp.model, 2)
+    groups = make_optimizer(model, exp.train).param_groups
+    assert [g["lr"] for g in groups] == [0.01, 0.5]
+    assert {id(p) for p in groups[1]["params"]} == {id(model.fc.weight), id(model.fc.bias)}
+    assert len(make_optimizer(model, config_mod.load(None, {"train.lr": 0.01}).train).param_groups) == 1
+    assert is_head("base_model.model.classifier.modules_to_save.default.weight")
+    assert not is_head("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight")
+    with pytest.raises(ConfigError, match="train.head_lr"):
+        make_optimizer(torch.nn.Sequential(torch.nn.Linear(2, 2)), exp.train)
