@@ -223,7 +223,7 @@ class CentralPlan:
 
 def central_plan(exp: ExperimentConfig) -> CentralPlan:
     p, n = exp.privacy, exp.data.num_sites
-    delta = p.delta or 1.0 / max(n, 2)
+    delta = p.delta or default_delta(n)
     sigma = p.noise_multiplier
     if p.target_epsilon > 0:
         sigma = calibrate(p.target_epsilon, delta, 1.0, exp.strategy.rounds, "rdp")
@@ -305,8 +305,19 @@ def plan_noise(cfg: PrivacyConfig, train_cfg: TrainConfig, rounds: int, n: int, 
     return max(sigma, limits.min_noise_multiplier)
 
 
+DELTA_CAP = 1e-5
+
+
+def default_delta(n: int) -> float:
+    """delta well below 1/n: min(1e-5, 1/(10 n)) (n records, or n sites for site-level DP)."""
+    return min(DELTA_CAP, 1.0 / (10 * n))
+
+
 def site_delta(cfg: PrivacyConfig, n: int) -> float:
-    return cfg.delta or 1.0 / n
+    delta = cfg.delta or default_delta(n)
+    if delta >= 1.0 / n:
+        raise ConfigError(f"config key 'privacy.delta'={delta:g} must be below 1/n = 1/{n} (n: the site's records)")
+    return delta
 
 
 def _loader_batches(train_cfg: TrainConfig, n: int) -> int:

@@ -91,7 +91,7 @@ def test_cumulative_epsilon_matches_opacus_and_grows_across_rounds_and_restarts(
     _, stats = one_round(exp, reopened, 3)
     seen.append(stats.epsilon)
     assert seen[0] < seen[1] < seen[2]
-    assert stats.delta == pytest.approx(1 / len(make_dataset(images(), exp.model)))
+    assert stats.delta == pytest.approx(min(1e-5, 1 / (10 * len(make_dataset(images(), exp.model)))))
     expected = independent_epsilon(SiteLedger.open(path).entries, delta=stats.delta)
     assert abs(stats.epsilon - expected) / expected <= 1e-6
     assert stats.steps == 4 and stats.sample_rate == pytest.approx(1 / 4)  # ceil(48/12) batches
@@ -212,7 +212,7 @@ def test_central_dp_accounting_and_calibration() -> None:
     for _ in range(5):
         acc.step(noise_multiplier=1.0, sample_rate=1.0)
     assert plan.epsilon_after(5) == pytest.approx(acc.get_epsilon(delta=plan.delta), rel=1e-9)
-    assert plan.delta == pytest.approx(1 / 3) and plan.sampled_sites == 3
+    assert plan.delta == pytest.approx(1e-5) and plan.sampled_sites == 3
     target = central_plan(
         config_mod.load(
             None,
