@@ -1,5 +1,10 @@
 """Flower ClientApp: one site. Receives global weights, trains or evaluates locally,
-replies with weights and scalar metrics only (never records or per-sample values)."""
+replies with weights and scalar metrics only (never records or per-sample values).
+
+The site's privacy policy (common/privacy/policy.py: its node config and policy file, never the
+job) is read first, and every message's job is checked against it before any of the job's
+settings is used: a job asking for less privacy than the policy is refused, naming the rule.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +15,28 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from client.mods import central_dp_clipping_mod
-from common.batches import make_loader
 from common.config import ExperimentConfig, load_from_run_config
 from common.data import LabelSet
-from common.site import SiteRuntime, SiteSpec, site_runtime, train_round
-from common.train import evaluate as evaluate_model
+from common.privacy.policy import SitePolicy
+from common.privacy.policy import from_node_config as policy_from_node_config
+from common.site import SiteRuntime, SiteSpec, evaluate_round, site_runtime, train_round
 from common.weights import exchanged_state, set_weights
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
 
-def _setup(msg: Message, context: Context, fixed: ExperimentConfig | None) -> tuple[ExperimentConfig, SiteRuntime]:
-    exp = fixed or load_from_run_config(context.run_config, APP_DIR)
+def _setup(
+    msg: Message, context: Context, fixed: ExperimentConfig | None
+) -> tuple[ExperimentConfig, SiteRuntime, SitePolicy]:
     spec = SiteSpec.from_node_config(context.node_config)
+    policy = policy_from_node_config(context.node_config, deployed=spec.deployed)
+    exp = fixed or load_from_run_config(context.run_config, APP_DIR)
+    policy.check_job(exp.privacy)
     labels = LabelSet(tuple(exp.data.labels) or tuple(msg.content["config"]["labels"]))
     runtime = site_runtime(exp, spec, labels)
     weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     set_weights(runtime.model, weights, source="the server")
-    return exp, runtime
+    return exp, runtime, policy
 
 
 def _reply(msg: Message, runtime: SiteRuntime, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
@@ -45,25 +54,21 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
-        exp, rt = _setup(msg, context, fixed)
-        server_round = int(msg.content["config"].get("server-round", 0))
-        metrics = train_round(exp, rt, server_round, run_id=str(context.run_id))
+        exp, rt, policy = _setup(msg, context, fixed)
+        metrics = train_round(exp, rt, _round(msg), run_id=str(context.run_id), policy=policy)
         return _reply(msg, rt, metrics, ArrayRecord(exchanged_state(rt.model)))
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        exp, rt = _setup(msg, context, fixed)
-        loader = make_loader(rt.val_set, exp.train.eval_batch_size, shuffle=False)
-        res = evaluate_model(rt.model, loader, len(rt.labels))
-        metrics = {
-            "num-examples": res.num_examples,
-            "loss": res.loss,
-            "accuracy": res.accuracy,
-            "macro_f1": res.macro_f1,
-        }
+        exp, rt, policy = _setup(msg, context, fixed)
+        metrics = evaluate_round(exp, rt, _round(msg), run_id=str(context.run_id), policy=policy)
         return _reply(msg, rt, metrics)
 
     return client_app
+
+
+def _round(msg: Message) -> int:
+    return int(msg.content["config"].get("server-round", 0))
 
 
 app = create_client_app()

@@ -159,10 +159,11 @@ class PrivacyConfig:
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     target_epsilon: float = 0.0
-    # 0: 1/n with n the site's training records (local) or the number of sites (central).
+    # 0: min(1e-5, 1/(10 n)) with n the site's training records (local) or the number of sites
+    # (central); a delta >= 1/n is refused (it guarantees nothing).
     delta: float = 0.0
     accountant: Literal["rdp", "prv"] = "rdp"
-    # How per-sample gradients are clipped: "bookkeeping" (one backward pass, common/bookkeeping.py),
+    # How per-sample gradients are clipped: "bookkeeping" (one backward pass, common/privacy/bookkeeping.py),
     # Opacus "ghost" clipping (two passes) or Opacus "hooks" (per-sample gradients materialized);
     # "auto" = bookkeeping where the model's layers support it, else ghost. All give the same DP-SGD.
     grad_sample_mode: Literal["auto", "bookkeeping", "ghost", "hooks"] = "auto"
@@ -171,6 +172,16 @@ class PrivacyConfig:
     clip_side: Literal["server", "client"] = "server"
     clipping: Literal["fixed", "adaptive"] = "fixed"
     clipping_norm: float = 1.0
+    # Where the server's site-level (central) privacy ledger lives; "" = <output_dir>/ledgers/central.
+    # Runs that share it share the sites' cumulative site-level epsilon.
+    central_ledger: str = ""
+
+    # What sites release beside their weights under DP (a site's policy caps it): "withhold"
+    # (nothing derived from records: no loss, accuracy, clip fraction or exact count), "noisy"
+    # (held-out count, accuracy and loss, and the training count, with Gaussian noise charged to
+    # the site's ledger; training loss and clip fraction withheld), "exact" (all, unprotected).
+    site_metrics: Literal["withhold", "noisy", "exact"] = "withhold"
+    release_noise_multiplier: float = 10.0
 
     def __post_init__(self) -> None:
         _require(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0")
@@ -178,6 +189,13 @@ class PrivacyConfig:
         _require(self.target_epsilon >= 0, "privacy.target_epsilon", "must be >= 0")
         _require(0 <= self.delta < 1, "privacy.delta", "must be in [0, 1)")
         _require(self.clipping_norm > 0, "privacy.clipping_norm", "must be > 0")
+        _require(
+            self.mode != "central" or self.clipping == "fixed",
+            "privacy.clipping",
+            "'adaptive' is not available with central DP: its noisy clipped-count release is not accounted "
+            "in Confide's site-level ledger; use 'fixed'",
+        )
+        _require(self.release_noise_multiplier > 0, "privacy.release_noise_multiplier", "must be > 0")
         if self.mode != "off" and self.target_epsilon == 0:
             _require(
                 self.noise_multiplier > 0,

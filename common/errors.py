@@ -21,3 +21,11 @@ class DataError(ConfideError):
 
 class UpdateError(ConfideError):
     """A malformed model update from a site: wrong keys, wrong shapes, non-finite values."""
+
+
+class PrivacyError(ConfideError):
+    """A privacy computation that would be wrong to report (e.g. epsilon for a vacuous delta)."""
+
+
+class PolicyRefused(ConfideError):
+    """A site refuses a job (or a round) that its own privacy policy does not allow; names the rule."""

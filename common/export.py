@@ -69,32 +69,13 @@ def load_model(folder: Path) -> SavedModel:
     return SavedModel(model=model, model_cfg=model_cfg, labels=labels, experiment=meta["experiment"])
 
 
-def privacy_statement(privacy: dict[str, Any]) -> list[str]:
-    """The run's final privacy guarantee in words, one line per party it covers."""
-    mode = privacy.get("mode", "off")
-    if mode == "local":
-        return [
-            f"Record-level differential privacy (DP-SGD at each site). Site '{name}': "
-            f"(epsilon={v['epsilon']:.4f}, delta={v['delta']:.3g}) over all its DP training so far; "
-            f"this run: epsilon={v['epsilon_run']:.4f}"
-            for name, v in privacy.get("sites", {}).items()
-        ]
-    if mode == "central":
-        return [
-            f"Site-level differential privacy (Flower central DP): each site's whole contribution is "
-            f"(epsilon={privacy['epsilon']:.4f}, delta={privacy['delta']:.3g}) after {privacy['rounds']} rounds "
-            f"(noise multiplier {privacy['noise_multiplier']:.4g}, clipping norm {privacy['clipping_norm']:g})."
-        ]
-    return ["No differential privacy: the weights carry no formal privacy guarantee."]
-
-
 def write_model_card(
     folder: Path,
     exp: ExperimentConfig,
     labels: LabelSet,
     sites: dict[str, dict[str, float]],
     final: dict[str, Any],
-    privacy: dict[str, Any] | None = None,
+    privacy_lines: list[str] | None = None,
 ) -> None:
     """A short human-readable card: what was trained, on what, by whom, how well."""
     lines = [
@@ -114,11 +95,11 @@ def write_model_card(
         f"- Federation: FedAvg, {exp.strategy.rounds} rounds, {len(sites)} site(s), "
         f"{exp.train.local_epochs} local epoch(s), batch {exp.train.batch_size}, "
         f"{exp.train.optimizer} lr {exp.train.lr}",
-        "- Only model weights and scalar metrics left the sites.",
+        "- Only model weights and the scalar metrics listed under Privacy left the sites.",
         "",
-        "## Privacy",
+        "## Privacy (also in privacy.json)",
         "",
-        *[f"- {line}" for line in privacy_statement(privacy or {})],
+        *[f"- {line}" for line in privacy_lines or ["No privacy statement was recorded."]],
         "",
         "## Final metrics",
         "",
@@ -128,7 +109,7 @@ def write_model_card(
     for scope, m in final.items():
         lines.append(
             f"| {scope} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | "
-            f"{_f(m.get('loss'))} | {int(m.get('num_examples', 0))} |"
+            f"{_f(m.get('loss'))} | {_n(m.get('num_examples'))} |"
         )
     lines += [
         "",
@@ -139,10 +120,14 @@ def write_model_card(
     ]
     for name, m in sorted(sites.items()):
         lines.append(
-            f"| {name} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | {int(m.get('num_examples', 0))} |"
+            f"| {name} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | {_n(m.get('num_examples'))} |"
         )
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
 def _f(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.4f}"
+
+
+def _n(v: Any) -> str:
+    return "withheld" if v is None else str(int(v))

@@ -43,6 +43,9 @@ def summarize_sites(per_site: Mapping[str, Mapping[str, float]], weight_key: str
         if all(k in m for m in per_site.values())
     }
     out[weight_key] = float(sum(weights))
+    for k in ("num_examples", "num_examples_noisy"):  # counts add up
+        if k != weight_key and all(k in m for m in per_site.values()):
+            out[k] = float(sum(float(m[k]) for m in per_site.values()))
     for k in ("accuracy", "macro_f1"):
         if all(k in m for m in per_site.values()):
             out[f"worst_{k}"] = float(min(m[k] for m in per_site.values()))

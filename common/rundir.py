@@ -27,6 +27,7 @@ FAILED = "FAILED.txt"
 class RunDir:
     def __init__(self, exp: ExperimentConfig, run_id: str) -> None:
         self.exp = exp
+        self.run_id = run_id
         base = resolve_path(exp.output_dir)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.final = base / f"{stamp}-{_slug(exp.name)}-{run_id}"

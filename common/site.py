@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import typing
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -29,6 +28,8 @@ from common.data import LabelSet, read_train
 from common.errors import ConfigError, DataError
 from common.models import build_model
 from common.partition import partition_indices, train_val_split
+from common.privacy import release
+from common.privacy.policy import SIMULATION, SitePolicy
 from common.train import train
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,11 @@ class SiteSpec:
     data_path: str = ""
     # The file format of the site's own data ('npz', 'csv', ...); "" = the experiment's data.source.
     data_format: str = ""
-    # The site's own privacy limits: nothing the coordinator sends can loosen them.
-    max_epsilon: float = math.inf
-    min_noise_multiplier: float = 0.0
-    ledger_dir: str = ""
+
+    @property
+    def deployed(self) -> bool:
+        """A site with its own data (deployment), as opposed to a simulated partition."""
+        return bool(self.data_path)
 
     @staticmethod
     def from_node_config(node_config: Mapping[str, Any]) -> SiteSpec:
@@ -67,21 +69,12 @@ class SiteSpec:
             )
         if pid is not None and (nparts is None or not 0 <= pid < nparts):
             raise ConfigError(f"node config 'partition-id'={pid} is outside 'num-partitions'={nparts}")
-        max_eps = _opt_float(node_config, "max-epsilon")
-        floor = _opt_float(node_config, "min-noise-multiplier")
-        if max_eps is not None and max_eps <= 0:
-            raise ConfigError(f"node config 'max-epsilon' must be > 0; got {max_eps}")
-        if floor is not None and floor < 0:
-            raise ConfigError(f"node config 'min-noise-multiplier' must be >= 0; got {floor}")
         return SiteSpec(
             name=name or f"site-{pid}",
             partition_id=pid,
             num_partitions=nparts,
             data_path=data_path,
             data_format=data_format,
-            max_epsilon=math.inf if max_eps is None else max_eps,
-            min_noise_multiplier=floor or 0.0,
-            ledger_dir=str(node_config.get("ledger-dir", "") or ""),
         )
 
 
@@ -116,7 +109,7 @@ def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> Sit
     )
     log.info("site %s: %d training and %d held-out records", spec.name, len(train_raw), len(val_raw))
     if exp.privacy.local:  # report before the first DP round what DP-SGD will do with this model
-        from common.privacy import readiness
+        from common.privacy.compat import readiness
 
         log.info("site %s: %s", spec.name, readiness(runtime.model, exp.privacy, exp.train.batch_size).summary())
 
@@ -167,18 +160,6 @@ def _site_data_config(exp: ExperimentConfig, spec: SiteSpec) -> DataConfig:
     return dataclasses.replace(exp.data, source=spec.data_format, path=spec.data_path)
 
 
-def _opt_float(cfg: Mapping[str, Any], key: str) -> float | None:
-    if key not in cfg or cfg[key] == "":
-        return None
-    try:
-        value = float(cfg[key])
-    except (TypeError, ValueError):
-        raise ConfigError(f"node config '{key}' must be a number; got {cfg[key]!r}") from None
-    if math.isnan(value):
-        raise ConfigError(f"node config '{key}' must be a number; got {cfg[key]!r}")
-    return value
-
-
 def _opt_int(cfg: Mapping[str, Any], key: str) -> int | None:
     if key not in cfg or cfg[key] == "":
         return None
@@ -188,40 +169,81 @@ def _opt_int(cfg: Mapping[str, Any], key: str) -> int | None:
     return int(value)
 
 
-def ledger_path(exp: ExperimentConfig, spec: SiteSpec, run_id: str) -> Path:
-    """The site's privacy ledger: under its node config's 'ledger-dir' (persistent across runs),
-    else, in simulation, one ledger per run under the output folder."""
-    if spec.ledger_dir:
-        return resolve_path(spec.ledger_dir) / f"{_safe(spec.name)}.json"
+def ledger_path(exp: ExperimentConfig, spec: SiteSpec, policy: SitePolicy, run_id: str) -> Path:
+    """The site's privacy ledger: in its policy's ledger folder (persistent across runs); a
+    simulated site without one keeps a ledger per run beside the run's outputs."""
+    if policy.ledger_dir:
+        return resolve_path(policy.ledger_dir) / f"{_safe(spec.name)}.json"
     return resolve_path(exp.output_dir) / "ledgers" / run_id / f"{_safe(spec.name)}.json"
 
 
-def train_round(exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str) -> dict[str, float]:
-    """One round of local training (DP-SGD when privacy is local); returns scalar metrics only."""
-    metrics: dict[str, float] = {"num-examples": float(len(rt.train_set))}
-    if exp.privacy.local:
-        from common.privacy import SiteLedger, SiteLimits, train_private
-
-        ledger = SiteLedger.open(ledger_path(exp, rt.spec, run_id))
-        limits = SiteLimits(max_epsilon=rt.spec.max_epsilon, min_noise_multiplier=rt.spec.min_noise_multiplier)
-        result, privacy = train_private(
-            rt.model,
-            rt.train_set,
-            exp.train,
-            exp.privacy,
-            rounds=exp.strategy.rounds,
-            ledger=ledger,
-            limits=limits,
-            site=rt.spec.name,
-            run=run_id,
-            server_round=server_round,
-        )
-        metrics.update(privacy.as_metrics())
-    else:
+def train_round(
+    exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy = SIMULATION
+) -> dict[str, float]:
+    """One round of local training (DP-SGD when privacy is local); returns scalar metrics only,
+    those the job asks for and the site's policy allows (common/privacy/release.py)."""
+    n = len(rt.train_set)
+    if not exp.privacy.local:
         loader = make_loader(rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round)
         result = train(rt.model, loader, exp.train)
-    metrics.update({"train_loss": result.loss, "train_steps": float(result.steps), "train_seconds": result.seconds})
+        if exp.privacy.mode != "off" and release.level(exp.privacy) == "noisy":
+            _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "count")])
+        return release.train_metrics(exp.privacy, n, result)
+    from common.privacy.dpsgd import train_private
+    from common.privacy.ledger import Ledger
+
+    noisy = release.level(exp.privacy) == "noisy"
+    result, privacy = train_private(
+        rt.model,
+        rt.train_set,
+        exp.train,
+        exp.privacy,
+        rounds=exp.strategy.rounds,
+        ledger=Ledger.open(ledger_path(exp, rt.spec, policy, run_id)),
+        policy=policy,
+        site=rt.spec.name,
+        run=run_id,
+        server_round=server_round,
+        releases=[release.release_entry(exp.privacy, "count")] if noisy else [],
+    )
+    metrics = release.train_metrics(exp.privacy, n, result)
+    metrics.update(privacy.as_metrics(with_clip_fraction=release.level(exp.privacy) == "exact"))
     return metrics
+
+
+def evaluate_round(
+    exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy = SIMULATION
+) -> dict[str, float]:
+    """Held-out evaluation; what is released follows privacy.site_metrics (noisy: charged first)."""
+    if exp.privacy.mode != "off" and release.level(exp.privacy) == "noisy":
+        _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "evaluation")])
+    loader = make_loader(rt.val_set, exp.train.eval_batch_size, shuffle=False)
+    return release.evaluation_metrics(exp.privacy, rt.model, loader, len(rt.labels))
+
+
+def _charge(
+    exp: ExperimentConfig, rt: SiteRuntime, policy: SitePolicy, run_id: str, server_round: int, entries: list[dict]
+) -> None:
+    """Reserve-then-commit a metric release in the site's ledger, refused past the policy's cap."""
+    from common.privacy.accounting import epsilon
+    from common.privacy.dpsgd import BudgetExceeded, site_delta
+    from common.privacy.ledger import Ledger, history_of
+
+    n = len(rt.train_set)
+    delta = site_delta(exp.privacy, n)
+    tags = {"run": run_id, "round": server_round, "delta": delta}
+    planned = [{**e, **tags} for e in entries]
+
+    def check(existing: list[dict], new: list[dict]) -> None:
+        projected = epsilon(history_of(existing + new), delta, exp.privacy.accountant, n)
+        if projected > policy.max_epsilon:
+            raise BudgetExceeded(
+                f"site '{rt.spec.name}' refuses to release metrics: its epsilon would reach {projected:.3f}, "
+                f"above its cap {policy.max_epsilon:g} (site policy rule 'max-epsilon', {policy.source})"
+            )
+
+    ledger = Ledger.open(ledger_path(exp, rt.spec, policy, run_id))
+    ledger.commit(ledger.reserve(planned, check), planned)
 
 
 def _safe(name: str) -> str:

@@ -61,10 +61,16 @@ class RoundRecorder:
         rec = self._cur()
         for name, m in rec.train.items():
             if "epsilon" in m:
+                before = self.site_privacy.get(name, {})
                 self.site_privacy[name] = {
                     "epsilon": m["epsilon"],
                     "delta": m["delta"],
                     "epsilon_run": m.get("epsilon_run", m["epsilon"]),
+                    "noise_multiplier": m.get("noise_multiplier", 0.0),
+                    "max_grad_norm": m.get("max_grad_norm", 0.0),
+                    "sample_rate": m.get("sample_rate", 0.0),
+                    "steps_run": before.get("steps_run", 0.0) + m.get("steps", 0.0),
+                    "rounds_run": before.get("rounds_run", 0.0) + 1,
                 }
         end = time.perf_counter()
         train_secs = [m["train_seconds"] for m in rec.train.values() if "train_seconds" in m]
@@ -74,9 +80,9 @@ class RoundRecorder:
             "train_phase_seconds": (rec.train_done or end) - rec.started,
             "slowest_site_train_seconds": max(train_secs) if train_secs else None,
             "bytes_down_per_site": rec.bytes_down_per_site,
-            "federated": summarize_sites(rec.evaluate),
+            "federated": summarize_sites(rec.evaluate, weight_key="weight"),
             "central": central or {},
-            "train": summarize_sites(rec.train),
+            "train": summarize_sites(rec.train, weight_key="weight"),
             "sites": {
                 name: {"train": rec.train.get(name, {}), "evaluate": rec.evaluate.get(name, {})}
                 for name in sorted(set(rec.train) | set(rec.evaluate))

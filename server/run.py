@@ -20,12 +20,13 @@ from common.batches import make_dataset, make_loader
 from common.config import ExperimentConfig
 from common.data import LabelSet, label_set, read_test, read_train
 from common.errors import ConfideError
-from common.export import privacy_statement, save_model, write_model_card
+from common.export import save_model, write_model_card
 from common.models import build_model
-from common.privacy import CLIENT_CLIPPING_KEY, central_plan
+from common.privacy import statement
 from common.rundir import RunDir
 from common.train import evaluate
 from common.weights import exchanged_state, get_weights, set_weights
+from server.central_dp import CentralDP
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy, to_weights
 
@@ -70,27 +71,25 @@ def _run_rounds(
 ) -> RunSummary:
     recorder = RoundRecorder(run_dir.metrics)
     initial = get_weights(model)
-    strategy = build_strategy(exp, initial, recorder)
-    site_level_dp = central_plan(exp) if exp.privacy.mode == "central" else None
+    strategy = build_strategy(exp, initial, recorder, run_dir.run_id)
+    central = strategy if isinstance(strategy, CentralDP) else None
 
     def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         weights = to_weights(arrays)
-        central = None
+        metrics = None
         if test_loader is not None:
             set_weights(model, weights, source="the aggregated global model")
-            central = evaluate(model, test_loader, len(labels)).as_dict()
+            metrics = evaluate(model, test_loader, len(labels)).as_dict()
         if server_round == 0:
             recorder.begin(0, bytes_down=0)
         else:
             run_dir.save_checkpoint(weights, server_round)
-        privacy = site_level_dp.as_record(server_round) if site_level_dp else None
-        line = recorder.close(central, privacy)
+        privacy = central.ledger.as_record(run_dir.run_id, server_round, *central.last) if central else None
+        line = recorder.close(metrics, privacy)
         _print_round(line)
-        return MetricRecord(central) if central else None
+        return MetricRecord(metrics) if metrics else None
 
     train_config = ConfigRecord({"labels": list(labels.names)})
-    if exp.privacy.mode == "central" and exp.privacy.clip_side == "client":
-        train_config[CLIENT_CLIPPING_KEY] = exp.privacy.clipping  # the site clips (client/mods.py)
 
     result = strategy.start(
         grid=grid,
@@ -105,9 +104,10 @@ def _run_rounds(
     save_model(model, exp, labels, run_dir.path / "model")
     last = recorder.history[-1]
     final = {k: last[k] for k in ("federated", "central") if last.get(k)}
-    write_model_card(run_dir.path, exp, labels, recorder.last_sites, final, last.get("privacy"))
+    privacy_lines = statement.lines(statement.write(run_dir.path, exp, last.get("privacy") or {"mode": "off"}))
+    write_model_card(run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines)
     path = run_dir.finish()
-    _print_summary(recorder.history, path)
+    _print_summary(recorder.history, path, privacy_lines)
     return RunSummary(path=path, rounds=recorder.history)
 
 
@@ -140,7 +140,7 @@ def _print_round(line: dict[str, Any]) -> None:
     print(" | ".join(parts), flush=True)
 
 
-def _print_summary(history: list[dict[str, Any]], path: Path) -> None:
+def _print_summary(history: list[dict[str, Any]], path: Path, privacy_lines: list[str]) -> None:
     print("\n[confide] summary", flush=True)
     print(f"{'round':>5} {'central acc':>11} {'central f1':>10} {'sites acc':>9} {'worst site':>10}")
     for line in history:
@@ -149,8 +149,8 @@ def _print_summary(history: list[dict[str, Any]], path: Path) -> None:
             f"{line['round']:>5} {_fmt(cen.get('accuracy')):>11} {_fmt(cen.get('macro_f1')):>10} "
             f"{_fmt(fed.get('accuracy')):>9} {_fmt(fed.get('worst_accuracy')):>10}"
         )
-    for statement in privacy_statement(history[-1].get("privacy", {})):
-        print(f"[confide] privacy: {statement}", flush=True)
+    for line in privacy_lines:
+        print(f"[confide] privacy: {line}", flush=True)
     print(f"[confide] run folder: {path}", flush=True)
 
 

@@ -9,29 +9,25 @@ fewer valid updates than ``strategy.min_sites`` stops the run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAvg,
-    Strategy,
-)
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from common.config import ExperimentConfig, StrategyConfig
 from common.errors import ConfideError, UpdateError
 from common.metrics import summarize_sites
-from common.privacy import central_plan
 from common.weights import Weights, check_update, num_bytes
 from server.recorder import RoundRecorder
 
-WEIGHT_KEY = "num-examples"
+# Every reply carries the aggregation weight its site releases: its record count where the job and
+# its policy allow releasing it (exactly or with accounted noise), else 1 (uniform). Central DP
+# ignores it and weights every site equally (server/central_dp.py).
+WEIGHT_KEY = "weight"
 SITE_KEY = "site"
 
 
@@ -52,17 +48,28 @@ def site_name(msg: Message, known: dict[int, str], node: int | None = None) -> s
 
 
 class ConfideFedAvg(FedAvg):
-    def __init__(self, cfg: StrategyConfig, reference: Weights, recorder: RoundRecorder) -> None:
+    def __init__(
+        self,
+        cfg: StrategyConfig,
+        reference: Weights,
+        recorder: RoundRecorder,
+        *,
+        uniform: bool = False,
+        evaluate: bool = True,
+    ) -> None:
+        fraction_evaluate = cfg.fraction_evaluate if evaluate else 0.0
         super().__init__(
             fraction_train=cfg.fraction_train,
-            fraction_evaluate=cfg.fraction_evaluate,
+            fraction_evaluate=fraction_evaluate,
             min_train_nodes=cfg.min_sites,
-            min_evaluate_nodes=cfg.min_sites if cfg.fraction_evaluate > 0 else 0,
+            min_evaluate_nodes=cfg.min_sites if fraction_evaluate > 0 else 0,
             min_available_nodes=cfg.min_sites,
             weighted_by_key=WEIGHT_KEY,
             evaluate_metrics_aggr_fn=self._aggregate_site_metrics,
         )
         self.cfg = cfg
+        self.uniform = uniform
+        self.accepted_names: list[str] = []
         self.reference = {k: np.zeros(v.shape, v.dtype) for k, v in reference.items()}
         self.recorder = recorder
         self.names: dict[int, str] = {}
@@ -86,9 +93,20 @@ class ConfideFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.combine_train(server_round, self.accept_train(server_round, replies))
+
+    def accept_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        extra_check: Callable[[str, Weights], None] | None = None,
+    ) -> list[Message]:
+        """The valid updates of this round (failures recorded); stops the run below min_sites.
+        ``extra_check(site, weights)`` may reject more (raising UpdateError)."""
         replies = list(replies)
         sent = self._destinations("train")
         accepted: list[Message] = []
+        self.accepted_names = []
         for msg in replies:
             name = site_name(msg, self.names, sent.get(msg.metadata.reply_to_message_id))
             if msg.has_error():
@@ -98,12 +116,16 @@ class ConfideFedAvg(FedAvg):
                 record = _only_array_record(msg, name)
                 weights = to_weights(record)
                 check_update(self.reference, weights, f"site '{name}'")
+                _check_weight(msg, name)
+                if extra_check is not None:
+                    extra_check(name, weights)
             except UpdateError as exc:
                 self.recorder.site_failed(name, "train", str(exc))
                 continue
             metrics = _only_metrics(msg)
             self.recorder.site_trained(name, metrics, bytes_up=num_bytes(weights))
             accepted.append(msg)
+            self.accepted_names.append(name)
         self._record_silent("train", sent, replies)
         self.recorder.train_finished()
         if len(accepted) < self.cfg.min_sites:
@@ -112,6 +134,15 @@ class ConfideFedAvg(FedAvg):
                 f"round {server_round}: {len(accepted)} valid update(s), fewer than "
                 f"strategy.min_sites={self.cfg.min_sites}" + (f" ({failures})" if failures else "")
             )
+        return accepted
+
+    def combine_train(
+        self, server_round: int, accepted: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's FedAvg over the accepted updates (equal weights when ``uniform``)."""
+        if self.uniform:
+            for msg in accepted:
+                next(iter(msg.content.metric_records.values()))[WEIGHT_KEY] = 1.0
         return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -151,30 +182,21 @@ class ConfideFedAvg(FedAvg):
         return MetricRecord(summary)
 
 
-def build_strategy(exp: ExperimentConfig, reference: Weights, recorder: RoundRecorder) -> Strategy:
-    """The strategy named in the config (FedAvg today), wrapped in Flower's DP strategy
-    wrapper when privacy.mode is 'central'."""
+def build_strategy(exp: ExperimentConfig, reference: Weights, recorder: RoundRecorder, run_id: str = "") -> Strategy:
+    """The strategy named in the config (FedAvg today); with privacy.mode 'central', wrapped in
+    Confide's accounted central-DP wrapper (server/central_dp.py) over Flower's."""
     cfg = exp.strategy
     if cfg.name != "fedavg":  # pragma: no cover - the config's Literal type rejects others
         raise ConfideError(f"config key 'strategy.name': unknown strategy '{cfg.name}'")
-    base = ConfideFedAvg(cfg, reference, recorder)
-    if exp.privacy.mode != "central":
-        return base
-    plan = central_plan(exp)
     p = exp.privacy
-    if p.clipping == "adaptive":
-        wrapper = (
-            DifferentialPrivacyServerSideAdaptiveClipping
-            if p.clip_side == "server"
-            else DifferentialPrivacyClientSideAdaptiveClipping
-        )
-        return wrapper(base, plan.noise_multiplier, plan.sampled_sites, initial_clipping_norm=p.clipping_norm)
-    wrapper = (
-        DifferentialPrivacyServerSideFixedClipping
-        if p.clip_side == "server"
-        else DifferentialPrivacyClientSideFixedClipping
-    )
-    return wrapper(base, plan.noise_multiplier, p.clipping_norm, plan.sampled_sites)
+    # Sites evaluate only where they may release what evaluation measures.
+    evaluate = p.mode == "off" or p.site_metrics != "withhold"
+    base = ConfideFedAvg(cfg, reference, recorder, uniform=p.mode == "central", evaluate=evaluate)
+    if p.mode != "central":
+        return base
+    from server.central_dp import CentralDP
+
+    return CentralDP(base, exp, run_id)
 
 
 def _only_array_record(msg: Message, name: str) -> ArrayRecord:
@@ -182,6 +204,13 @@ def _only_array_record(msg: Message, name: str) -> ArrayRecord:
     if len(records) != 1:
         raise UpdateError(f"update from site '{name}' carries {len(records)} weight records, expected 1")
     return records[0]
+
+
+def _check_weight(msg: Message, name: str) -> None:
+    records = list(msg.content.metric_records.values())
+    weight = records[0].get(WEIGHT_KEY) if len(records) == 1 else None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+        raise UpdateError(f"update from site '{name}' has no positive finite '{WEIGHT_KEY}' metric")
 
 
 def _only_metrics(msg: Message) -> dict[str, float]:

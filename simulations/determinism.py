@@ -30,7 +30,7 @@ def seeded_sites(seed: int) -> Callable[[Message, Context, Callable[[Message, Co
     """The mod for ``simulate(..., client_mods=[seeded_sites(exp.seed)])``."""
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        from common import privacy
+        from common.privacy import randomness
 
         config = msg.content.config_records.get("config")
         tag = "/".join(
@@ -45,7 +45,7 @@ def seeded_sites(seed: int) -> Callable[[Message, Context, Callable[[Message, Co
         calls = itertools.count()
 
         torch.manual_seed(derive(f"{tag}/global"))
-        with privacy.study_noise_seeds(lambda: derive(f"{tag}/{next(calls)}")):
+        with randomness.study_noise_seeds(lambda: derive(f"{tag}/{next(calls)}")):
             return call_next(msg, context)
 
     return mod

@@ -1,4 +1,4 @@
-"""common/bookkeeping.py: the one-backward clipped gradient sum equals the textbook DP-SGD
+"""common/privacy/bookkeeping.py: the one-backward clipped gradient sum equals the textbook DP-SGD
 quantity sum_i min(1, C/||g_i||) g_i computed one sample at a time, for the layer types of
 Confide's models (BERT full and LoRA, DP-ready ResNet with GroupNorm), and parameters get no
 stray unclipped gradient."""
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from common import config as config_mod
-from common.bookkeeping import BookKeeping, supports
+from common.privacy.bookkeeping import BookKeeping, supports
 from common.models import build_model
 
 
@@ -106,15 +106,15 @@ def test_dp_ready_resnet() -> None:
 def test_both_conv_paths_with_bias_and_chunked_batch() -> None:
     """A large-map conv takes the early per-sample path, a small-map one keeps (a, g) for the
     weight-gradient kernel; both with biases and more samples than one unfold chunk."""
-    from common import bookkeeping
+    from common.privacy import bookkeeping
 
     torch.manual_seed(3)
     early, late = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 32, 3, stride=2, padding=1)
     model = nn.Sequential(early, nn.GroupNorm(1, 3), nn.ReLU(), late, nn.Flatten(), nn.Linear(32 * 16, 3))
     x = torch.randn(bookkeeping._CHUNK + 3, 2, 8, 8)
     a_early, a_late = x, torch.randn(len(x), 3, 8, 8)
-    assert bookkeeping._conv_instantiate(early, a_early, torch.zeros(len(x), 3, 8, 8))
-    assert not bookkeeping._conv_instantiate(late, a_late, torch.zeros(len(x), 32, 4, 4))
+    assert bookkeeping._conv_instantiate(early, len(x), a_early.numel() + len(x) * 3 * 8 * 8)
+    assert not bookkeeping._conv_instantiate(late, len(x), a_late.numel() + len(x) * 32 * 4 * 4)
     check(model, x, torch.arange(len(x)) % 3)
 
 

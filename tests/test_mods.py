@@ -14,7 +14,7 @@ from flwr.app.metadata import Metadata
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.mods import central_dp_clipping_mod
-from common.privacy import CLIENT_CLIPPING_KEY
+from common.privacy.central import CLIENT_CLIPPING_KEY
 
 GLOBAL = {"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float32)}
 

@@ -1,0 +1,83 @@
+"""(epsilon, delta) accounting over a party's whole history of DP mechanisms.
+
+A history is a list of (noise multiplier, sample rate, steps) entries, Opacus's own format: a
+DP-SGD round is (sigma, q, steps); a Gaussian release of a bounded statistic is (sigma, 1.0, 1).
+Epsilon is always the composition of the *whole* history (every round, run and release), never
+of one round. Composition is Opacus's RDP or PRV accountant.
+
+delta: the default is ``min(1e-5, 1 / (10 n))``, with n the number of protected units (a site's
+records for record-level DP, the number of sites for site-level DP). (epsilon, delta)-DP with
+delta >= 1/n is vacuous (publishing one random unit's raw data satisfies (0, 1/n)-DP), so such a
+delta is refused and no epsilon is ever reported for it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from common.errors import ConfigError, PrivacyError
+
+HistoryEntry = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
+DELTA_CAP = 1e-5
+ACCOUNTANTS = ("rdp", "prv")
+
+
+def default_delta(n: int) -> float:
+    """delta well below 1/n: ``min(1e-5, 1/(10 n))``."""
+    return min(DELTA_CAP, 1.0 / (10 * max(n, 1)))
+
+
+def check_delta(delta: float, n: int, key: str, unit: str) -> float:
+    """``delta`` if it is meaningful for n protected units, else ConfigError naming ``key``."""
+    if not 0 < delta < 1:
+        raise ConfigError(f"config key '{key}'={delta:g} must be in (0, 1)")
+    if delta >= 1.0 / n:
+        raise ConfigError(
+            f"config key '{key}'={delta:g} must be below 1/n = 1/{n} ({unit}); "
+            f"a delta that large is no guarantee (default: min(1e-5, 1/(10 n)) = {default_delta(n):.3g})"
+        )
+    return delta
+
+
+def make_accountant(kind: str, history: list[HistoryEntry]):
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    if kind not in ACCOUNTANTS:
+        raise ConfigError(f"config key 'privacy.accountant' must be one of {', '.join(ACCOUNTANTS)}; got {kind!r}")
+    accountant = PRVAccountant() if kind == "prv" else RDPAccountant()
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return accountant
+
+
+def epsilon(history: list[HistoryEntry], delta: float, kind: str = "rdp", n: int | None = None) -> float:
+    """Epsilon of the composition of every entry (0 for an empty history).
+
+    ``n``: the number of protected units, to refuse a delta >= 1/n. A non-finite or negative
+    result (a delta so large the accountant's bound degenerates) is refused, never returned.
+    """
+    if not 0 < delta < 1 or (n is not None and delta >= 1.0 / n):
+        raise PrivacyError(f"no epsilon for delta={delta:g}" + (f" with n={n}" if n is not None else ""))
+    if not history:
+        return 0.0
+    if any(s <= 0 for s, _, _ in history):
+        return math.inf
+    eps = float(make_accountant(kind, history).get_epsilon(delta=delta))
+    if math.isnan(eps) or eps < 0:
+        raise PrivacyError(f"the {kind} accountant gave epsilon={eps} for delta={delta:g}; refusing to report it")
+    return eps
+
+
+def calibrate(target_epsilon: float, delta: float, sample_rate: float, steps: int, kind: str = "rdp") -> float:
+    """Noise multiplier that spends ``target_epsilon`` over ``steps`` (within 0.1% of it, never above)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=kind,
+            epsilon_tolerance=target_epsilon * 1e-3,
+        )
+    )

@@ -1,0 +1,108 @@
+"""Check a privacy ledger's epsilon independently: ``python -m common.privacy.check LEDGER``.
+
+For a privacy officer. Prints, for a site's ledger (or one site of the coordinator's central
+ledger, ``--site``):
+- the entries (committed and reserved: a reserved entry counts as spent);
+- epsilon at the given delta composed by Opacus (the accountant Confide reports with), and by
+  Google's ``dp_accounting`` (an independent implementation: RDP, and PLD for comparison), where
+  that package is installed (``pip install dp-accounting``);
+- with ``--config <run>/config.yaml --records N``: the DP-SGD history rebuilt from the job's
+  configuration alone (noise multiplier as configured or calibrated, sample rate 1/ceil(N/B),
+  steps per round), compared entry by entry with what the ledger recorded for ``--run``.
+Exit status 1 if the rebuilt history and the ledger disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from common import config as config_mod
+from common.errors import ConfideError
+from common.privacy.accounting import HistoryEntry, default_delta, epsilon
+from common.privacy.ledger import Ledger, history_of
+
+
+def independent_epsilon(history: list[HistoryEntry], delta: float, kind: str = "rdp") -> float | None:
+    """Epsilon by Google's dp_accounting (None where it is not installed)."""
+    try:
+        import dp_accounting
+        from dp_accounting.pld import pld_privacy_accountant
+        from dp_accounting.rdp import rdp_privacy_accountant
+    except ImportError:
+        return None
+    acc = pld_privacy_accountant.PLDAccountant() if kind == "pld" else rdp_privacy_accountant.RdpAccountant()
+    for sigma, q, steps in history:
+        event = dp_accounting.GaussianDpEvent(sigma)
+        if q < 1:
+            event = dp_accounting.PoissonSampledDpEvent(q, event)
+        acc.compose(event, int(steps))
+    return float(acc.get_epsilon(delta))
+
+
+def rebuilt_history(exp: config_mod.ExperimentConfig, records: int) -> HistoryEntry:
+    """One round's (sigma, q, steps) from the configuration alone."""
+    from common.privacy.dpsgd import plan_round
+
+    plan = plan_round(exp.privacy, exp.train, exp.strategy.rounds, records)
+    return (plan.noise_multiplier, plan.sample_rate, plan.steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m common.privacy.check", description=__doc__.splitlines()[0])
+    ap.add_argument("ledger", type=Path)
+    ap.add_argument("--delta", type=float, default=0.0, help="delta (default: min(1e-5, 1/(10 n)) with --records)")
+    ap.add_argument("--records", type=int, default=0, help="n: the site's training records (or number of sites)")
+    ap.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    ap.add_argument("--site", default="", help="one site's entries of a central (coordinator) ledger")
+    ap.add_argument("--config", type=Path, default=None, help="a run's config.yaml: rebuild its DP-SGD history")
+    ap.add_argument("--run", default="", help="the run id whose entries --config is compared with")
+    args = ap.parse_args(argv)
+    try:
+        return _check(args)
+    except ConfideError as exc:
+        print(f"[confide] error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _check(args: argparse.Namespace) -> int:
+    if not args.ledger.is_file():
+        raise ConfideError(f"ledger not found: {args.ledger}")
+    entries = [e for e in Ledger.open(args.ledger).entries if not args.site or e.get("site") == args.site]
+    if not args.delta and not args.records:
+        raise ConfideError("give --delta, or --records to use the default delta min(1e-5, 1/(10 n))")
+    delta = args.delta or default_delta(args.records)
+    history = history_of(entries)
+    reserved = sum(e.get("status") == "reserved" for e in entries)
+    print(f"ledger {args.ledger}: {len(entries)} entries ({reserved} reserved, counted as spent)")
+    for kind in sorted({str(e.get("kind", "dpsgd")) for e in entries}):
+        rows = [e for e in entries if str(e.get("kind", "dpsgd")) == kind]
+        print(f"  {kind}: {len(rows)} entries, {sum(int(e['steps']) for e in rows)} steps")
+    eps = epsilon(history, delta, args.accountant, args.records or None)
+    print(f"epsilon (Opacus {args.accountant}) at delta={delta:.3g}: {eps:.4f}")
+    for kind in ("rdp", "pld"):
+        other = independent_epsilon(history, delta, kind)
+        print(f"epsilon (dp_accounting {kind}, independent): " + ("not installed" if other is None else f"{other:.4f}"))
+    if args.config is None:
+        return 0
+    if not args.records:
+        raise ConfideError("--config needs --records (the site's training records)")
+    exp = config_mod.load(args.config)
+    expected = rebuilt_history(exp, args.records)
+    mine = [e for e in entries if e.get("kind", "dpsgd") == "dpsgd" and (not args.run or e.get("run") == args.run)]
+    bad = [e for e in mine if not _same(history_of([e])[0], expected)]
+    print(f"rebuilt from {args.config}: noise {expected[0]:.6g}, sample rate {expected[1]:.6g}, steps {expected[2]} "
+          f"per round; {len(mine) - len(bad)} of {len(mine)} ledger rounds match")  # fmt: skip
+    for e in bad:
+        print(f"  MISMATCH round {e.get('round')}: {history_of([e])[0]}")
+    return 1 if bad else 0
+
+
+def _same(a: HistoryEntry, b: HistoryEntry) -> bool:
+    return math.isclose(a[0], b[0], rel_tol=1e-6) and math.isclose(a[1], b[1], rel_tol=1e-9) and a[2] == b[2]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""One round of DP-SGD at a site, accounted in the site's ledger before and after.
+
+The round is planned (noise multiplier, sample rate, steps, delta) from the job and the site's
+record count; the site's policy checks the plan; the ledger reserves the round's spend (refusing
+it if the site's cumulative epsilon would pass its cap); Opacus and the chosen clipping engine
+train; the ledger commits what Opacus's accountant actually recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from common.batches import Batch, make_loader
+from common.config import PrivacyConfig, TrainConfig
+from common.errors import PolicyRefused
+from common.privacy.accounting import calibrate, check_delta, default_delta, epsilon
+from common.privacy.clipping import choose_mode, make_private
+from common.privacy.ledger import Ledger, history_of
+from common.privacy.policy import SitePolicy
+from common.privacy.randomness import secret_generator
+from common.train import TrainResult, make_optimizer, train
+
+log = logging.getLogger(__name__)
+
+
+class BudgetExceeded(PolicyRefused):
+    """A site refuses a round that would take it past its own epsilon cap."""
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    noise_multiplier: float
+    sample_rate: float  # 1 / batches per epoch: what Opacus's Poisson loader uses
+    steps: int
+    delta: float
+    records: int
+
+
+@dataclass(frozen=True)
+class RoundPrivacy:
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+    delta: float
+    epsilon: float  # cumulative for the site after this round (every entry of its ledger)
+    epsilon_run: float  # spent in this run so far
+    fraction_clipped: float  # derived from per-sample gradients: released only where allowed
+    grad_sample_mode: str
+
+    def as_metrics(self, with_clip_fraction: bool) -> dict[str, float]:
+        skip = {"grad_sample_mode"} | (set() if with_clip_fraction else {"fraction_clipped"})
+        return {k: float(v) for k, v in asdict(self).items() if k not in skip}
+
+
+def site_delta(cfg: PrivacyConfig, n: int) -> float:
+    return check_delta(cfg.delta or default_delta(n), n, "privacy.delta", "n: the site's training records")
+
+
+def batches_per_epoch(train_cfg: TrainConfig, n: int) -> int:
+    return math.ceil(n / train_cfg.batch_size)
+
+
+def plan_round(cfg: PrivacyConfig, train_cfg: TrainConfig, rounds: int, n: int) -> RoundPlan:
+    """This round's DP-SGD parameters: configured noise, or calibrated so that ``rounds`` such
+    rounds spend ``privacy.target_epsilon`` in total."""
+    batches = batches_per_epoch(train_cfg, n)
+    steps = train_cfg.local_epochs * batches
+    steps = min(steps, train_cfg.max_steps) if train_cfg.max_steps else steps
+    q, delta = 1.0 / batches, site_delta(cfg, n)
+    sigma = cfg.noise_multiplier
+    if cfg.target_epsilon > 0:
+        sigma = calibrate(cfg.target_epsilon, delta, q, rounds * steps, cfg.accountant)
+    return RoundPlan(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, records=n)
+
+
+def _entry(sigma: float, q: float, steps: int, kind: str, **tags: Any) -> dict[str, Any]:
+    return {"noise_multiplier": float(sigma), "sample_rate": float(q), "steps": int(steps), "kind": kind, **tags}
+
+
+def _cap_check(policy: SitePolicy, plan: RoundPlan, accountant: str, site: str):
+    def check(existing: list[dict[str, Any]], planned: list[dict[str, Any]]) -> None:
+        projected = epsilon(history_of(existing + planned), plan.delta, accountant, plan.records)
+        if projected > policy.max_epsilon:
+            spent = epsilon(history_of(existing), plan.delta, accountant, plan.records)
+            raise BudgetExceeded(
+                f"site '{site}' refuses to train: this round would bring its epsilon from {spent:.3f} to "
+                f"{projected:.3f}, above its cap {policy.max_epsilon:g} "
+                f"(site policy rule 'max-epsilon', {policy.source})"
+            )
+
+    return check
+
+
+def train_private(
+    model: nn.Module,
+    dataset: Dataset,
+    train_cfg: TrainConfig,
+    cfg: PrivacyConfig,
+    *,
+    rounds: int,
+    ledger: Ledger,
+    policy: SitePolicy,
+    site: str,
+    run: str,
+    server_round: int,
+    releases: list[dict[str, Any]] | None = None,
+) -> tuple[TrainResult, RoundPrivacy]:
+    """One round of DP-SGD. ``releases``: ledger entries of metric releases planned for this
+    round's reply, reserved (and charged) together with the training."""
+    plan = plan_round(cfg, train_cfg, rounds, len(dataset))
+    policy.check_round(plan.noise_multiplier, plan.delta)
+    tags = {"run": run, "round": server_round, "delta": plan.delta, "max_grad_norm": cfg.max_grad_norm}
+    planned = [_entry(plan.noise_multiplier, plan.sample_rate, plan.steps, "dpsgd", **tags)]
+    planned += [{**r, **tags} for r in releases or []]
+    reservation = ledger.reserve(planned, _cap_check(policy, plan, cfg.accountant, site))
+    result, recorded, clip = _train_round(model, dataset, train_cfg, cfg, plan)
+    actual = [_entry(s, q, k, "dpsgd", **tags) for s, q, k in recorded] + planned[1:]
+    ledger.commit(reservation, actual)
+    return result, _round_stats(ledger, cfg, plan, recorded, clip, run)
+
+
+def _train_round(
+    model: nn.Module, dataset: Dataset, train_cfg: TrainConfig, cfg: PrivacyConfig, plan: RoundPlan
+) -> tuple[TrainResult, list[tuple[float, float, int]], _ClipCounter]:
+    """Opacus + the clipping engine around the plain training loop; returns what Opacus recorded."""
+    mode = choose_mode(cfg, model)
+    model.train()
+    step = make_private(
+        model,
+        make_optimizer(model, train_cfg),
+        make_loader(dataset, train_cfg.batch_size, shuffle=True, generator=secret_generator()),
+        mode=mode,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=cfg.max_grad_norm,
+        accountant=cfg.accountant,
+        noise_generator=secret_generator(),
+    )
+    clip = _ClipCounter(step.norms, cfg.max_grad_norm, mode)
+    try:
+        result = train(model, step.loader, train_cfg, optimizer=step.optimizer, loss_fn=step.criterion, step_hook=clip)
+    finally:
+        step.close()
+    return result, [(float(s), float(q), int(k)) for s, q, k in step.accountant.history], clip
+
+
+def _round_stats(
+    ledger: Ledger, cfg: PrivacyConfig, plan: RoundPlan, recorded: list, clip: _ClipCounter, run: str
+) -> RoundPrivacy:
+    n = plan.records
+    return RoundPrivacy(
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=cfg.max_grad_norm,
+        sample_rate=plan.sample_rate,
+        steps=sum(k for _, _, k in recorded),
+        delta=plan.delta,
+        epsilon=epsilon(ledger.history(), plan.delta, cfg.accountant, n),
+        epsilon_run=epsilon(ledger.history(lambda e: e.get("run") == run), plan.delta, cfg.accountant, n),
+        fraction_clipped=clip.fraction(),
+        grad_sample_mode=clip.mode,
+    )
+
+
+class _ClipCounter:
+    """Counts per-sample gradients whose norm exceeds the clip norm (a scalar, released only where allowed)."""
+
+    def __init__(self, norms: Any, max_grad_norm: float, mode: str) -> None:
+        self.norms, self.c, self.mode = norms, max_grad_norm, mode
+        self.clipped = 0
+        self.total = 0
+
+    def __call__(self, batch: Batch) -> None:
+        norms = self.norms()
+        self.clipped += int((norms > self.c).sum())
+        self.total += int(norms.numel())
+
+    def fraction(self) -> float:
+        return self.clipped / self.total if self.total else 0.0
+

@@ -1,0 +1,190 @@
+"""A site's own privacy policy: what it will accept from any job, whatever the coordinator sends.
+
+Where it comes from (the site's, never the job's):
+- its node config (``flower-supernode --node-config``), keys below in kebab-case;
+- a JSON policy file the site owns, named by the node-config key ``privacy-policy`` (the same keys;
+  the site image ships a strict one, docker/site-policy.json). A key in the node config wins
+  over the file; a key in neither takes the built-in default below.
+
+Built-in defaults: a deployed site (one with its own ``data-path``) is strict: local DP only,
+epsilon at most 8 over everything it ever trains, delta at most 1e-5, noise multiplier at least
+0.5, no record-derived metric released, and a persistent ledger folder required. A simulated site
+(a partition of a shared dataset, where the researcher plays every party) allows every mode,
+with no caps, exact metrics, and a ledger per run beside the run's outputs.
+
+``check_job`` runs before anything of the job is used: a job that asks for less privacy than the
+policy is refused with one message naming the rule. ``check_round`` does the same for the noise
+and delta a round will actually use (after calibration at the site).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from common.config import PrivacyConfig
+from common.errors import ConfigError, PolicyRefused
+
+MODES = ("off", "local", "central")
+# What a site may release beside its weights, from the least to the most.
+RELEASES = ("withhold", "noisy", "exact")
+NODE_KEYS = {
+    "allowed-modes": "allowed_modes",
+    "max-epsilon": "max_epsilon",
+    "max-delta": "max_delta",
+    "min-noise-multiplier": "min_noise_multiplier",
+    "accountants": "accountants",
+    "site-metrics": "site_metrics",
+    "ledger-dir": "ledger_dir",
+    "require-ledger": "require_ledger",
+}
+POLICY_FILE_KEY = "privacy-policy"
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    allowed_modes: tuple[str, ...] = ("local",)
+    max_epsilon: float = 8.0  # cumulative, over everything the site ever trained or released
+    max_delta: float = 1e-5
+    min_noise_multiplier: float = 0.5  # DP-SGD and metric releases alike
+    accountants: tuple[str, ...] = ("rdp", "prv")
+    site_metrics: str = "withhold"  # the most a job may ask for (privacy.site_metrics)
+    ledger_dir: str = ""
+    require_ledger: bool = True  # a DP job is refused without a persistent ledger-dir
+    source: str = "built-in strict default"
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.allowed_modes if m not in MODES]
+        _check(not bad and bool(self.allowed_modes), "allowed-modes", f"must be some of {', '.join(MODES)}")
+        _check(self.max_epsilon > 0, "max-epsilon", "must be > 0")
+        _check(0 < self.max_delta <= 1, "max-delta", "must be in (0, 1]")
+        _check(self.min_noise_multiplier >= 0, "min-noise-multiplier", "must be >= 0")
+        _check(bool(self.accountants) and set(self.accountants) <= {"rdp", "prv"}, "accountants", "must be rdp, prv")
+        _check(self.site_metrics in RELEASES, "site-metrics", f"must be one of {', '.join(RELEASES)}")
+
+    def check_job(self, cfg: PrivacyConfig) -> None:
+        """Refuse a job that asks for less privacy than this policy allows (naming the rule)."""
+        if cfg.mode not in self.allowed_modes:
+            self._refuse(
+                "allowed-modes", f"the job asks privacy.mode={cfg.mode!r}; allowed: {', '.join(self.allowed_modes)}"
+            )
+        if cfg.mode == "off":
+            return
+        if cfg.accountant not in self.accountants:
+            self._refuse("accountants", f"the job asks privacy.accountant={cfg.accountant!r}")
+        if cfg.delta and cfg.delta > self.max_delta:
+            self._refuse("max-delta", f"the job asks privacy.delta={cfg.delta:g} > {self.max_delta:g}")
+        if cfg.mode == "local" and not cfg.target_epsilon and cfg.noise_multiplier < self.min_noise_multiplier:
+            self._refuse(
+                "min-noise-multiplier",
+                f"the job asks privacy.noise_multiplier={cfg.noise_multiplier:g} < {self.min_noise_multiplier:g}",
+            )
+        if cfg.target_epsilon > self.max_epsilon:
+            self._refuse(
+                "max-epsilon", f"the job asks privacy.target_epsilon={cfg.target_epsilon:g} > {self.max_epsilon:g}"
+            )
+        if RELEASES.index(cfg.site_metrics) > RELEASES.index(self.site_metrics):
+            self._refuse(
+                "site-metrics",
+                f"the job asks privacy.site_metrics={cfg.site_metrics!r}; allowed up to {self.site_metrics!r}",
+            )
+        if cfg.site_metrics == "noisy" and cfg.release_noise_multiplier < self.min_noise_multiplier:
+            self._refuse(
+                "min-noise-multiplier",
+                f"the job asks privacy.release_noise_multiplier={cfg.release_noise_multiplier:g} "
+                f"< {self.min_noise_multiplier:g}",
+            )
+        if self.require_ledger and not self.ledger_dir:
+            self._refuse("ledger-dir", "a DP job needs a persistent privacy ledger on the site's own disk")
+
+    def check_round(self, noise_multiplier: float, delta: float) -> None:
+        """The noise and delta a round will actually use (after the site's own calibration)."""
+        if noise_multiplier < self.min_noise_multiplier:
+            self._refuse(
+                "min-noise-multiplier",
+                f"this round's noise multiplier {noise_multiplier:.4g} < {self.min_noise_multiplier:g}",
+            )
+        if delta > self.max_delta:
+            self._refuse("max-delta", f"this round's delta {delta:.3g} > {self.max_delta:g}")
+
+    def _refuse(self, rule: str, why: str) -> None:
+        raise PolicyRefused(f"site policy refuses the job: rule '{rule}' ({self.source}): {why}")
+
+    def as_record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def from_node_config(node_config: Mapping[str, Any], deployed: bool) -> SitePolicy:
+    """The site's policy: built-in default < its policy file < its node config keys."""
+    base = STRICT if deployed else SIMULATION
+    values: dict[str, Any] = {}
+    sources = [base.source]
+    policy_file = str(node_config.get(POLICY_FILE_KEY, "") or "")
+    if policy_file:
+        values.update(_read_file(Path(policy_file)))
+        sources.append(f"policy file {policy_file}")
+    inline = {k: v for k, v in node_config.items() if k in NODE_KEYS and v != ""}
+    if inline:
+        values.update({NODE_KEYS[k]: _parse(k, v, "node config") for k, v in inline.items()})
+        sources.append("node config")
+    return replace(base, **values, source=" < ".join(sources))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"privacy policy file not found: {path} (node config '{POLICY_FILE_KEY}')")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"privacy policy file {path} is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"privacy policy file {path} must hold a JSON object")
+    unknown = sorted(set(raw) - set(NODE_KEYS))
+    if unknown:
+        raise ConfigError(f"privacy policy file {path}: unknown key '{unknown[0]}'; known: {', '.join(NODE_KEYS)}")
+    return {NODE_KEYS[k]: _parse(k, v, f"policy file {path}") for k, v in raw.items()}
+
+
+def _parse(key: str, value: Any, where: str) -> Any:
+    name = NODE_KEYS[key]
+    try:
+        if name in ("allowed_modes", "accountants"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(v).strip() for v in items if str(v).strip())
+        if name in ("max_epsilon", "max_delta", "min_noise_multiplier"):
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+            if math.isnan(out):
+                raise ValueError
+            return out
+        if name == "require_ledger":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "false"):
+                return str(value).lower() == "true"
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"privacy policy key '{key}' in {where} has a bad value {value!r}") from None
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"privacy policy key '{key}' {why}")
+
+
+STRICT = SitePolicy()
+SIMULATION = SitePolicy(
+    allowed_modes=MODES,
+    max_epsilon=math.inf,
+    max_delta=1.0,
+    min_noise_multiplier=0.0,
+    site_metrics="exact",
+    require_ledger=False,
+    source="built-in simulation default",
+)

@@ -1,0 +1,117 @@
+"""The privacy statement every run writes: ``privacy.json`` beside ``MODEL_CARD.md`` and the card's
+privacy section. It says what is protected (the unit and the adjacency), at what (epsilon, delta)
+per site with the accountant, what else left the sites and how it was protected, what is not
+protected, and how to check each number (common/privacy/check.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from common.config import ExperimentConfig
+from common.privacy.release import EVAL_SENSITIVITY, LOSS_CAP, level
+
+CHECK_COMMAND = "python -m common.privacy.check"
+
+_RELEASES = {
+    "withhold": [
+        "aggregation weight: 1 for every site (uniform FedAvg); no record count is sent",
+        "no training loss, no clip fraction, no held-out evaluation (the server does not ask for it)",
+    ],
+    "noisy": [
+        "training-record count (the FedAvg weight): Gaussian noise, sensitivity 1, noise multiplier "
+        "privacy.release_noise_multiplier, charged to the site's ledger (inside epsilon)",
+        f"held-out count, accuracy and loss (per-record loss clipped to {LOSS_CAP:g}): one Gaussian mechanism, "
+        f"L2 sensitivity {EVAL_SENSITIVITY:.3f}, charged to the site's ledger (inside epsilon)",
+        "no training loss, no clip fraction (withheld: no accounted mechanism)",
+    ],
+    "exact": [
+        "training-record count, training loss, fraction of per-sample gradients clipped, held-out count, "
+        "loss, accuracy and macro-F1: exact, NOT protected by epsilon",
+    ],
+}
+
+_ALWAYS = [
+    "DP parameters of every round (noise multiplier, clipping norm, sample rate = 1/ceil(n/B), steps, delta, "
+    "epsilon): functions of the configuration and of the record count n, which they reveal to within one "
+    "batch (n is treated as public, as in every DP-SGD deployment)",
+    "training wall time per round (reveals roughly the amount of data processed)",
+    "the site's name, and whether it answered or refused (with the rule it named)",
+]
+
+
+def build(exp: ExperimentConfig, privacy: dict[str, Any]) -> dict[str, Any]:
+    mode = privacy.get("mode", "off")
+    p = exp.privacy
+    out: dict[str, Any] = {"mode": mode}
+    if mode == "off":
+        out.update(
+            protected="nothing: no differential privacy; the weights carry no formal guarantee",
+            released_besides_weights=["all site metrics, exactly (record counts, losses, accuracies)"],
+        )
+        return out
+    if mode == "local":
+        out["unit_of_privacy"] = "one training record of one site"
+        out["adjacency"] = (
+            "add/remove one record (Poisson-sampled DP-SGD as accounted by Opacus). The record count is not "
+            "itself hidden by this: it is withheld, noised and accounted, or released exactly, as below"
+        )
+        out["mechanism"] = "DP-SGD at each site (Opacus: Poisson sampling, per-sample clipping, Gaussian noise)"
+    else:
+        out["unit_of_privacy"] = "one site's entire contribution (all its records)"
+        out["adjacency"] = "add/remove one site"
+        out["mechanism"] = (
+            "each site's update clipped to L2 norm C, equal-weight sum, Gaussian noise sigma*C on the sum, divided "
+            "by the number of sites the round was sent to (common/privacy/central.py)"
+        )
+        out["trust"] = "the coordinator sees every site's clipped update in the clear; the guarantee covers the model"
+    out["accountant"] = p.accountant if mode == "local" else "rdp"
+    out["sites"] = {
+        name: {k: v for k, v in rec.items() if not (isinstance(v, float) and math.isnan(v))}
+        for name, rec in privacy.get("sites", {}).items()
+    }
+    if mode == "central":
+        out["central"] = {k: v for k, v in privacy.items() if k not in ("sites", "mode")}
+    out["epsilon_max"] = max((v["epsilon"] for v in out["sites"].values()), default=0.0)
+    out["released_besides_weights"] = _RELEASES[level(p)] + _ALWAYS
+    out["not_protected"] = [
+        "anything released exactly above",
+        "membership of a site in the federation, and its data's distribution as far as the model reveals it "
+        "within (epsilon, delta)",
+        "a site's records against a coordinator that sees clipped updates (central mode) before noise",
+    ]
+    out["check"] = (
+        f"{CHECK_COMMAND} <ledger.json> --config <run>/config.yaml --records <n>: recomputes epsilon from the "
+        "ledger and from a history built from the config, with an independent accountant where installed"
+    )
+    return out
+
+
+def write(folder: Path, exp: ExperimentConfig, privacy: dict[str, Any]) -> dict[str, Any]:
+    data = build(exp, privacy)
+    (folder / "privacy.json").write_text(json.dumps(data, indent=1, default=_plain))
+    return data
+
+
+def lines(data: dict[str, Any]) -> list[str]:
+    """The statement in words (model card, end-of-run summary)."""
+    if data["mode"] == "off":
+        return ["No differential privacy: the weights carry no formal privacy guarantee; site metrics were "
+                "released exactly."]  # fmt: skip
+    out = [f"Unit of privacy: {data['unit_of_privacy']}; adjacency: {data['adjacency']}.",
+           f"Mechanism: {data['mechanism']}; accountant: {data['accountant']}."]  # fmt: skip
+    for name, v in sorted(data["sites"].items()):
+        out.append(
+            f"Site '{name}': (epsilon={v['epsilon']:.4f}, delta={v['delta']:.3g}) over everything recorded in its "
+            f"ledger; this run: epsilon={v.get('epsilon_run', v['epsilon']):.4f}."
+        )
+    out += [f"Released beside the weights: {r}." for r in data["released_besides_weights"]]
+    out += [f"Not protected: {r}." for r in data["not_protected"]]
+    out.append(f"Check: {data['check']}.")
+    return out
+
+
+def _plain(v: Any) -> Any:
+    return str(v)

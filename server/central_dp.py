@@ -1,0 +1,111 @@
+"""Site-level (central) DP over Flower's fixed-clipping wrapper, with accounting that is true.
+
+Flower's ``DifferentialPrivacy{Server,Client}SideFixedClipping`` clip (or expect clipped) updates,
+let the wrapped strategy aggregate, and add noise with standard deviation sigma*C/m. Two things
+make its printed epsilon false in practice, and this wrapper fixes both (common/privacy/central.py
+states the mechanism):
+- FedAvg weights updates by record counts, so one large site moves the mean by about C instead of
+  C/m: here every accepted update has the same weight;
+- a round with k < m valid updates averages over k while the noise is divided by m: here the
+  equal-weight mean over k is scaled by k/m, i.e. the clipped updates are summed and divided by
+  m, the number of sites the round was sent to, exactly the denominator of the noise.
+With client-side clipping the server verifies every update's norm (a site that did not clip is
+rejected as malformed: its update would exceed the sensitivity the noise covers). Every round is
+recorded per contributing site in the coordinator's ledger, reserved before the noise is drawn
+and committed after, so the site-level epsilon is cumulative across runs sharing the ledger.
+Flower's own ``accountant=`` path is not used: it is per process (not cumulative across runs)
+and skips any round with a lost site; the ledger composes the identical Gaussian events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, clip_inputs_inplace, get_norm
+
+from common.config import ExperimentConfig
+from common.errors import UpdateError
+from common.privacy.central import CLIENT_CLIPPING_KEY, CentralLedger, central_ledger_path, central_plan
+from common.weights import Weights
+from server.strategy import ConfideFedAvg
+
+NORM_TOLERANCE = 1e-4  # relative slack for float32 round-off in a site's own clipping
+
+
+class CentralDP(DifferentialPrivacyServerSideFixedClipping):
+    def __init__(self, strategy: ConfideFedAvg, exp: ExperimentConfig, run_id: str) -> None:
+        self.plan = central_plan(exp)
+        super().__init__(strategy, self.plan.noise_multiplier, self.plan.clipping_norm, exp.data.num_sites)
+        self.base = strategy
+        self.client_side = exp.privacy.clip_side == "client"
+        self.ledger = CentralLedger(central_ledger_path(exp), self.plan)
+        self.run_id = run_id
+        self.sent = 0
+        self.last: tuple[int, int] = (0, 0)  # (updates summed, sites sent) of the last round
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.current_arrays = arrays
+        if self.client_side:  # the site clips its own update (client/mods.py hands it to Flower's mod)
+            config[KEY_CLIPPING_NORM] = self.clipping_norm
+            config[CLIENT_CLIPPING_KEY] = "fixed"
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.sent = len(messages)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        current = {k: v.numpy() for k, v in self.current_arrays.items()}
+        check = self._check_clipped(current) if self.client_side else None
+        accepted = self.base.accept_train(server_round, replies, extra_check=check)
+        if not self.client_side:
+            for msg in accepted:
+                _clip_reply(msg, current, self.clipping_norm)
+        arrays, metrics = self.base.combine_train(server_round, accepted)  # equal weights
+        if arrays is None:
+            return None, metrics
+        k, m = len(accepted), max(self.sent, len(accepted))
+        arrays = _shrink_towards(arrays, current, k / m)  # sum of clipped updates / m
+        reservation = self.ledger.reserve(list(self.base.accepted_names), self.run_id, server_round)
+        self.num_sampled_clients = m  # Flower's noise: sigma * C / m
+        arrays = self._add_noise_to_aggregated_arrays(arrays)
+        self.ledger.commit(reservation)
+        self.last = (k, m)
+        return arrays, metrics
+
+    def _check_clipped(self, current: Weights):
+        def check(name: str, weights: Weights) -> None:
+            norm = get_norm([weights[k] - current[k] for k in current])
+            if norm > self.clipping_norm * (1 + NORM_TOLERANCE):
+                raise UpdateError(
+                    f"update from site '{name}' has norm {norm:.4g} above the clipping norm "
+                    f"{self.clipping_norm:g} it was asked to clip to (privacy.clip_side=client); not aggregated"
+                )
+
+        return check
+
+
+def _clip_reply(msg: Message, current: Weights, clipping_norm: float) -> None:
+    """Clip the site's update (its weights minus the global model) to ``clipping_norm`` in place."""
+    for name, record in list(msg.content.array_records.items()):
+        keys = list(record.keys())
+        update = [record[k].numpy() - current[k] for k in keys]
+        clip_inputs_inplace(update, clipping_norm)
+        msg.content[name] = ArrayRecord({k: Array(np.asarray(current[k] + u)) for k, u in zip(keys, update)})
+
+
+def _shrink_towards(arrays: ArrayRecord, current: Weights, factor: float) -> ArrayRecord:
+    if factor == 1.0:
+        return arrays
+    return ArrayRecord(
+        {
+            k: Array(np.asarray(current[k] + (v.numpy() - current[k]) * factor, dtype=current[k].dtype))
+            for k, v in arrays.items()
+        }  # fmt: skip
+    )
