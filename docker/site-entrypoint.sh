@@ -6,8 +6,11 @@
 #   CONFIDE_SITE_NAME          this site's name in metrics and model cards            (required)
 #   CONFIDE_DATA_PATH          the site's training file or folder         (default /data/train.npz)
 #   CONFIDE_DATA_FORMAT        npz, imagefolder, csv, json, jsonl, parquet (default: the experiment's)
-#   CONFIDE_MAX_EPSILON        the site's privacy cap over all training       (default: none)
-#   CONFIDE_MIN_NOISE_MULTIPLIER  the lowest DP noise the site accepts        (default: none)
+#   CONFIDE_PRIVACY_POLICY     the site's privacy policy file (default /etc/confide/privacy-policy.json, the
+#                              strict one shipped in the image: local DP only, epsilon <= 8, delta <= 1e-5,
+#                              noise multiplier >= 0.5, no record-derived metrics; mount your own to change it)
+#   CONFIDE_MAX_EPSILON        overrides the policy's max-epsilon (cumulative over all training)
+#   CONFIDE_MIN_NOISE_MULTIPLIER  overrides the policy's min-noise-multiplier
 #   CONFIDE_LEDGER_DIR         privacy ledger folder            (default /var/lib/confide/ledger)
 #   CONFIDE_RUNTIME_PORT       loopback port of the SuperNode's Runtime API       (default 9094)
 #   CONFIDE_CREDENTIALS        mounted credentials folder  (default /run/confide/credentials):
@@ -25,7 +28,10 @@ logs="${CONFIDE_LOG_DIR:-/var/log/confide}"
 mkdir -p "$ledger" "$logs" "$FLWR_HOME"
 [ -e "$data" ] || { echo "confide-site: data not found: $data (mount it read-only, e.g. at /data)" >&2; exit 2; }
 
-node_config="site-name='$CONFIDE_SITE_NAME' data-path='$data' ledger-dir='$ledger'"
+policy="${CONFIDE_PRIVACY_POLICY:-/etc/confide/privacy-policy.json}"
+[ -r "$policy" ] || { echo "confide-site: privacy policy not found: $policy (CONFIDE_PRIVACY_POLICY)" >&2; exit 2; }
+
+node_config="site-name='$CONFIDE_SITE_NAME' data-path='$data' ledger-dir='$ledger' privacy-policy='$policy'"
 [ -n "${CONFIDE_DATA_FORMAT:-}" ] && node_config+=" data-format='$CONFIDE_DATA_FORMAT'"
 [ -n "${CONFIDE_MAX_EPSILON:-}" ] && node_config+=" max-epsilon=$CONFIDE_MAX_EPSILON"
 [ -n "${CONFIDE_MIN_NOISE_MULTIPLIER:-}" ] && node_config+=" min-noise-multiplier=$CONFIDE_MIN_NOISE_MULTIPLIER"

@@ -96,7 +96,8 @@ def _clip_reply(msg: Message, current: Weights, clipping_norm: float) -> None:
     for name, record in list(msg.content.array_records.items()):
         keys = list(record.keys())
         update = [record[k].numpy() - current[k] for k in keys]
-        clip_inputs_inplace(update, clipping_norm)
+        if get_norm(update) > 0:  # Flower's clip divides by the norm
+            clip_inputs_inplace(update, clipping_norm)
         msg.content[name] = ArrayRecord({k: Array(np.asarray(current[k] + u)) for k, u in zip(keys, update)})
 
 

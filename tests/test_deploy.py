@@ -37,6 +37,7 @@ from PIL import Image
 from common import config as config_mod
 from common.data import LabelSet
 from common.errors import ConfideError, ConfigError
+from common.privacy.policy import from_node_config as policy_from_node_config
 from common.site import SiteSpec, site_records
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy
@@ -372,7 +373,7 @@ def site_reply(msg: Message, site: str) -> Message:
     content = RecordDict(
         {
             "arrays": ArrayRecord({"w": Array(np.ones((2, 2), np.float32))}),
-            "metrics": MetricRecord({"num-examples": 10}),
+            "metrics": MetricRecord({"weight": 10.0, "num-examples": 10}),
             "site": ConfigRecord({"name": site}),
         }
     )
@@ -511,8 +512,9 @@ def test_site_entrypoint_turns_settings_into_node_config_and_tls(tmp_path: Path)
         "CONFIDE_SITE_NAME": "st-marys",
         "CONFIDE_DATA_PATH": str(data),
         "CONFIDE_DATA_FORMAT": "npz",
-        "CONFIDE_MAX_EPSILON": "8",
-        "CONFIDE_MIN_NOISE_MULTIPLIER": "0.5",
+        "CONFIDE_MAX_EPSILON": "3",
+        "CONFIDE_MIN_NOISE_MULTIPLIER": "0.7",
+        "CONFIDE_PRIVACY_POLICY": str(REPO / "docker" / "site-policy.json"),
         "CONFIDE_CREDENTIALS": str(creds),
         "CONFIDE_LEDGER_DIR": str(tmp_path / "ledger"),
         "CONFIDE_LOG_DIR": str(tmp_path / "logs"),
@@ -524,9 +526,12 @@ def test_site_entrypoint_turns_settings_into_node_config_and_tls(tmp_path: Path)
     assert opts["--root-certificates"] == str(creds / "ca.crt")
     assert opts["--auth-supernode-private-key"] == str(creds / "site.key")
     assert opts["--ssl-certfile"] == str(creds / "runtime.crt") and opts["--host"] == "127.0.0.1"
-    spec = SiteSpec.from_node_config(parse_config_args([opts["--node-config"]]))
-    assert (spec.name, spec.data_path, spec.data_format, spec.max_epsilon) == ("st-marys", str(data), "npz", 8.0)
-    assert spec.ledger_dir == str(tmp_path / "ledger") and spec.min_noise_multiplier == 0.5
+    node_config = parse_config_args([opts["--node-config"]])
+    spec = SiteSpec.from_node_config(node_config)
+    assert (spec.name, spec.data_path, spec.data_format) == ("st-marys", str(data), "npz")
+    policy = policy_from_node_config(node_config, deployed=spec.deployed)
+    assert policy.ledger_dir == str(tmp_path / "ledger") and policy.min_noise_multiplier == 0.7
+    assert policy.max_epsilon == 3.0 and policy.allowed_modes == ("local",)  # env override, then the file
     assert "ARGS" in (tmp_path / "logs" / "supernode.log").read_text()
 
     code, args, out = entrypoint(tmp_path, "site-entrypoint.sh", "flower-supernode", **env, CONFIDE_INSECURE="1")
@@ -623,7 +628,7 @@ def test_two_sites_train_then_one_is_lost_mid_round_and_rejoins(federation: Fede
     the file near 3 minutes on 2 cores):
     - the simulation's YAML runs on real SuperNodes over TLS, with the SuperLink accepting only
       enrolled keys, each site reading its own file (node config data-path/data-format); rounds 1
-      and 2 carry both sites' training metrics (examples, loss, DP epsilon), and each site's DP
+      and 2 carry both sites' DP accounting (epsilon; counts and losses withheld), and each site's DP
       ledger lands in its own node-config ledger-dir (the coordinator keeps none);
     - site loss is survivable (Flower #4346: training stopped after one client's stream closed):
       site-b is SIGKILLed (SuperNode, SuperExec, ClientApp) while it trains round 3; with
@@ -657,7 +662,7 @@ def test_two_sites_train_then_one_is_lost_mid_round_and_rejoins(federation: Fede
     for line in final[1:3]:
         assert line["failures"] == [] and set(line["sites"]) == set(SITES)
         for site in SITES:
-            assert line["sites"][site]["train"]["num_examples"] == 12  # 16 records, 25 % held out
+            assert "num_examples" not in line["sites"][site]["train"]  # the strict default withholds counts
             assert line["sites"][site]["train"]["epsilon"] > 0
         assert set(line["privacy"]["sites"]) == set(SITES)
     assert set(final[3]["sites"]) == {"site-a"}

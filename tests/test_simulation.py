@@ -138,11 +138,18 @@ def test_local_dp_resnet_two_sites_reports_cumulative_epsilon() -> None:
     eps = site_epsilons(rounds)
     assert set(eps) == {"site-0", "site-1"} and all(len(v) == 2 and v[0] < v[1] for v in eps.values())
     site = rounds[-1]["sites"]["site-0"]["train"]
-    assert {"noise_multiplier", "max_grad_norm", "fraction_clipped", "steps", "sample_rate", "delta"} <= set(site)
+    assert {"noise_multiplier", "max_grad_norm", "steps", "sample_rate", "delta"} <= set(site)
+    # the default job withholds what is derived from records: no loss, clip fraction, count, evaluation
+    assert not {"fraction_clipped", "train_loss", "num_examples"} & set(site) and site["weight"] == 1.0
+    assert not rounds[-1]["sites"]["site-0"]["evaluate"]
     assert rounds[-1]["privacy"]["mode"] == "local"
     assert rounds[-1]["privacy"]["sites"]["site-1"]["epsilon"] == eps["site-1"][-1]
     card = (run / "MODEL_CARD.md").read_text()
-    assert "Record-level differential privacy" in card and f"{eps['site-0'][-1]:.4f}" in card
+    assert "one training record of one site" in card and f"{eps['site-0'][-1]:.4f}" in card
+    statement = json.loads((run / "privacy.json").read_text())
+    assert statement["unit_of_privacy"] == "one training record of one site"
+    assert statement["sites"]["site-0"]["epsilon"] == pytest.approx(eps["site-0"][-1])
+    assert any("uniform FedAvg" in r for r in statement["released_besides_weights"])
 
 
 def test_local_dp_bert_lora_two_sites() -> None:
@@ -184,7 +191,7 @@ def cap_site_one(cap: float):
 
 
 def test_budget_refusal_mid_run_is_recorded_and_the_run_goes_on() -> None:
-    from common.privacy import epsilon
+    from common.privacy.accounting import default_delta, epsilon
     from common.site import SiteSpec, site_records
 
     exp = small_experiment(
@@ -198,7 +205,7 @@ def test_budget_refusal_mid_run_is_recorded_and_the_run_goes_on() -> None:
     )
     n = len(site_records(exp, SiteSpec("site-1", 1, 2), LabelSet(tuple(str(i) for i in range(10))))[0])
     q, steps = 1 / -(-n // 32), -(-n // 32)
-    e1, e2 = (epsilon([(1.0, q, steps)] * k, 1 / n) for k in (1, 2))
+    e1, e2 = (epsilon([(1.0, q, steps)] * k, default_delta(n)) for k in (1, 2))
     run = simulate(exp, client_mods=[cap_site_one((e1 + e2) / 2)])
     rounds = read_metrics(run)
     assert [len(r["failures"]) for r in rounds[1:]] == [0, 1, 1]  # refused in rounds 2 and 3
@@ -228,4 +235,23 @@ def test_central_dp(clip_side: str) -> None:
     assert [r["privacy"]["mode"] for r in rounds] == ["central"] * 3
     assert 0 < rounds[1]["privacy"]["epsilon"] < rounds[2]["privacy"]["epsilon"]
     assert all(not r.get("failures") and len(r["sites"]) == exp.data.num_sites for r in rounds[1:])
-    assert "Site-level differential privacy" in (run / "MODEL_CARD.md").read_text()
+    assert "one site's entire contribution" in (run / "MODEL_CARD.md").read_text()
+    assert rounds[-1]["privacy"]["updates_summed"] == rounds[-1]["privacy"]["sites_sent"] == 2
+
+
+def refuse_dp_off_at_site_one(msg, context, call_next):
+    """A ClientApp mod standing in for site 1's own node config: allowed-modes=local."""
+    if context.node_config.get("partition-id") == 1:
+        context.node_config["allowed-modes"] = "local"
+    return call_next(msg, context)
+
+
+def test_site_policy_refusal_is_recorded_and_the_run_goes_on() -> None:
+    exp = small_experiment(**{"data.max_samples": 200, "strategy.min_sites": 1})
+    run = simulate(exp, client_mods=[refuse_dp_off_at_site_one])
+    rounds = read_metrics(run)
+    for r in rounds[1:]:
+        reasons = {f["phase"]: f["reason"] for f in r["failures"] if f["site"] == "site-1"}
+        assert set(reasons) == {"train", "evaluate"}
+        assert all("site policy refuses the job: rule 'allowed-modes'" in v for v in reasons.values())
+        assert "site-0" in r["sites"] and r["sites"]["site-0"]["train"]

@@ -36,7 +36,7 @@ def reply(node: int, site: str, weights: dict | None = None, metrics: dict | Non
         return make_message(meta, error=Error(code=0, reason=f"Traceback ...\nDataError: {error}"))
     content = RecordDict(
         {
-            "metrics": MetricRecord(metrics or {"num-examples": 10, "train_seconds": 1.0}),
+            "metrics": MetricRecord(metrics or {"weight": 10, "num-examples": 10, "train_seconds": 1.0}),
             "site": ConfigRecord({"name": site}),
         }
     )
@@ -62,8 +62,8 @@ def test_weighted_average_of_valid_updates() -> None:
     arrays, _ = s.aggregate_train(
         1,
         [
-            reply(1, "a", good(1.0), {"num-examples": 30, "train_seconds": 1.0}),
-            reply(2, "b", good(5.0), {"num-examples": 10, "train_seconds": 2.0}),
+            reply(1, "a", good(1.0), {"weight": 30, "num-examples": 30, "train_seconds": 1.0}),
+            reply(2, "b", good(5.0), {"weight": 10, "num-examples": 10, "train_seconds": 2.0}),
         ],
     )
     assert np.allclose(arrays["w"].numpy(), 2.0)
@@ -100,8 +100,8 @@ def test_site_errors_and_per_site_evaluation_are_recorded() -> None:
     agg = s.aggregate_evaluate(
         1,
         [
-            reply(1, "a", metrics={"num-examples": 10, "accuracy": 0.9, "loss": 0.1}),
-            reply(2, "b", metrics={"num-examples": 30, "accuracy": 0.5, "loss": 0.7}),
+            reply(1, "a", metrics={"weight": 10, "num-examples": 10, "accuracy": 0.9, "loss": 0.1}),
+            reply(2, "b", metrics={"weight": 30, "num-examples": 30, "accuracy": 0.5, "loss": 0.7}),
             reply(3, "c", error="disk full"),
         ],
     )

@@ -266,7 +266,9 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 def _gram_key(a: torch.Tensor) -> tuple:
-    return (a.data_ptr(), tuple(a.shape), a.stride())
+    """Identifies a layer input by its storage and view. Keys are taken from the inputs the layers'
+    calls keep until the step ends, so no address is reused by another tensor while cached."""
+    return (a.data_ptr(), tuple(a.shape), a.stride(), a.dtype)
 
 
 class _Matmul(_Prepared):
@@ -276,7 +278,7 @@ class _Matmul(_Prepared):
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, pairs: Pairs, grams: Grams) -> None:
         a_calls = [_tokens(a) for a, _ in pairs]
         self.weight, self.bias, self.grams = weight, bias, grams
-        self.key = tuple(_gram_key(a) for a in a_calls)
+        self.key = tuple(_gram_key(a) for a, _ in pairs)  # layers fed the same inputs share a Gram matrix
         self.a = torch.cat(a_calls, 1) if len(a_calls) > 1 else a_calls[0]
         self.g = torch.cat([_tokens(g) for _, g in pairs], 1)
 

@@ -4,20 +4,30 @@ DP-SGD needs, every step, the sum over the batch of each record's gradient clipp
 Three engines compute that same quantity:
 
 - ``bookkeeping`` (``common.privacy.bookkeeping``): one backward pass; the default wherever every
-  trainable layer is supported;
+  trainable layer is supported and no trainable parameter is tied to another module's;
 - ``ghost``: Opacus's fast gradient clipping (two backward passes);
 - ``hooks``: Opacus's per-sample gradients, materialized.
+
+Not every engine is right for every model. Measured against per-sample gradients computed one
+sample at a time (tests/test_clipping.py): book-keeping handles modules that run more than once per
+forward pass (ALBERT's shared layers) but not tied parameters; Opacus's ghost clipping handles
+neither a reused Linear / Embedding nor tied parameters (Opacus stops with "Parameter tying is not
+supported with Ghost Clipping"); Opacus's hooks mode sums per-sample gradients over calls and
+owners and handles both. Tied parameters are visible in the model; reuse only during a forward
+pass: ``reused_modules`` probes one batch, and the ghost engine also refuses at its first step
+if it sees a reused layer it cannot clip.
 
 ``make_private`` wraps a model, optimizer and loader with Opacus (Poisson sampling, Gaussian
 noise, accountant) and the chosen engine, and returns a ``PrivateStep`` that the training loop
 uses as it would plain objects. ``choose_mode`` picks the engine, refusing one that cannot clip a
-model correctly (naming the module).
+model correctly with a ``ConfigError`` naming the module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,23 +36,136 @@ from torch.utils.data import DataLoader
 
 from common.config import PrivacyConfig
 from common.errors import ConfigError
-from common.privacy.bookkeeping import BookKeeping, supports
+from common.privacy.bookkeeping import BookKeeping, supports, tied_parameters
 
 MODES = ("bookkeeping", "ghost", "hooks")
+_KEY = "config key 'privacy.grad_sample_mode'"
+
+Example = torch.Tensor | dict[str, torch.Tensor]  # a batch: images, or a dict batch (labels ignored)
 
 
-def choose_mode(cfg: PrivacyConfig, model: nn.Module) -> str:
-    """The clipping engine for this model: book-keeping where all its trainable layers are
-    supported, else Opacus's ghost clipping; or the one the config names, if it can handle the model."""
-    unsupported = supports(model)
+# --------------------------------------------------------------------------- what each engine can clip
+
+
+def _trainable_modules(model: nn.Module) -> dict[nn.Module, str]:
+    return {m: n for n, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=False))}
+
+
+def _run(model: nn.Module, batch: Example) -> None:
+    if isinstance(batch, torch.Tensor):
+        model(batch)
+    elif "pixel_values" in batch:
+        model(batch["pixel_values"])
+    else:
+        model(**{k: v for k, v in batch.items() if k != "labels"})
+
+
+def call_counts(model: nn.Module, batch: Example) -> dict[str, tuple[nn.Module, int]]:
+    """How many times each module with trainable parameters runs in one forward pass of ``batch``
+    (run without gradients and in eval mode, so no hook records it and no dropout draws randomness)."""
+    names = _trainable_modules(model)
+    counts: dict[nn.Module, int] = dict.fromkeys(names, 0)
+
+    def count(module: nn.Module, args: tuple) -> None:
+        counts[module] += 1
+
+    handles = [m.register_forward_pre_hook(count) for m in names]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            _run(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    return {names[m]: (m, k) for m, k in counts.items()}
+
+
+def reused_modules(model: nn.Module, batch: Example) -> list[str]:
+    """Modules with trainable parameters that run more than once in one forward pass of ``batch``."""
+    return [f"{name} ({type(m).__name__})" for name, (m, k) in call_counts(model, batch).items() if k > 1]
+
+
+def _ghost_norm_types() -> tuple[type, ...]:
+    """Layer types Opacus's ghost clipping takes norms of call by call (a reused one is refused)."""
+    import opacus.grad_sample  # noqa: F401 - registers the norm samplers
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
+
+    return tuple(GradSampleHooksFastGradientClipping.NORM_SAMPLERS)
+
+
+def _ghost_problems(model: nn.Module, batch: Example | None) -> list[str]:
+    found = tied_parameters(model)
+    if batch is not None:
+        kinds = _ghost_norm_types()
+        found += [
+            f"{name} ({type(m).__name__}) runs {k} times per forward pass"
+            for name, (m, k) in call_counts(model, batch).items()
+            if k > 1 and type(m) in kinds
+        ]
+    return found
+
+
+def engine_problems(model: nn.Module, batch: Example | None = None) -> dict[str, list[str]]:
+    """Per engine, what in this model it cannot clip correctly (empty list: it can). Without an
+    example ``batch`` only static facts are checked (unsupported layers, tied parameters); reuse
+    of a module within a forward pass is then caught by the ghost engine at its first step."""
+    return {"bookkeeping": supports(model), "ghost": _ghost_problems(model, batch), "hooks": []}
+
+
+def _refuse(mode: str, found: dict[str, list[str]]) -> ConfigError:
+    working = [repr(m) for m in MODES if not found[m]]
+    return ConfigError(
+        f"{_KEY}: {mode} clipping cannot clip this model's per-sample gradients correctly: "
+        f"{'; '.join(found[mode][:3])}; use 'auto' or {' or '.join(working)}"
+    )
+
+
+def choose_mode(cfg: PrivacyConfig, model: nn.Module, batch: Example | None = None) -> str:
+    """The clipping engine for this model: the first of book-keeping, ghost, hooks that can clip
+    it correctly, or the one the config names, if it can (else a ``ConfigError`` naming the module).
+    With an example ``batch``, modules reused within a forward pass are found up front."""
+    found = engine_problems(model, batch)
     if cfg.grad_sample_mode == "auto":
-        return "ghost" if unsupported else "bookkeeping"
-    if cfg.grad_sample_mode == "bookkeeping" and unsupported:
-        raise ConfigError(
-            "config key 'privacy.grad_sample_mode': bookkeeping does not support "
-            f"{', '.join(unsupported[:3])}; use 'auto', 'ghost' or 'hooks'"
-        )
+        return next(mode for mode in MODES if not found[mode])
+    if found[cfg.grad_sample_mode]:
+        raise _refuse(cfg.grad_sample_mode, found)
     return cfg.grad_sample_mode
+
+
+class _ReuseGuard:
+    """Ghost clipping's runtime check: a ``ConfigError`` naming the first layer of ``kinds`` that
+    runs a second time within one training forward pass (before Opacus would see it)."""
+
+    def __init__(self, model: nn.Module, kinds: tuple[type, ...], advice: str) -> None:
+        self.names = {m: n for m, n in _trainable_modules(model).items() if type(m) in kinds}
+        self.advice, self.seen = advice, set[nn.Module]()
+        self.handles = [model.register_forward_pre_hook(self._reset, prepend=True)]
+        self.handles += [m.register_forward_pre_hook(self._check) for m in self.names]
+
+    def _reset(self, module: nn.Module, args: tuple) -> None:
+        self.seen.clear()
+
+    def _check(self, module: nn.Module, args: tuple) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        if module in self.seen:
+            raise ConfigError(
+                f"{_KEY}: ghost clipping cannot clip '{self.names[module]}' ({type(module).__name__}), which runs "
+                f"more than once per forward pass (a shared layer): its per-sample norm would miss the cross "
+                f"terms between calls; use {self.advice}"
+            )
+        self.seen.add(module)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+# --------------------------------------------------------------------------- the engines
 
 
 @dataclass
@@ -72,7 +195,10 @@ def make_private(
     from opacus import PrivacyEngine
 
     if mode not in MODES:
-        raise ConfigError(f"config key 'privacy.grad_sample_mode' must be one of {', '.join(MODES)}; got {mode!r}")
+        raise ConfigError(f"{_KEY} must be one of {', '.join(MODES)}; got {mode!r}")
+    found = engine_problems(model)
+    if found[mode]:
+        raise _refuse(mode, found)
     engine = PrivacyEngine(accountant=accountant)
     out = engine.make_private(
         module=model,
@@ -90,19 +216,34 @@ def make_private(
         (hooks, dp_optimizer, dp_loader), criterion = out, nn.CrossEntropyLoss()
     else:
         hooks, dp_optimizer, criterion, dp_loader = out
+    close_hooks = _closer(hooks.remove_hooks, hooks.cleanup)
+    step = PrivateStep(mode, dp_optimizer, dp_loader, criterion, engine.accountant, _no_norms, close_hooks)
+    if mode == "bookkeeping":
+        return _with_bookkeeping(step, model, max_grad_norm)
+    if mode == "ghost":
+        advice = "'hooks'" if found["bookkeeping"] else "'bookkeeping' or 'hooks'"
+        guard = _ReuseGuard(model, _ghost_norm_types(), advice)
+        return replace(step, norms=hooks.get_norm_sample, close=_closer(guard.remove, close_hooks))
+    return replace(step, norms=partial(_materialized_norms, model))
 
-    def close_hooks() -> None:
-        hooks.remove_hooks()
-        hooks.cleanup()
 
-    if mode == "bookkeeping":  # keep Opacus's optimizer (noise, accountant) and loader; replace its hooks
-        close_hooks()
-        bk = BookKeeping(model, max_grad_norm)
-        return PrivateStep(
-            mode, dp_optimizer, dp_loader, _BookKeepingLoss(bk), engine.accountant, lambda: bk.last_norms, bk.remove
-        )
-    norms = hooks.get_norm_sample if mode == "ghost" else (lambda: _materialized_norms(model))
-    return PrivateStep(mode, dp_optimizer, dp_loader, criterion, engine.accountant, norms, close_hooks)
+def _no_norms() -> torch.Tensor:
+    return torch.zeros(0)
+
+
+def _closer(*closes: Callable[[], None]) -> Callable[[], None]:
+    def close() -> None:
+        for c in closes:
+            c()
+
+    return close
+
+
+def _with_bookkeeping(step: PrivateStep, model: nn.Module, max_grad_norm: float) -> PrivateStep:
+    """Keep Opacus's optimizer (noise, accountant) and loader; replace its hooks by book-keeping."""
+    step.close()
+    bk = BookKeeping(model, max_grad_norm)
+    return replace(step, criterion=_BookKeepingLoss(bk), norms=lambda: bk.last_norms, close=bk.remove)
 
 
 def _materialized_norms(model: nn.Module) -> torch.Tensor:
