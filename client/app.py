@@ -17,6 +17,7 @@ from flwr.clientapp.typing import Mod
 from client.mods import central_dp_clipping_mod
 from common.config import ExperimentConfig, load_from_run_config
 from common.data import LabelSet
+from common.errors import PolicyRefused
 from common.privacy.policy import SitePolicy
 from common.privacy.policy import from_node_config as policy_from_node_config
 from common.site import SiteRuntime, SiteSpec, evaluate_round, site_runtime, train_round
@@ -31,7 +32,10 @@ def _setup(
     spec = SiteSpec.from_node_config(context.node_config)
     policy = policy_from_node_config(context.node_config, deployed=spec.deployed)
     exp = fixed or load_from_run_config(context.run_config, APP_DIR)
-    policy.check_job(exp.privacy)
+    try:
+        policy.check_job(exp.privacy)
+    except PolicyRefused as exc:  # the coordinator may not know this site's name yet: say it
+        raise PolicyRefused(f"site '{spec.name}': {exc}") from None
     labels = LabelSet(tuple(exp.data.labels) or tuple(msg.content["config"]["labels"]))
     runtime = site_runtime(exp, spec, labels)
     weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}

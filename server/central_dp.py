@@ -64,9 +64,8 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         current = {k: v.numpy() for k, v in self.current_arrays.items()}
         check = self._check_clipped(current) if self.client_side else None
         accepted = self.base.accept_train(server_round, replies, extra_check=check)
-        if not self.client_side:
-            for msg in accepted:
-                _clip_reply(msg, current, self.clipping_norm)
+        for msg in accepted:
+            _clip_reply(msg, current, None if self.client_side else self.clipping_norm)
         arrays, metrics = self.base.combine_train(server_round, accepted)  # equal weights
         if arrays is None:
             return None, metrics
@@ -74,14 +73,14 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         arrays = _shrink_towards(arrays, current, k / m)  # sum of clipped updates / m
         reservation = self.ledger.reserve(list(self.base.accepted_names), self.run_id, server_round)
         self.num_sampled_clients = m  # Flower's noise: sigma * C / m
-        arrays = self._add_noise_to_aggregated_arrays(arrays)
+        arrays = _shrink_towards(self._add_noise_to_aggregated_arrays(arrays), current, 1.0)  # integers pinned
         self.ledger.commit(reservation)
         self.last = (k, m)
         return arrays, metrics
 
     def _check_clipped(self, current: Weights):
         def check(name: str, weights: Weights) -> None:
-            norm = get_norm([weights[k] - current[k] for k in current])
+            norm = get_norm([weights[k] - current[k] for k in _learned(current)])
             if norm > self.clipping_norm * (1 + NORM_TOLERANCE):
                 raise UpdateError(
                     f"update from site '{name}' has norm {norm:.4g} above the clipping norm "
@@ -91,14 +90,23 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         return check
 
 
-def _clip_reply(msg: Message, current: Weights, clipping_norm: float) -> None:
-    """Clip the site's update (its weights minus the global model) to ``clipping_norm`` in place."""
+def _learned(current: Weights) -> list[str]:
+    """The floating-point tensors: the update. Integer buffers (BatchNorm's num_batches_tracked
+    counts a site's steps, i.e. its data size) are not aggregated under site-level DP: they keep
+    the global model's value."""
+    return [k for k, v in current.items() if np.issubdtype(v.dtype, np.floating)]
+
+
+def _clip_reply(msg: Message, current: Weights, clipping_norm: float | None) -> None:
+    """Pin integer buffers to the global model's values and, with ``clipping_norm``, clip the
+    site's update (its weights minus the global model) to that norm, in place."""
+    learned = _learned(current)
     for name, record in list(msg.content.array_records.items()):
-        keys = list(record.keys())
-        update = [record[k].numpy() - current[k] for k in keys]
-        if get_norm(update) > 0:  # Flower's clip divides by the norm
+        update = [record[k].numpy().astype(current[k].dtype) - current[k] for k in learned]
+        if clipping_norm is not None and get_norm(update) > 0:  # Flower's clip divides by the norm
             clip_inputs_inplace(update, clipping_norm)
-        msg.content[name] = ArrayRecord({k: Array(np.asarray(current[k] + u)) for k, u in zip(keys, update)})
+        new = {k: current[k] for k in record.keys()} | {k: current[k] + u for k, u in zip(learned, update)}
+        msg.content[name] = ArrayRecord({k: Array(np.asarray(v)) for k, v in new.items()})
 
 
 def _shrink_towards(arrays: ArrayRecord, current: Weights, factor: float) -> ArrayRecord:
