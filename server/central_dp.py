@@ -20,6 +20,7 @@ and skips any round with a lost site; the ledger composes the identical Gaussian
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -31,7 +32,9 @@ from common.config import ExperimentConfig
 from common.errors import UpdateError
 from common.privacy.central import CLIENT_CLIPPING_KEY, CentralLedger, central_ledger_path, central_plan
 from common.weights import Weights
-from server.strategy import ConfideFedAvg
+
+if TYPE_CHECKING:  # server.strategy builds this wrapper: no import at run time (no cycle)
+    from server.strategy import ConfideFedAvg
 
 NORM_TOLERANCE = 1e-4  # relative slack for float32 round-off in a site's own clipping
 
@@ -110,11 +113,11 @@ def _clip_reply(msg: Message, current: Weights, clipping_norm: float | None) -> 
 
 
 def _shrink_towards(arrays: ArrayRecord, current: Weights, factor: float) -> ArrayRecord:
-    if factor == 1.0:
-        return arrays
-    return ArrayRecord(
-        {
-            k: Array(np.asarray(current[k] + (v.numpy() - current[k]) * factor, dtype=current[k].dtype))
-            for k, v in arrays.items()
-        }  # fmt: skip
-    )
+    """current + (arrays - current) * factor for the learned tensors, in the global model's dtypes;
+    integer buffers keep the global model's values."""
+    learned = set(_learned(current))
+    out = {}
+    for k, v in arrays.items():
+        value = current[k] + (v.numpy() - current[k]) * factor if k in learned else current[k]
+        out[k] = Array(np.asarray(value, dtype=current[k].dtype))
+    return ArrayRecord(out)

@@ -99,6 +99,25 @@ def test_lost_site_shrinks_the_step_not_the_noise(tmp_path: Path) -> None:
                for e in entries)  # fmt: skip
 
 
+def test_integer_buffers_are_neither_aggregated_nor_noised(tmp_path: Path) -> None:
+    """BatchNorm's num_batches_tracked counts a site's steps: it keeps the global model's value."""
+    keys = {"privacy.mode": "central", "privacy.noise_multiplier": 1.0, "strategy.min_sites": 1}
+    exp = config_mod.load(None, {**keys, "privacy.central_ledger": str(tmp_path / "c.json")})
+    ref = {"w": np.zeros(3, np.float32), "n": np.array(4, np.int64)}
+    recorder = RoundRecorder(None)
+    dp = build_strategy(exp, ref, recorder, "r")
+    dp.current_arrays, dp.sent = ArrayRecord({k: Array(v) for k, v in ref.items()}), 3
+    recorder.begin(1, bytes_down=0)
+    replies = []
+    for node, steps in ((1, 9), (2, 30)):
+        msg = reply(node, f"s{node}", np.zeros(3), 10)
+        msg.content["arrays"] = ArrayRecord({"w": Array(np.zeros(3, np.float32)), "n": Array(np.array(4 + steps))})
+        replies.append(msg)
+    arrays, _ = dp.aggregate_train(1, replies)
+    assert arrays["n"].numpy().dtype == np.int64 and int(arrays["n"].numpy()) == 4
+    assert arrays["w"].numpy().dtype == np.float32 and np.abs(arrays["w"].numpy()).max() > 0  # noised
+
+
 def test_client_side_clipping_is_verified(tmp_path: Path) -> None:
     dp, recorder = central(tmp_path, sigma=1e-9, **{"privacy.clip_side": "client"})
     arrays, _ = dp.aggregate_train(1, [reply(1, "honest", [+C], 10), reply(2, "unclipped", [+3 * C], 10)])
