@@ -165,7 +165,8 @@ class PrivacyConfig:
     accountant: Literal["rdp", "prv"] = "rdp"
     # How per-sample gradients are clipped: "bookkeeping" (one backward pass, common/privacy/bookkeeping.py),
     # Opacus "ghost" clipping (two passes) or Opacus "hooks" (per-sample gradients materialized);
-    # "auto" = bookkeeping where the model's layers support it, else ghost. All give the same DP-SGD.
+    # "auto" = bookkeeping where it can clip the model correctly, else ghost, else hooks (tied parameters,
+    # reused layers: common/privacy/clipping.py). All give the same DP-SGD step.
     grad_sample_mode: Literal["auto", "bookkeeping", "ghost", "hooks"] = "auto"
 
     # central mode: Flower's DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping

@@ -98,16 +98,16 @@ def train(
     total_loss, seen, steps = 0.0, 0, 0
     for _ in range(cfg.local_epochs):
         for batch in loader:
-            if not isinstance(batch, dict):  # an empty Poisson-sampled batch (probability ~e^-batch_size)
-                continue
+            if not isinstance(batch, dict):  # pragma: no cover - DP loaders give empty batches structure
+                raise TypeError(f"training batch is a {type(batch).__name__}, not a dict of tensors")
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(logits(model, batch), batch["labels"])
             loss.backward()
             if step_hook is not None:
                 step_hook(batch)
             optimizer.step()
-            n = int(batch["labels"].shape[0])
-            total_loss += float(loss.detach()) * n
+            n = int(batch["labels"].shape[0])  # 0 for an empty Poisson batch: a noise-only DP step
+            total_loss += float(loss.detach()) * n if n else 0.0
             seen += n
             steps += 1
             if cfg.max_steps and steps >= cfg.max_steps:

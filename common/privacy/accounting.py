@@ -61,7 +61,10 @@ def epsilon(history: list[HistoryEntry], delta: float, kind: str = "rdp", n: int
         return 0.0
     if any(s <= 0 for s, _, _ in history):
         return math.inf
-    eps = float(make_accountant(kind, history).get_epsilon(delta=delta))
+    try:
+        eps = float(make_accountant(kind, history).get_epsilon(delta=delta))
+    except (RuntimeError, ValueError) as exc:  # e.g. PRV's "Cannot compute epsilon" near delta = 1
+        raise PrivacyError(f"the {kind} accountant cannot compute epsilon for delta={delta:g} ({exc})") from None
     if math.isnan(eps) or eps < 0:
         raise PrivacyError(f"the {kind} accountant gave epsilon={eps} for delta={delta:g}; refusing to report it")
     return eps

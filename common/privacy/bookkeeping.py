@@ -32,6 +32,7 @@ per-sample gradients computed one sample at a time (tests/test_bookkeeping.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -152,20 +153,19 @@ class BookKeeping:
         assert a is not None
         if isinstance(module, NORM_LAYERS):  # (B, C) per-sample grads: form now
             self._add_early(module, _norm_per_sample(module, a, g))
-        elif isinstance(module, nn.Conv2d) and self._conv_instantiate(module):
+        elif isinstance(module, nn.Conv2d) and self._conv_instantiate(module, a.shape[0]):
             self._add_early(module, _conv_per_sample(module, a, g))
         else:
             call.g = g
             return
         call.a = None
 
-    def _conv_instantiate(self, module: nn.Conv2d) -> bool:
-        """Decided once per step over all the layer's calls, so that a reused convolution's calls
-        are all instantiated or all kept as (a, g)."""
+    def _conv_instantiate(self, module: nn.Conv2d, batch: int) -> bool:
+        """Decided once per step over all the layer's calls (at its first output gradient, when every
+        call still holds its input), so a reused convolution's calls are all instantiated or all kept."""
         if module not in self.conv_early:
-            calls = self.calls[module]
-            kept = sum(c.a.numel() + c.out_numel for c in calls if c.a is not None)
-            self.conv_early[module] = _conv_instantiate(module, calls[0].a.shape[0], kept)
+            kept = sum(c.a.numel() + c.out_numel for c in self.calls[module] if c.a is not None)
+            self.conv_early[module] = _conv_instantiate(module, batch, kept)
         return self.conv_early[module]
 
     def _add_early(self, module: nn.Module, grads: list[torch.Tensor]) -> None:
@@ -262,7 +262,7 @@ def _norm_per_sample(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> lis
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
     """(B, ..., f) -> (B, T, f); (B, f) -> (B, 1, f)."""
-    return x.reshape(x.shape[0], -1, x.shape[-1])
+    return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])  # explicit: a batch may be empty
 
 
 def _gram_key(a: torch.Tensor) -> tuple:
@@ -375,8 +375,8 @@ class _Embedding(_Prepared):
 
     def __init__(self, module: nn.Embedding, pairs: Pairs) -> None:
         self.weight = module.weight
-        ids = [a.reshape(a.shape[0], -1) for a, _ in pairs]
-        gs = [g.reshape(g.shape[0], -1, g.shape[-1]) for _, g in pairs]
+        ids = [a.flatten(1) for a, _ in pairs]
+        gs = [g.reshape(g.shape[0], math.prod(g.shape[1:-1]), g.shape[-1]) for _, g in pairs]
         if module.padding_idx is not None:  # torch gives the padding row no gradient
             gs = [g * (i != module.padding_idx).unsqueeze(-1).to(g.dtype) for i, g in zip(ids, gs)]
         self.ids, self.g = torch.cat(ids, 1), torch.cat(gs, 1)
@@ -404,7 +404,7 @@ class _PerSample(_Prepared):
         trainable: frozenset[int],
     ) -> None:
         self.parts = [
-            (p, gs.reshape(gs.shape[0], -1))
+            (p, gs.flatten(1))
             for p, gs in ((weight, gw), (bias, gb))
             if p is not None and id(p) in trainable
         ]

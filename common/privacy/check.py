@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import config as config_mod
 from common.errors import ConfideError
-from common.privacy.accounting import HistoryEntry, default_delta, epsilon
+from common.privacy.accounting import HistoryEntry, calibrate, default_delta, epsilon
 from common.privacy.ledger import Ledger, history_of
 
 
@@ -43,11 +43,23 @@ def independent_epsilon(history: list[HistoryEntry], delta: float, kind: str = "
 
 
 def rebuilt_history(exp: config_mod.ExperimentConfig, records: int) -> HistoryEntry:
-    """One round's (sigma, q, steps) from the configuration alone."""
-    from common.privacy.dpsgd import plan_round
-
-    plan = plan_round(exp.privacy, exp.train, exp.strategy.rounds, records)
-    return (plan.noise_multiplier, plan.sample_rate, plan.steps)
+    """One round's (sigma, q, steps) from the configuration alone, by this tool's own arithmetic
+    (not Confide's planner): Opacus's Poisson loader samples at rate 1/ceil(n/B) and yields
+    int(1 / rate) batches per epoch (one fewer for some sizes, in floating point), recording rate
+    1/batches; sigma is the configured one or Opacus's calibration for the whole job."""
+    p, t = exp.privacy, exp.train
+    batches = int(1 / (1 / math.ceil(records / t.batch_size)))
+    steps = t.local_epochs * batches
+    if t.max_steps:
+        steps = min(steps, t.max_steps)
+    q = 1.0 / batches
+    delta = p.delta or default_delta(records)
+    sigma = (
+        calibrate(p.target_epsilon, delta, q, exp.strategy.rounds * steps, p.accountant)
+        if p.target_epsilon
+        else p.noise_multiplier
+    )
+    return (sigma, q, steps)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,8 +154,8 @@ class _ReuseGuard:
         if module in self.seen:
             raise ConfigError(
                 f"{_KEY}: ghost clipping cannot clip '{self.names[module]}' ({type(module).__name__}), which runs "
-                f"more than once per forward pass (a shared layer): its per-sample norm would miss the cross "
-                f"terms between calls; use {self.advice}"
+                f"more than once per forward pass (a shared layer): Opacus takes its norm call by call, not over "
+                f"the sum of the calls' gradients; use {self.advice}"
             )
         self.seen.add(module)
 
@@ -216,6 +216,7 @@ def make_private(
         (hooks, dp_optimizer, dp_loader), criterion = out, nn.CrossEntropyLoss()
     else:
         hooks, dp_optimizer, criterion, dp_loader = out
+    _empty_batches_have_structure(dp_loader, loader)
     close_hooks = _closer(hooks.remove_hooks, hooks.cleanup)
     step = PrivateStep(mode, dp_optimizer, dp_loader, criterion, engine.accountant, _no_norms, close_hooks)
     if mode == "bookkeeping":
@@ -248,7 +249,7 @@ def _with_bookkeeping(step: PrivateStep, model: nn.Module, max_grad_norm: float)
 
 def _materialized_norms(model: nn.Module) -> torch.Tensor:
     per_param = [
-        p.grad_sample.reshape(len(p.grad_sample), -1).norm(2, dim=-1)
+        p.grad_sample.flatten(1).norm(2, dim=-1)
         for p in model.parameters()
         if p.requires_grad and getattr(p, "grad_sample", None) is not None
     ]
@@ -277,3 +278,13 @@ class _PerSampleLoss:
 
     def detach(self) -> torch.Tensor:
         return self.losses.detach().mean()
+
+
+def _empty_batches_have_structure(dp_loader: DataLoader, loader: DataLoader) -> None:
+    """Opacus turns an empty Poisson batch into zero-length tensors shaped like the FIRST non-empty
+    batch; before one has been seen it yields a bare list, which a training loop cannot step on.
+    Every empty batch must still be a (noise-only) step, or the released mechanism differs from the
+    accounted one: give the collator a batch structure up front."""
+    collate = getattr(dp_loader, "collate_fn", None)
+    if getattr(collate, "first_batch", "absent") is None and len(loader.dataset) > 0:
+        collate.first_batch = collate.wrapped_collator_fn([loader.dataset[0]])
