@@ -573,7 +573,8 @@ def test_coordinator_entrypoint_requires_tls_and_site_auth(tmp_path: Path) -> No
 REFUSALS = {
     "unlisted key": "Failed to activate SuperNode",
     "untrusted certificate": "CERTIFICATE_VERIFY_FAILED",
-    "plaintext": "Server disconnected without sending a response",
+    # a TLS server closing a plaintext connection: one message or the other, depending on timing
+    "plaintext": ("Server disconnected without sending a response", "Connection reset by peer"),
 }
 
 
@@ -606,7 +607,8 @@ def test_superlink_refuses_what_is_not_enrolled_or_not_tls(federation: Federatio
             federation.procs.crash(name)
         log = federation.procs.log(name)
         assert code != 0, f"{case}: the SuperNode kept running\n{log[-2000:]}"
-        assert expected in log, f"{case}: expected {expected!r}\n{log[-2000:]}"
+        options = (expected,) if isinstance(expected, str) else expected
+        assert any(e in log for e in options), f"{case}: expected {expected!r}\n{log[-2000:]}"
     assert federation.nodes() == before
 
 

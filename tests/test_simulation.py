@@ -42,6 +42,7 @@ def test_resnet_two_sites_two_rounds(tmp_path: Path) -> None:
         "config.yaml",
         "metrics.jsonl",
         "model",
+        "privacy.json",
     ]
     resolved = config_mod.load(run / "config.yaml")
     assert resolved.data.labels == tuple(str(i) for i in range(10))  # derived once, recorded

@@ -40,7 +40,12 @@ from simulations.sweep_spec import build_sweep, load_sweep
 from tests.conftest import REPO
 from tests.test_report import assert_rendered_with_plots, needs_chromium, screenshot
 
-BASE = {"data": {"max_samples": 160}, "strategy": {"rounds": 2, "min_sites": 2}, "train": {"batch_size": 16}}
+BASE = {
+    "data": {"max_samples": 160},
+    "strategy": {"rounds": 2, "min_sites": 2},
+    "train": {"batch_size": 16},
+    "privacy": {"site_metrics": "exact"},  # the worst-site columns need the sites' held-out metrics
+}
 
 
 def sweep_raw(**extra: object) -> dict:

@@ -78,7 +78,7 @@ class SitePolicy:
             self._refuse("accountants", f"the job asks privacy.accountant={cfg.accountant!r}")
         if cfg.delta and cfg.delta > self.max_delta:
             self._refuse("max-delta", f"the job asks privacy.delta={cfg.delta:g} > {self.max_delta:g}")
-        if cfg.mode == "local" and not cfg.target_epsilon and cfg.noise_multiplier < self.min_noise_multiplier:
+        if not cfg.target_epsilon and cfg.noise_multiplier < self.min_noise_multiplier:  # local or central noise
             self._refuse(
                 "min-noise-multiplier",
                 f"the job asks privacy.noise_multiplier={cfg.noise_multiplier:g} < {self.min_noise_multiplier:g}",
