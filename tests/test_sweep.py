@@ -220,6 +220,7 @@ TINY = {
         "data": {"max_samples": 160},
         "strategy": {"rounds": 2, "min_sites": 2},
         "train": {"batch_size": 16, "max_steps": 2},
+        "privacy": {"site_metrics": "exact"},  # the worst-site columns need the sites' held-out metrics
     },
     "grid": {"privacy.target_epsilon": [8, "inf"], "data.num_sites": [2, 3]},
     "audit": {"max_records": 40},
