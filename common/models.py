@@ -11,6 +11,7 @@ state_dict keys and shapes match; the head is seeded so even initial weights agr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -56,15 +57,22 @@ def build_model(exp: ExperimentConfig, num_labels: int) -> nn.Module:
     Server and sites call this, so their exchanged tensors have the same names and shapes:
     LoRA adapters when ``model.lora_r`` > 0, DP-SGD-compatible layers when privacy is local.
     """
-    model = create_model(exp.model, num_labels, seed=exp.seed)
+    surgery = exp.privacy.local or exp.model.norm == "group"
+    # A weights file is loaded AFTER the BatchNorm -> GroupNorm surgery: loaded before, every norm
+    # layer's affine weight and bias would be replaced by the new GroupNorm's fresh ones.
+    late_weights = surgery and not exp.model.is_text and bool(exp.model.weights)
+    cfg = dataclasses.replace(exp.model, weights="") if late_weights else exp.model
+    model = create_model(cfg, num_labels, seed=exp.seed)
     if exp.model.lora_r:
         model = _with_lora(model, exp.model, exp.seed)
-    if exp.privacy.local or exp.model.norm == "group":
+    if surgery:
         from common.privacy.compat import dp_compatible
 
         model, changes = dp_compatible(model)
         if changes:
             log.info("%s: %s", "DP-SGD compatibility" if exp.privacy.local else "model.norm=group", "; ".join(changes))
+    if late_weights:
+        _load_weights(model, resolve_path(exp.model.weights))  # BatchNorm's affine weights seed GroupNorm's
     return model
 
 

@@ -126,3 +126,22 @@ def test_mean_pooling_is_refused_where_it_cannot_apply() -> None:
     distil = DistilBertForSequenceClassification(tiny)
     with pytest.raises(ConfigError, match="model.pooling.*distilbert"):
         use_pooling(distil, "mean")
+
+
+def test_group_norm_warm_start_keeps_the_norm_layers_affine_weights(tmp_path: Path) -> None:
+    """model.weights with the GroupNorm variant (model.norm=group, or local DP): the file's
+    BatchNorm affine weights land in the GroupNorm layers (they were silently reset to 1 and 0)."""
+    from common.models import build_model
+
+    source = create_model(model_cfg(name="resnet18"), 2, seed=1)
+    with torch.no_grad():
+        source.bn1.weight.fill_(2.5)
+        source.layer1[0].bn2.bias.fill_(-0.75)
+    path = tmp_path / "bn.pt"
+    torch.save(source.state_dict(), path)
+    for keys in ({"model.norm": "group"}, {"privacy.mode": "local"}):
+        exp = config_mod.load(None, {"model.weights": str(path), **keys})
+        model = build_model(exp, 2)
+        assert isinstance(model.bn1, torch.nn.GroupNorm)
+        assert torch.all(model.bn1.weight == 2.5) and torch.all(model.layer1[0].bn2.bias == -0.75)
+        assert torch.equal(model.conv1.weight, source.conv1.weight)
