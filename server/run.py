@@ -104,7 +104,10 @@ def _run_rounds(
     save_model(model, exp, labels, run_dir.path / "model")
     last = recorder.history[-1]
     final = {k: last[k] for k in ("federated", "central") if last.get(k)}
-    privacy_lines = statement.lines(statement.write(run_dir.path, exp, last.get("privacy") or {"mode": "off"}))
+    privacy = last.get("privacy") or {}
+    if privacy.get("mode") != exp.privacy.mode:  # e.g. local DP where no site has trained yet
+        privacy = {"mode": exp.privacy.mode, "sites": {}}
+    privacy_lines = statement.lines(statement.write(run_dir.path, exp, privacy))
     write_model_card(run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines)
     path = run_dir.finish()
     _print_summary(recorder.history, path, privacy_lines)
