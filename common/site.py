@@ -186,7 +186,7 @@ def train_round(
     if not exp.privacy.local:
         loader = make_loader(rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round)
         result = train(rt.model, loader, exp.train)
-        if exp.privacy.mode != "off" and release.level(exp.privacy) == "noisy":
+        if release.level(exp.privacy) == "noisy":  # never without DP
             _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "count")])
         return release.train_metrics(exp.privacy, n, result)
     from common.privacy.dpsgd import train_private
@@ -215,7 +215,7 @@ def evaluate_round(
     exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy = SIMULATION
 ) -> dict[str, float]:
     """Held-out evaluation; what is released follows privacy.site_metrics (noisy: charged first)."""
-    if exp.privacy.mode != "off" and release.level(exp.privacy) == "noisy":
+    if release.level(exp.privacy) == "noisy":  # never without DP
         _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "evaluation")])
     loader = make_loader(rt.val_set, exp.train.eval_batch_size, shuffle=False)
     return release.evaluation_metrics(exp.privacy, rt.model, loader, len(rt.labels))
@@ -224,26 +224,14 @@ def evaluate_round(
 def _charge(
     exp: ExperimentConfig, rt: SiteRuntime, policy: SitePolicy, run_id: str, server_round: int, entries: list[dict]
 ) -> None:
-    """Reserve-then-commit a metric release in the site's ledger, refused past the policy's cap."""
-    from common.privacy.accounting import epsilon
-    from common.privacy.dpsgd import BudgetExceeded, site_delta
-    from common.privacy.ledger import Ledger, history_of
+    """Charge a metric release to the site's ledger (refused past the policy's cap)."""
+    from common.privacy.dpsgd import charge, site_delta
+    from common.privacy.ledger import Ledger
 
     n = len(rt.train_set)
-    delta = site_delta(exp.privacy, n)
-    tags = {"run": run_id, "round": server_round, "delta": delta}
-    planned = [{**e, **tags} for e in entries]
-
-    def check(existing: list[dict], new: list[dict]) -> None:
-        projected = epsilon(history_of(existing + new), delta, exp.privacy.accountant, n)
-        if projected > policy.max_epsilon:
-            raise BudgetExceeded(
-                f"site '{rt.spec.name}' refuses to release metrics: its epsilon would reach {projected:.3f}, "
-                f"above its cap {policy.max_epsilon:g} (site policy rule 'max-epsilon', {policy.source})"
-            )
-
-    ledger = Ledger.open(ledger_path(exp, rt.spec, policy, run_id))
-    ledger.commit(ledger.reserve(planned, check), planned)
+    tags = {"run": run_id, "round": server_round, "delta": site_delta(exp.privacy, n)}
+    ledger = Ledger(ledger_path(exp, rt.spec, policy, run_id))  # reserve() reads it under the lock
+    charge(ledger, exp.privacy, policy, n, rt.spec.name, [{**e, **tags} for e in entries])
 
 
 def _safe(name: str) -> str:

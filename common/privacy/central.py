@@ -59,6 +59,7 @@ class CentralLedger:
 
     def __init__(self, path: Path, plan: CentralPlan) -> None:
         self.ledger, self.plan = Ledger.open(path), plan
+        self.pending: dict[str, list[dict[str, Any]]] = {}  # reservation id -> its planned entries
 
     def reserve(self, sites: list[str], run: str, server_round: int) -> str:
         tags = {"kind": "central", "run": run, "round": server_round, "delta": self.plan.delta}
@@ -66,11 +67,12 @@ class CentralLedger:
             {"site": s, "noise_multiplier": self.plan.noise_multiplier, "sample_rate": 1.0, "steps": 1, **tags}
             for s in sites
         ]
-        self._planned = planned
-        return self.ledger.reserve(planned, lambda existing, new: None)
+        reservation = self.ledger.reserve(planned, lambda existing, new: None)
+        self.pending[reservation] = planned
+        return reservation
 
     def commit(self, reservation: str) -> None:
-        self.ledger.commit(reservation, self._planned)
+        self.ledger.commit(reservation, self.pending.pop(reservation))
 
     def site_epsilons(self, run: str | None = None) -> dict[str, float]:
         sites = sorted({str(e.get("site")) for e in self.ledger.entries})

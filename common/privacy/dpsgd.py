@@ -87,18 +87,28 @@ def _entry(sigma: float, q: float, steps: int, kind: str, **tags: Any) -> dict[s
     return {"noise_multiplier": float(sigma), "sample_rate": float(q), "steps": int(steps), "kind": kind, **tags}
 
 
-def _cap_check(policy: SitePolicy, plan: RoundPlan, accountant: str, site: str):
+def cap_check(policy: SitePolicy, delta: float, accountant: str, n: int, site: str, what: str):
+    """The ledger check that refuses a spend taking the site's cumulative epsilon past its cap."""
+
     def check(existing: list[dict[str, Any]], planned: list[dict[str, Any]]) -> None:
-        projected = epsilon(history_of(existing + planned), plan.delta, accountant, plan.records)
+        projected = epsilon(history_of(existing + planned), delta, accountant, n)
         if projected > policy.max_epsilon:
-            spent = epsilon(history_of(existing), plan.delta, accountant, plan.records)
+            spent = epsilon(history_of(existing), delta, accountant, n)
             raise BudgetExceeded(
-                f"site '{site}' refuses to train: this round would bring its epsilon from {spent:.3f} to "
+                f"site '{site}' refuses to {what}: this would bring its epsilon from {spent:.3f} to "
                 f"{projected:.3f}, above its cap {policy.max_epsilon:g} "
                 f"(site policy rule 'max-epsilon', {policy.source})"
             )
 
     return check
+
+
+def charge(
+    ledger: Ledger, cfg: PrivacyConfig, policy: SitePolicy, n: int, site: str, entries: list[dict[str, Any]]
+) -> None:
+    """Reserve-then-commit a release that is not a training round (e.g. noisy metrics)."""
+    check = cap_check(policy, site_delta(cfg, n), cfg.accountant, n, site, "release metrics")
+    ledger.commit(ledger.reserve(entries, check), entries)
 
 
 def train_private(
@@ -122,7 +132,7 @@ def train_private(
     tags = {"run": run, "round": server_round, "delta": plan.delta, "max_grad_norm": cfg.max_grad_norm}
     planned = [_entry(plan.noise_multiplier, plan.sample_rate, plan.steps, "dpsgd", **tags)]
     planned += [{**r, **tags} for r in releases or []]
-    reservation = ledger.reserve(planned, _cap_check(policy, plan, cfg.accountant, site))
+    reservation = ledger.reserve(planned, cap_check(policy, plan.delta, cfg.accountant, plan.records, site, "train"))
     result, recorded, clip = _train_round(model, dataset, train_cfg, cfg, plan)
     actual = [_entry(s, q, k, "dpsgd", **tags) for s, q, k in recorded] + planned[1:]
     ledger.commit(reservation, actual)
