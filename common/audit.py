@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.batches import make_loader
+from common.device import on_model_device
 from common.errors import ConfideError
 from common.train import logits
 
@@ -62,8 +63,9 @@ def sample_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 12
     model.eval()
     losses, phis = [], []
     for batch in make_loader(dataset, batch_size, shuffle=False):
-        z = logits(model, batch).double()
-        y = batch["labels"]
+        batch = on_model_device(batch, model)
+        z = logits(model, batch).double().cpu()
+        y = batch["labels"].cpu()
         z_y = z.gather(1, y[:, None])[:, 0]
         others = z.scatter(1, y[:, None], float("-inf"))
         losses.append((torch.logsumexp(z, dim=1) - z_y).numpy())

@@ -21,7 +21,7 @@ import yaml
 
 from common.errors import ConfigError
 
-ModelName = Literal["bert", "resnet18", "resnet34", "resnet50"]
+ModelName = Literal["bert", "resnet18", "resnet34", "resnet50", "resnet8", "resnet20"]
 DataSource = Literal["digits", "synthetic_text", "csv", "json", "jsonl", "parquet", "imagefolder", "npz"]
 TEXT_SOURCES = ("synthetic_text", "csv", "json", "jsonl", "parquet")
 IMAGE_SOURCES = ("digits", "imagefolder", "npz")
@@ -44,6 +44,8 @@ class ModelConfig:
     weights: str = ""
     # resnet normalization: "batch" (torchvision's default) or "group" (GroupNorm: no batch
     # statistics to average across non-IID sites; the variant DP-SGD uses anyway).
+    # resnet8/resnet20 (CIFAR-style, common/resnet_small.py) always have a 3x3 stem, GroupNorm and
+    # weight-standardized convolutions: small_input and norm do not change them.
     norm: Literal["batch", "group"] = "batch"
     # bert: LoRA rank (0: off). With LoRA only the adapters and the head are trained and sent.
     lora_r: int = 0
@@ -130,6 +132,11 @@ class TrainConfig:
     max_steps: int = 0
     # torch intra-op threads per site process (0: torch's default).
     threads: int = 0
+    # Where sites and the server run the model: "auto" = CUDA when this machine has it, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision (autocast) for non-private training: "bf16" (no loss scaling needed) or
+    # "fp16" (with a gradient scaler); DP-SGD always runs in fp32 (its clipping needs exact norms).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self) -> None:
         _require(self.local_epochs >= 1, "train.local_epochs", "must be >= 1")
@@ -209,17 +216,46 @@ class PrivacyConfig:
         return self.mode == "local"
 
 
+StrategyName = Literal[
+    "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
+    "qfedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan",
+]  # fmt: skip
+# Families (server/strategies.py maps each name to Flower's class): server optimizers (the averaged
+# update is a pseudo-gradient for momentum or Adam-style steps), robust aggregators (median,
+# trimming, Krum selection: one bad site cannot move the model arbitrarily), fairness (q-FFL).
+SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
+ROBUST = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Server-side orchestration."""
+    """Server-side orchestration: which Flower strategy aggregates, with its own parameters."""
 
-    name: Literal["fedavg"] = "fedavg"
+    name: StrategyName = "fedavg"
     rounds: int = 3
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     # Minimum sites that must be connected and that must reply for a round to count.
     min_sites: int = 2
     round_timeout: float = 3600.0
+    # fedprox: weight mu of the proximal term (mu/2)||w - w_global||^2 each site adds to its local
+    # objective (also under DP-SGD: its gradient is data-independent and added after the noise).
+    proximal_mu: float = 0.01
+    # Server optimizers. server_lr 0: the strategy's own default (fedavgm 1.0, fedadam/fedadagrad
+    # 0.1, fedyogi 0.01); server_momentum: fedavgm's momentum; beta1/beta2/tau: FedAdam/FedYogi/
+    # FedAdagrad's moment decays and adaptivity (Reddi et al. 2021).
+    server_lr: float = 0.0
+    server_momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    # fedtrimmedavg: fraction cut from each end per coordinate.
+    trim_beta: float = 0.2
+    # krum, multikrum, bulyan: Byzantine sites tolerated; multikrum: updates averaged (0: n - f).
+    num_malicious: int = 0
+    num_selected: int = 0
+    # qfedavg: fairness exponent q (0 = FedAvg-like; larger favours worse-off sites).
+    q: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "strategy.rounds", "must be >= 1")
@@ -227,6 +263,28 @@ class StrategyConfig:
         _require(0 <= self.fraction_evaluate <= 1, "strategy.fraction_evaluate", "must be in [0, 1]")
         _require(self.min_sites >= 1, "strategy.min_sites", "must be >= 1")
         _require(self.round_timeout > 0, "strategy.round_timeout", "must be > 0")
+        _require(self.proximal_mu >= 0, "strategy.proximal_mu", "must be >= 0")
+        _require(self.name != "fedprox" or self.proximal_mu > 0, "strategy.proximal_mu",
+                 "must be > 0 for strategy 'fedprox' (0 is FedAvg)")  # fmt: skip
+        _require(self.server_lr >= 0, "strategy.server_lr", "must be >= 0 (0: the strategy's default)")
+        _require(0 <= self.server_momentum < 1, "strategy.server_momentum", "must be in [0, 1)")
+        _require(0 <= self.beta1 < 1, "strategy.beta1", "must be in [0, 1)")
+        _require(0 <= self.beta2 < 1, "strategy.beta2", "must be in [0, 1)")
+        _require(self.tau > 0, "strategy.tau", "must be > 0")
+        _require(0 <= self.trim_beta < 0.5, "strategy.trim_beta", "must be in [0, 0.5)")
+        _require(self.num_malicious >= 0, "strategy.num_malicious", "must be >= 0")
+        _require(self.num_selected >= 0, "strategy.num_selected", "must be >= 0")
+        _require(self.q >= 0, "strategy.q", "must be >= 0")
+
+    @property
+    def local_proximal_mu(self) -> float:
+        """The proximal weight each site's local training uses (0 unless FedProx)."""
+        return self.proximal_mu if self.name == "fedprox" else 0.0
+
+    def min_replies(self) -> int:
+        """Valid updates the strategy needs to aggregate at all (robust rules need more than f)."""
+        f = self.num_malicious
+        return {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(self.name, 1)
 
 
 @dataclass(frozen=True)
@@ -256,6 +314,35 @@ class ExperimentConfig:
             "strategy.min_sites",
             f"({self.strategy.min_sites}) exceeds data.num_sites ({self.data.num_sites})",
         )
+        st, need = self.strategy, self.strategy.min_replies()
+        _require(
+            st.min_sites >= need,
+            "strategy.min_sites",
+            f"({st.min_sites}) is below the {need} valid updates strategy '{st.name}' needs per round with "
+            f"strategy.num_malicious={st.num_malicious}; raise strategy.min_sites (and data.num_sites)",
+        )
+        _require(
+            not (self.privacy.local and self.train.precision != "fp32"),
+            "train.precision",
+            f"'{self.train.precision}' is for non-private training; DP-SGD runs in fp32 (per-sample "
+            "clipping needs exact gradient norms)",
+        )
+        if self.privacy.mode == "central":
+            _require(
+                st.name not in ROBUST and st.name != "qfedavg",
+                "strategy.name",
+                f"'{st.name}' cannot be used with privacy.mode 'central': the noise covers one site's "
+                "clipped update in an equal-weight mean, not a median, trimmed mean, selection or "
+                "loss-weighted step; use fedavg, fedprox or a server optimizer "
+                f"({', '.join(SERVER_OPTIMIZERS)})",
+            )
+        if st.name == "qfedavg" and self.privacy.mode != "off":
+            _require(
+                self.privacy.site_metrics == "exact",
+                "strategy.name",
+                "'qfedavg' weights sites by their training loss, which DP sites release only with "
+                "privacy.site_metrics 'exact' (unprotected); use another strategy or set it",
+            )
 
 
 def _require(ok: bool, key: str, why: str) -> None:

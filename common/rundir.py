@@ -2,7 +2,7 @@
 
 So a crashed or interrupted run never leaves a folder that looks finished. Contents:
 ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per round), ``checkpoint.pt``
-(latest global weights, replaced atomically), ``model/`` (final export), ``MODEL_CARD.md``.
+(latest global weights and the strategy's state, replaced atomically), ``model/`` (final export), ``MODEL_CARD.md``.
 A run that stops early keeps the ``.incomplete`` name and says why in ``FAILED.txt``.
 """
 
@@ -22,6 +22,7 @@ from common.weights import Weights
 
 INCOMPLETE = ".incomplete"
 FAILED = "FAILED.txt"
+CHECKPOINT_FORMAT = 1
 
 
 class RunDir:
@@ -40,19 +41,29 @@ class RunDir:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confide-checkpoint")
         self._pending: Future[None] | None = None
 
-    def save_checkpoint(self, weights: Weights, server_round: int) -> None:
-        """Write the latest global weights in the background (the next round need not wait)."""
+    def save_checkpoint(self, weights: Weights, server_round: int, server_state: Weights | None = None) -> None:
+        """Write the latest global weights and the strategy's own state (server momentum, Adam
+        moments: ``ConfideChecks.server_state``) in the background (the next round need not wait)."""
         self.wait_for_checkpoint()
-        self._pending = self._writer.submit(self._write_checkpoint, weights, server_round)
+        self._pending = self._writer.submit(self._write_checkpoint, weights, server_round, server_state or {})
 
     def wait_for_checkpoint(self) -> None:
         if self._pending is not None:
             self._pending.result()  # re-raises a failed write
             self._pending = None
 
-    def _write_checkpoint(self, weights: Weights, server_round: int) -> None:
+    def _write_checkpoint(self, weights: Weights, server_round: int, server_state: Weights) -> None:
         tmp = self.path / "checkpoint.pt.tmp"
-        torch.save({"round": server_round, "state_dict": {k: torch.as_tensor(v) for k, v in weights.items()}}, tmp)
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "round": server_round,
+                "strategy": self.exp.strategy.name,
+                "state_dict": {k: torch.as_tensor(v) for k, v in weights.items()},
+                "server_state": {k: torch.as_tensor(v) for k, v in server_state.items()},
+            },
+            tmp,
+        )
         os.replace(tmp, self.path / "checkpoint.pt")
 
     def finish(self) -> Path:

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from common.batches import make_dataset, make_loader
 from common.config import BUILTIN_SOURCES, TEXT_SOURCES, DataConfig, DataSource, ExperimentConfig, resolve_path
 from common.data import LabelSet, read_train
+from common.device import place
 from common.errors import ConfigError, DataError
 from common.models import build_model
 from common.partition import partition_indices, train_val_split
@@ -102,7 +103,7 @@ def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> Sit
     train_raw, val_raw = site_records(exp, spec, labels)
     runtime = SiteRuntime(
         spec=spec,
-        model=build_model(exp, len(labels)),
+        model=place(build_model(exp, len(labels)), exp.train),
         train_set=make_dataset(train_raw, exp.model),
         val_set=make_dataset(val_raw, exp.model),
         labels=labels,
@@ -185,7 +186,7 @@ def train_round(
     n = len(rt.train_set)
     if not exp.privacy.local:
         loader = make_loader(rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round)
-        result = train(rt.model, loader, exp.train)
+        result = train(rt.model, loader, exp.train, proximal_mu=exp.strategy.local_proximal_mu)
         if release.level(exp.privacy) == "noisy":  # never without DP
             _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "count")])
         return release.train_metrics(exp.privacy, n, result)
@@ -205,6 +206,7 @@ def train_round(
         run=run_id,
         server_round=server_round,
         releases=[release.release_entry(exp.privacy, "count")] if noisy else [],
+        proximal_mu=exp.strategy.local_proximal_mu,
     )
     metrics = release.train_metrics(exp.privacy, n, result)
     metrics.update(privacy.as_metrics(with_clip_fraction=release.level(exp.privacy) == "exact"))

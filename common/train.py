@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from common.batches import Batch
 from common.config import TrainConfig
+from common.device import autocast_dtype, model_device, on_model_device
 from common.errors import ConfigError
 from common.metrics import classification_scores
 
@@ -61,7 +62,36 @@ def is_head(name: str) -> bool:
     return any(part in HEAD_MODULES for part in name.split(".")[:-1])
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, proximal_mu: float = 0.0) -> torch.optim.Optimizer:
+    """The local optimizer (head_lr as its own group); with ``proximal_mu`` > 0, FedProx's proximal
+    term (``add_proximal_term``) anchored at the model's current (global) weights."""
+    optimizer = _optimizer(model, cfg)
+    if proximal_mu > 0:
+        add_proximal_term(optimizer, model, proximal_mu)
+    return optimizer
+
+
+def add_proximal_term(optimizer: torch.optim.Optimizer, model: nn.Module, mu: float) -> None:
+    """FedProx (Li et al. 2020): minimise the local loss + (mu/2)||w - w_global||^2.
+
+    The term's gradient, mu (w - w_global), is added to each trainable parameter's gradient just
+    before the optimizer's update (a step pre-hook). It does not depend on any record, so under
+    DP-SGD it is added after clipping and noise (Opacus's DPOptimizer runs its noise step, then the
+    wrapped optimizer's step, where this hook fires): it costs no privacy and is never clipped.
+    ``w_global`` is the model's weights when this is called, i.e. the round's global model.
+    """
+    anchors = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            for p, anchor in anchors:
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - anchor, alpha=mu)
+
+    optimizer.register_step_pre_hook(hook)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": [p for _, p in named], "lr": cfg.lr}]
     if cfg.head_lr:
@@ -85,27 +115,39 @@ def train(
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
     step_hook: Callable[[Batch], None] | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
-    """Run local training; returns the mean training loss over the steps taken.
+    """Run local training; returns the mean training loss over the steps taken (without any
+    proximal term, which ``proximal_mu`` > 0 adds to the objective: FedProx).
 
     ``optimizer``, ``loss_fn`` and ``step_hook`` (called after backward, before the step) let a
     caller such as DP-SGD substitute its own objects without a second training loop.
     """
-    optimizer = optimizer or make_optimizer(model, cfg)
+    optimizer = optimizer or make_optimizer(model, cfg, proximal_mu)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.train()
+    device = model_device(model)
+    amp = autocast_dtype(cfg)
+    # fp16 needs loss scaling (bf16 has fp32's range); private steps never autocast (config refuses).
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     start = time.perf_counter()
     total_loss, seen, steps = 0.0, 0, 0
     for _ in range(cfg.local_epochs):
         for batch in loader:
             if not isinstance(batch, dict):  # pragma: no cover - DP loaders give empty batches structure
                 raise TypeError(f"training batch is a {type(batch).__name__}, not a dict of tensors")
+            batch = on_model_device(batch, model)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(logits(model, batch), batch["labels"])
-            loss.backward()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = loss_fn(logits(model, batch), batch["labels"])
+            (scaler.scale(loss) if scaler is not None else loss).backward()
             if step_hook is not None:
                 step_hook(batch)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             n = int(batch["labels"].shape[0])  # 0 for an empty Poisson batch: a noise-only DP step
             total_loss += float(loss.detach()) * n if n else 0.0
             seen += n
@@ -126,10 +168,11 @@ def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarra
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     preds, trues, total = [], [], 0.0
     for batch in loader:
-        out = logits(model, batch)
+        batch = on_model_device(batch, model)
+        out = logits(model, batch).float()
         total += float(loss_fn(out, batch["labels"]))
-        preds.append(out.argmax(dim=-1).numpy())
-        trues.append(batch["labels"].numpy())
+        preds.append(out.argmax(dim=-1).cpu().numpy())
+        trues.append(batch["labels"].cpu().numpy())
     y_pred = np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
     y_true = np.concatenate(trues) if trues else np.empty(0, dtype=np.int64)
     return y_pred, y_true, total / max(len(y_true), 1)

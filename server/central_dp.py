@@ -9,6 +9,10 @@ states the mechanism):
 - a round with k < m valid updates averages over k while the noise is divided by m: here the
   equal-weight mean over k is scaled by k/m, i.e. the clipped updates are summed and divided by
   m, the number of sites the round was sent to, exactly the denominator of the noise.
+Flower's wrapper also adds its noise after the wrapped strategy's aggregate, so a server optimizer
+(FedAvgM, FedAdam) would update its momentum from the clean mean and the noise would no longer be
+calibrated to what changed. Here the noised mean is computed first and the strategy's server step
+is applied to it (``ConfideChecks.server_step``): its state only ever sees the DP release.
 With client-side clipping the server verifies every update's norm (a site that did not clip is
 rejected as malformed: its update would exceed the sensitivity the noise covers). Every round is
 recorded per contributing site in the coordinator's ledger, reserved before the noise is drawn
@@ -34,13 +38,13 @@ from common.privacy.central import CLIENT_CLIPPING_KEY, CentralLedger, central_l
 from common.weights import Weights
 
 if TYPE_CHECKING:  # server.strategy builds this wrapper: no import at run time (no cycle)
-    from server.strategy import ConfideFedAvg
+    from server.strategy import ConfideChecks
 
 NORM_TOLERANCE = 1e-4  # relative slack for float32 round-off in a site's own clipping
 
 
 class CentralDP(DifferentialPrivacyServerSideFixedClipping):
-    def __init__(self, strategy: ConfideFedAvg, exp: ExperimentConfig, run_id: str) -> None:
+    def __init__(self, strategy: ConfideChecks, exp: ExperimentConfig, run_id: str) -> None:
         self.plan = central_plan(exp)
         super().__init__(strategy, self.plan.noise_multiplier, self.plan.clipping_norm, exp.data.num_sites)
         self.base = strategy
@@ -69,7 +73,7 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         accepted = self.base.accept_train(server_round, replies, extra_check=check)
         for msg in accepted:
             _clip_reply(msg, current, None if self.client_side else self.clipping_norm)
-        arrays, metrics = self.base.combine_train(server_round, accepted)  # equal weights
+        arrays, metrics = self.base.mean_train(server_round, accepted)  # equal weights
         if arrays is None:
             return None, metrics
         k, m = len(accepted), max(self.sent, len(accepted))
@@ -79,7 +83,8 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         arrays = _shrink_towards(self._add_noise_to_aggregated_arrays(arrays), current, 1.0)  # integers pinned
         self.ledger.commit(reservation)
         self.last = (k, m)
-        return arrays, metrics
+        # The strategy's server step (momentum, Adam) sees only the noised mean: post-processing.
+        return self.base.server_step(server_round, accepted[0], arrays), metrics
 
     def _check_clipped(self, current: Weights):
         def check(name: str, weights: Weights) -> None:

@@ -19,6 +19,7 @@ from common import config as config_mod
 from common.batches import make_dataset, make_loader
 from common.config import ExperimentConfig
 from common.data import LabelSet, label_set, read_test, read_train
+from common.device import place
 from common.errors import ConfideError
 from common.export import save_model, write_model_card
 from common.models import build_model
@@ -51,7 +52,7 @@ def resolve_labels(exp: ExperimentConfig) -> ExperimentConfig:
 def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str) -> RunSummary:
     exp = resolve_labels(exp)
     labels = LabelSet(exp.data.labels)
-    model = build_model(exp, len(labels))
+    model = place(build_model(exp, len(labels)), exp.train)
     test_loader = _central_loader(exp, labels)
     run_dir = RunDir(exp, run_id)
     try:
@@ -71,8 +72,10 @@ def _run_rounds(
 ) -> RunSummary:
     recorder = RoundRecorder(run_dir.metrics)
     initial = get_weights(model)
-    strategy = build_strategy(exp, initial, recorder, run_dir.run_id)
+    buffers = frozenset(name for name, _ in model.named_buffers()) & frozenset(initial)
+    strategy = build_strategy(exp, initial, recorder, run_dir.run_id, buffers)
     central = strategy if isinstance(strategy, CentralDP) else None
+    checks = central.base if central else strategy
 
     def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         weights = to_weights(arrays)
@@ -83,7 +86,7 @@ def _run_rounds(
         if server_round == 0:
             recorder.begin(0, bytes_down=0)
         else:
-            run_dir.save_checkpoint(weights, server_round)
+            run_dir.save_checkpoint(weights, server_round, checks.server_state())
         privacy = central.ledger.as_record(run_dir.run_id, server_round, *central.last) if central else None
         line = recorder.close(metrics, privacy)
         _print_round(line)

@@ -1,28 +1,35 @@
-"""Strategy construction by name, and the checks Confide adds around Flower's FedAvg.
+"""Strategy construction by name, and the checks Confide adds around any Flower strategy.
 
-``ConfideFedAvg`` is Flower's FedAvg plus: every update is checked (tensor names, shapes,
-finite values) before aggregation and a malformed one is excluded, naming the site and
-tensor; per-site metrics are kept beside the weighted means; failures are recorded, including
-sites that never replied within ``strategy.round_timeout`` (a lost site); and a round with
-fewer valid updates than ``strategy.min_sites`` stops the run.
+``ConfideChecks`` is mixed into the Flower class that ``strategy.name`` selects
+(server/strategies.py): every update is checked (tensor names, shapes, finite values) before
+aggregation and a malformed one is excluded, naming the site and tensor; per-site metrics are
+kept beside the weighted means; failures are recorded, including sites that never replied within
+``strategy.round_timeout`` (a lost site); a round with fewer valid updates than
+``strategy.min_sites`` stops the run; the aggregate keeps the global model's dtypes; and the
+strategy's own state (server momentum, Adam moments) can be saved and restored.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from common.config import ExperimentConfig, StrategyConfig
+from common.config import ROBUST, ExperimentConfig, StrategyConfig
 from common.errors import ConfideError, UpdateError
 from common.metrics import summarize_sites
 from common.weights import Weights, check_update, num_bytes
 from server.recorder import RoundRecorder
+from server.strategies import CLASSES, describe, strategy_kwargs
+
+log = logging.getLogger(__name__)
 
 # Every reply carries the aggregation weight its site releases: its record count where the job and
 # its policy allow releasing it (exactly or with accounted noise), else 1 (uniform). Central DP
@@ -47,7 +54,9 @@ def site_name(msg: Message, known: dict[int, str], node: int | None = None) -> s
     return known.get(node, f"node-{node}")
 
 
-class ConfideFedAvg(FedAvg):
+class ConfideChecks:
+    """Confide's checks and records around a Flower strategy (mixed in before its class)."""
+
     def __init__(
         self,
         cfg: StrategyConfig,
@@ -56,9 +65,11 @@ class ConfideFedAvg(FedAvg):
         *,
         uniform: bool = False,
         evaluate: bool = True,
+        buffers: frozenset[str] = frozenset(),
+        **flower_kwargs: Any,
     ) -> None:
         fraction_evaluate = cfg.fraction_evaluate if evaluate else 0.0
-        super().__init__(
+        super().__init__(  # type: ignore[call-arg]  # the Flower strategy after this mixin
             fraction_train=cfg.fraction_train,
             fraction_evaluate=fraction_evaluate,
             min_train_nodes=cfg.min_sites,
@@ -66,6 +77,7 @@ class ConfideFedAvg(FedAvg):
             min_available_nodes=cfg.min_sites,
             weighted_by_key=WEIGHT_KEY,
             evaluate_metrics_aggr_fn=self._aggregate_site_metrics,
+            **flower_kwargs,
         )
         self.cfg = cfg
         self.uniform = uniform
@@ -76,11 +88,15 @@ class ConfideFedAvg(FedAvg):
         # The messages sent in the current phase ("train"/"evaluate"); the grid sets their ids
         # when it pushes them, so a reply (or its absence) is matched to the node it went to.
         self.sent: dict[str, list[Message]] = {}
+        self.global_arrays: Weights | None = None  # the model this round started from
+        integers = {k for k, v in reference.items() if not np.issubdtype(v.dtype, np.floating)}
+        self.statistics = frozenset(integers | (set() if cfg.name in ROBUST else set(buffers) & set(reference)))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.recorder.begin(server_round, bytes_down=arrays.count_bytes())
+        self.global_arrays = {k: v.numpy() for k, v in arrays.items()}
         self.sent["train"] = list(super().configure_train(server_round, arrays, config, grid))
         return self.sent["train"]
 
@@ -139,11 +155,98 @@ class ConfideFedAvg(FedAvg):
     def combine_train(
         self, server_round: int, accepted: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's FedAvg over the accepted updates (equal weights when ``uniform``)."""
+        """The Flower strategy's aggregation over the accepted updates (equal weights when ``uniform``)."""
+        self._weigh(accepted)
+        aside = self._statistics_aside(accepted)
+        arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        return self._in_model_dtypes(arrays, aside), metrics
+
+    def mean_train(
+        self, server_round: int, accepted: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The plain (FedAvg) mean of the accepted updates, whatever the strategy: what central DP
+        noises before the strategy's own server step (``server_step``)."""
+        self._weigh(accepted)
+        aside = self._statistics_aside(accepted)
+        arrays, metrics = FedAvg.aggregate_train(self, server_round, accepted)  # type: ignore[arg-type]
+        return self._in_model_dtypes(arrays, aside), metrics
+
+    def server_step(self, server_round: int, template: Message, mean: ArrayRecord) -> ArrayRecord | None:
+        """The strategy's server update applied to an already averaged model (``mean``): identity for
+        FedAvg/FedProx, the momentum or adaptive step for server optimizers. ``template`` is any
+        accepted reply; its weights are replaced by ``mean`` (post-processing of a DP release)."""
+        name = next(iter(template.content.array_records))
+        template.content[name] = mean
+        next(iter(template.content.metric_records.values()))[WEIGHT_KEY] = 1.0
+        aside = self._statistics_aside([template])
+        arrays, _ = super().aggregate_train(server_round, [template])  # type: ignore[misc]
+        return self._in_model_dtypes(arrays, aside)
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        """The strategy's state beyond the global model (FedAvgM momentum; FedAdam/FedYogi/FedAdagrad
+        moments), by tensor name, for the checkpoint. Empty for stateless strategies."""
+        out: dict[str, np.ndarray] = {}
+        momentum = getattr(self, "momentum_vector", None)
+        if momentum is not None:
+            out |= {f"momentum/{k}": np.asarray(v) for k, v in zip(self.reference, momentum, strict=True)}
+        for moment in ("m_t", "v_t"):
+            out |= {f"{moment}/{k}": np.asarray(v) for k, v in (getattr(self, moment, None) or {}).items()}
+        return out
+
+    def load_server_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``server_state`` saved (a resumed run continues the same optimizer)."""
+        groups: dict[str, dict[str, np.ndarray]] = {}
+        for key, value in state.items():
+            group, _, tensor = key.partition("/")
+            groups.setdefault(group, {})[tensor] = np.asarray(value)
+        for group, tensors in groups.items():
+            attribute = "momentum_vector" if group == "momentum" else group
+            if group not in ("momentum", "m_t", "v_t") or not hasattr(self, attribute):
+                raise ConfideError(f"checkpoint holds '{group}' state that strategy '{self.cfg.name}' does not keep")
+            check_update(self.reference, tensors, f"the checkpoint's '{group}' state")
+        if "momentum" in groups:
+            self.momentum_vector = [groups["momentum"][k] for k in self.reference]
+        for moment in ("m_t", "v_t"):
+            if moment in groups:
+                setattr(self, moment, dict(groups[moment]))
+
+    def _weigh(self, accepted: list[Message]) -> None:
         if self.uniform:
             for msg in accepted:
                 next(iter(msg.content.metric_records.values()))[WEIGHT_KEY] = 1.0
-        return super().aggregate_train(server_round, accepted)
+
+    def _statistics_aside(self, accepted: list[Message]) -> dict[str, np.ndarray]:
+        """Buffers are statistics, not weights: integer buffers (BatchNorm's step counter) always, and
+        float buffers (running means and variances) unless the rule is a robust one, take the replies'
+        weighted mean (integers rounded), whatever the strategy. The strategy is shown the global
+        model's values for them, so optimizer moments, q-FFL's norms and server momentum see only
+        weights (an Adam step would move a running variance by ~server_lr per round)."""
+        keys = [k for k in self.reference if k in self.statistics]
+        if not keys or not accepted:
+            return {}
+        metrics = [next(iter(m.content.metric_records.values())) for m in accepted]
+        weights = np.array([float(m.get(WEIGHT_KEY, 1.0)) for m in metrics])
+        records = [next(iter(m.content.array_records.values())) for m in accepted]
+        means = {}
+        for k in keys:
+            mean = np.tensordot(weights / weights.sum(), np.stack([r[k].numpy() for r in records]), axes=1)
+            integer = np.issubdtype(self.reference[k].dtype, np.integer)
+            means[k] = np.asarray(np.rint(mean) if integer else mean, self.reference[k].dtype)
+        shown = {k: np.asarray((self.global_arrays or means)[k], dtype=np.float64) for k in keys}
+        for msg, record in zip(accepted, records, strict=True):
+            name = next(iter(msg.content.array_records))
+            msg.content[name] = ArrayRecord({k: Array(shown[k]) if k in shown else v for k, v in record.items()})
+        return means
+
+    def _in_model_dtypes(self, arrays: ArrayRecord | None, integers: dict[str, np.ndarray]) -> ArrayRecord | None:
+        """The aggregate in the global model's dtypes, with the statistics set aside before."""
+        if arrays is None:
+            return None
+        out = {}
+        for k, v in arrays.items():
+            value = integers[k] if k in integers else v.numpy().astype(self.reference[k].dtype, copy=False)
+            out[k] = Array(np.asarray(value))
+        return ArrayRecord(out)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
@@ -182,16 +285,33 @@ class ConfideFedAvg(FedAvg):
         return MetricRecord(summary)
 
 
-def build_strategy(exp: ExperimentConfig, reference: Weights, recorder: RoundRecorder, run_id: str = "") -> Strategy:
-    """The strategy named in the config (FedAvg today); with privacy.mode 'central', wrapped in
-    Confide's accounted central-DP wrapper (server/central_dp.py) over Flower's."""
+@functools.cache
+def confide_class(base: type[FedAvg]) -> type:
+    """``Confide<Base>``: Confide's checks mixed into one of Flower's strategy classes."""
+    return type(f"Confide{base.__name__}", (ConfideChecks, base), {})
+
+
+ConfideFedAvg = confide_class(FedAvg)
+
+
+def build_strategy(
+    exp: ExperimentConfig,
+    reference: Weights,
+    recorder: RoundRecorder,
+    run_id: str = "",
+    buffers: frozenset[str] = frozenset(),
+) -> Strategy:
+    """The Flower strategy ``strategy.name`` selects, with Confide's checks; with privacy.mode
+    'central', wrapped in Confide's accounted central-DP wrapper (server/central_dp.py).
+    ``buffers``: the exchanged tensors that are statistics (BatchNorm running stats), not weights."""
     cfg = exp.strategy
-    if cfg.name != "fedavg":  # pragma: no cover - the config's Literal type rejects others
-        raise ConfideError(f"config key 'strategy.name': unknown strategy '{cfg.name}'")
     p = exp.privacy
     # Sites evaluate only where they may release what evaluation measures.
     evaluate = p.mode == "off" or p.site_metrics != "withhold"
-    base = ConfideFedAvg(cfg, reference, recorder, uniform=p.mode == "central", evaluate=evaluate)
+    cls = confide_class(CLASSES[cfg.name])
+    central = p.mode == "central"
+    base = cls(cfg, reference, recorder, uniform=central, evaluate=evaluate, buffers=buffers, **strategy_kwargs(exp))
+    log.info("strategy: %s", describe(exp))
     if p.mode != "central":
         return base
     from server.central_dp import CentralDP

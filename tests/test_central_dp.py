@@ -143,3 +143,27 @@ def test_site_level_epsilon_is_cumulative_across_runs(tmp_path: Path) -> None:
     one_run = dp_accounting.rdp.RdpAccountant()
     one_run.compose(dp_accounting.GaussianDpEvent(sigma), rounds)
     assert record["sites"]["a"]["epsilon_run"] == pytest.approx(one_run.get_epsilon(1e-5), rel=0.02)
+
+
+def test_server_optimizer_steps_from_the_noised_mean_only(tmp_path: Path) -> None:
+    """FedAvgM under central DP: the momentum is built from the noised mean (what the DP release
+    is), never from the clean one. With sigma = 1 the noise on one coordinate is ~C/3; the momentum
+    after round 1 equals -(noised mean - x0) exactly, and the new model x0 - lr * momentum."""
+    dp, _ = central(tmp_path, sigma=1.0, dim=4, **{"strategy.name": "fedavgm", "strategy.server_lr": 0.5})
+    dp.base.global_arrays = {"w": np.zeros(4, np.float32)}
+    dp.base.current_arrays = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
+    released: list[np.ndarray] = []
+    add_noise = dp._add_noise_to_aggregated_arrays
+
+    def spy(arrays: ArrayRecord) -> ArrayRecord:
+        out = add_noise(arrays)
+        released.append(out["w"].numpy().copy())
+        return out
+
+    dp._add_noise_to_aggregated_arrays = spy  # type: ignore[method-assign]
+    clean = np.array([0.1, 0.1, 0.1, 0.1], np.float32)  # every site sends the same small update
+    arrays, _ = dp.aggregate_train(1, [reply(i, f"s{i}", clean, 10) for i in (1, 2, 3)])
+    (noised,) = released
+    assert np.abs(noised - clean).max() > 1e-3  # noise was really added (sigma*C/3 ~ 0.17)
+    assert np.allclose(dp.base.momentum_vector[0], -noised)  # pseudo-gradient of the release
+    assert np.allclose(arrays["w"].numpy(), 0.5 * noised, atol=1e-6)

@@ -74,3 +74,75 @@ def test_head_lr_gives_the_head_its_own_learning_rate() -> None:
     assert not is_head("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight")
     with pytest.raises(ConfigError, match="train.head_lr"):
         make_optimizer(torch.nn.Sequential(torch.nn.Linear(2, 2)), exp.train)
+
+
+# --------------------------------------------------------------------------- FedProx's proximal term
+
+
+def _linear_task(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(2, 3, generator=g))
+        model.bias.zero_()
+    return model, torch.randn(8, 3, generator=g), torch.randint(0, 2, (8,), generator=g)
+
+
+def test_proximal_term_equals_the_explicit_fedprox_objective() -> None:
+    """Three SGD steps with the hook (make_optimizer(..., proximal_mu)) land exactly where three steps
+    on loss + (mu/2)||w - w0||^2, differentiated by autograd, land: the hook is FedProx's gradient."""
+    from common.train import make_optimizer
+
+    mu, lr = 0.7, 0.3
+    cfg = config_mod.load(None, {"train.optimizer": "sgd", "train.momentum": 0.0, "train.lr": lr}).train
+    hooked, x, y = _linear_task()
+    explicit, _, _ = _linear_task()
+    anchor = [p.detach().clone() for p in explicit.parameters()]
+    opt_h = make_optimizer(hooked, cfg, proximal_mu=mu)
+    opt_e = torch.optim.SGD(explicit.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for _ in range(3):
+        opt_h.zero_grad()
+        loss_fn(hooked(x), y).backward()
+        opt_h.step()
+        opt_e.zero_grad()
+        prox = sum(((p - a) ** 2).sum() for p, a in zip(explicit.parameters(), anchor, strict=True))
+        (loss_fn(explicit(x), y) + mu / 2 * prox).backward()
+        opt_e.step()
+    for a, b in zip(hooked.parameters(), explicit.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    plain, _, _ = _linear_task()
+    opt_p = make_optimizer(plain, cfg)
+    for _ in range(3):
+        opt_p.zero_grad()
+        loss_fn(plain(x), y).backward()
+        opt_p.step()
+    assert not torch.allclose(plain.weight, hooked.weight, atol=1e-4)  # the term did something
+
+
+def test_proximal_term_is_added_after_dp_noise_and_is_never_clipped() -> None:
+    """Under Opacus's DPOptimizer (clip norm 1e-3, no noise) a model moved away from its anchor by d
+    takes the DP step plus exactly lr*mu*d: the proximal gradient is not clipped with the records'."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    from common.train import add_proximal_term
+
+    mu, lr, d = 2.0, 0.1, 0.5
+    runs = []
+    for with_prox in (False, True):
+        model, x, y = _linear_task()
+        gsm = GradSampleModule(model)
+        base = torch.optim.SGD(gsm.parameters(), lr=lr)
+        if with_prox:
+            add_proximal_term(base, gsm, mu)  # anchored at the current weights ...
+        with torch.no_grad():
+            for p in gsm.parameters():
+                p.add_(d)  # ... then moved by d, as local steps would
+        opt = DPOptimizer(base, noise_multiplier=0.0, max_grad_norm=1e-3, expected_batch_size=8)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(gsm(x), y).backward()
+        opt.step()
+        runs.append([p.detach().clone() for p in gsm.parameters()])
+    for without, with_ in zip(*runs, strict=True):
+        assert torch.allclose(without - with_, torch.full_like(without, lr * mu * d), atol=1e-6)

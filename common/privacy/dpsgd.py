@@ -124,23 +124,25 @@ def train_private(
     run: str,
     server_round: int,
     releases: list[dict[str, Any]] | None = None,
+    proximal_mu: float = 0.0,
 ) -> tuple[TrainResult, RoundPrivacy]:
     """One round of DP-SGD. ``releases``: ledger entries of metric releases planned for this
-    round's reply, reserved (and charged) together with the training."""
+    round's reply, reserved (and charged) together with the training. ``proximal_mu``: FedProx's
+    term, added after the noise (data-independent: no privacy cost; common/train.py)."""
     plan = plan_round(cfg, train_cfg, rounds, len(dataset))
     policy.check_round(plan.noise_multiplier, plan.delta)
     tags = {"run": run, "round": server_round, "delta": plan.delta, "max_grad_norm": cfg.max_grad_norm}
     planned = [_entry(plan.noise_multiplier, plan.sample_rate, plan.steps, "dpsgd", **tags)]
     planned += [{**r, **tags} for r in releases or []]
     reservation = ledger.reserve(planned, cap_check(policy, plan.delta, cfg.accountant, plan.records, site, "train"))
-    result, recorded, clip = _train_round(model, dataset, train_cfg, cfg, plan)
+    result, recorded, clip = _train_round(model, dataset, train_cfg, cfg, plan, proximal_mu)
     actual = [_entry(s, q, k, "dpsgd", **tags) for s, q, k in recorded] + planned[1:]
     ledger.commit(reservation, actual)
     return result, _round_stats(ledger, cfg, plan, recorded, clip, run)
 
 
 def _train_round(
-    model: nn.Module, dataset: Dataset, train_cfg: TrainConfig, cfg: PrivacyConfig, plan: RoundPlan
+    model: nn.Module, dataset: Dataset, train_cfg: TrainConfig, cfg: PrivacyConfig, plan: RoundPlan, proximal_mu: float
 ) -> tuple[TrainResult, list[tuple[float, float, int]], _ClipCounter]:
     """Opacus + the clipping engine around the plain training loop; returns what Opacus recorded."""
     probe = next(iter(make_loader(dataset, min(4, len(dataset)), shuffle=False)))  # reveals reused modules
@@ -148,7 +150,7 @@ def _train_round(
     model.train()
     step = make_private(
         model,
-        make_optimizer(model, train_cfg),
+        make_optimizer(model, train_cfg, proximal_mu),
         make_loader(dataset, train_cfg.batch_size, shuffle=True, generator=secret_generator()),
         mode=mode,
         noise_multiplier=plan.noise_multiplier,

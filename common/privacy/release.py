@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.config import PrivacyConfig
+from common.device import on_model_device
 from common.privacy.randomness import secret_generator
 from common.train import EvalResult, TrainResult, evaluate, logits
 
@@ -63,6 +64,7 @@ def noisy_evaluation(model: nn.Module, loader: DataLoader, sigma: float) -> dict
     model.eval()
     count, correct, loss_sum = 0, 0, 0.0
     for batch in loader:
+        batch = on_model_device(batch, model)
         out = logits(model, batch)
         losses = nn.functional.cross_entropy(out, batch["labels"], reduction="none").clamp(0.0, LOSS_CAP)
         count += int(batch["labels"].numel())
