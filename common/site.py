@@ -31,7 +31,7 @@ from common.models import build_model
 from common.partition import partition_indices, train_val_split
 from common.privacy import release
 from common.privacy.policy import SIMULATION, SitePolicy
-from common.train import train
+from common.train import head_only, train
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,15 @@ def train_round(
     exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy = SIMULATION
 ) -> dict[str, float]:
     """One round of local training (DP-SGD when privacy is local); returns scalar metrics only,
-    those the job asks for and the site's policy allows (common/privacy/release.py)."""
+    those the job asks for and the site's policy allows (common/privacy/release.py). The first
+    ``train.head_only_rounds`` rounds train the classification head alone (LP-FT)."""
+    with head_only(rt.model, server_round <= exp.train.head_only_rounds):
+        return _train_round(exp, rt, server_round, run_id, policy)
+
+
+def _train_round(
+    exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy
+) -> dict[str, float]:
     n = len(rt.train_set)
     if not exp.privacy.local:
         loader = make_loader(rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round)

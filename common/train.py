@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,6 +61,26 @@ HEAD_MODULES = ("classifier", "fc")  # the classification head's module name (BE
 def is_head(name: str) -> bool:
     """Whether a parameter name belongs to the classification head (also inside peft wrappers)."""
     return any(part in HEAD_MODULES for part in name.split(".")[:-1])
+
+
+@contextlib.contextmanager
+def head_only(model: nn.Module, active: bool = True) -> Iterator[None]:
+    """Train only the classification head inside the block (LP-FT's linear-probing phase, Kumar et
+    al. 2022): every other trainable parameter is frozen, then unfrozen again on exit, so the
+    exchanged tensors (common/weights.py) are the same before and after."""
+    frozen = [p for n, p in model.named_parameters() if p.requires_grad and not is_head(n)] if active else []
+    if active and len(frozen) == sum(p.requires_grad for p in model.parameters()):
+        raise ConfigError(
+            "config key 'train.head_only_rounds': the model has no trainable classification head "
+            f"(a module named {' or '.join(HEAD_MODULES)})"
+        )
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, proximal_mu: float = 0.0) -> torch.optim.Optimizer:

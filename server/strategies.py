@@ -37,8 +37,8 @@ CLASSES: dict[str, type[fl.FedAvg]] = {
     "bulyan": fl.Bulyan,
 }
 
-# Flower's own default server learning rate per strategy (strategy.server_lr = 0 keeps it).
-DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.1, "fedyogi": 0.01, "fedadagrad": 0.1}
+# The server learning rate when strategy.server_lr is 0 (common/config.py says why these values).
+DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.01, "fedyogi": 0.01, "fedadagrad": 0.01}
 
 
 def strategy_kwargs(exp: ExperimentConfig) -> dict[str, Any]:

@@ -24,9 +24,17 @@ log = logging.getLogger(__name__)
 
 
 def simulate(
-    exp: ExperimentConfig, cpus_per_site: float = 1.0, threads_per_site: int = 1, client_mods: list | None = None
+    exp: ExperimentConfig,
+    cpus_per_site: float = 1.0,
+    threads_per_site: int = 1,
+    client_mods: list | None = None,
+    gpus_per_site: float = 0.0,
 ) -> Path:
-    """Run the experiment with ``data.num_sites`` simulated sites; return the run folder."""
+    """Run the experiment with ``data.num_sites`` simulated sites; return the run folder.
+    ``gpus_per_site``: each site's share of a GPU in Flower's simulation backend (e.g. 0.25 runs
+    four sites at once per GPU); 0 keeps them on the CPU."""
+    if gpus_per_site < 0:
+        raise ConfideError(f"gpus_per_site must be >= 0; got {gpus_per_site}")
     from flwr.simulation import run_simulation
 
     from client.app import create_client_app
@@ -40,7 +48,7 @@ def simulate(
         client_app=create_client_app(exp, mods=client_mods),
         num_supernodes=exp.data.num_sites,
         backend_config={
-            "client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
+            "client_resources": {"num_cpus": cpus_per_site, "num_gpus": gpus_per_site},
             "init_args": {"logging_level": "ERROR", "log_to_driver": True},
         },
     )
@@ -90,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         help="override one config key (repeatable), e.g. --set train.lr=0.01",
     )
     parser.add_argument("--cpus-per-site", type=float, default=1.0)
+    parser.add_argument("--gpus-per-site", type=float, default=0.0, help="each site's GPU share (e.g. 0.25)")
     args = parser.parse_args(argv)
     logs.setup()
     try:
         exp = config_mod.load(args.experiment, parse_sets(args.set))
-        path = simulate(exp, cpus_per_site=args.cpus_per_site)
+        path = simulate(exp, cpus_per_site=args.cpus_per_site, gpus_per_site=args.gpus_per_site)
     except ConfideError as exc:
         print(f"confide: {exc}", file=sys.stderr)
         return 2

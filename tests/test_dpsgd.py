@@ -369,3 +369,48 @@ def test_the_dp_loader_yields_the_planned_batches_per_epoch() -> None:
         assert plan.steps == len(step.loader) == 92 and plan.sample_rate == pytest.approx(1 / 92)
     finally:
         step.close()
+
+
+# --------------------------------------------------------------------------- physical batches
+
+
+@pytest.mark.parametrize("mode", ["bookkeeping", "ghost", "hooks"])
+def test_physical_batches_give_the_same_dp_steps(mode: str) -> None:
+    """privacy.max_physical_batch_size: the same Poisson batches and the same noise (seeded here, as
+    only a test may) split into physical batches of 5 end at the same weights as unsplit batches of
+    ~16, and the accountant records the same logical steps: only memory changes, not the DP step."""
+    from common.privacy.clipping import make_private
+    from common.privacy.dpsgd import physical_batches
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (64, 1, 6, 6)).astype(np.uint8)
+    raw = RawData(labels=rng.integers(0, 3, 64).astype(np.int64), images=images)
+    cfg = config_mod.load(None, {"train.optimizer": "sgd", "train.lr": 0.5, "train.momentum": 0.0}).train
+    ds = make_dataset(raw, config_mod.load(None).model)
+    finals, steps = [], []
+    for size in (0, 5):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(64, 3))
+        step = make_private(
+            model, torch.optim.SGD(model.parameters(), lr=0.5), make_loader(ds, 16, shuffle=True, seed=3),
+            mode=mode, noise_multiplier=0.7, max_grad_norm=0.05, accountant="rdp",
+            noise_generator=torch.Generator().manual_seed(4),
+        )  # fmt: skip
+        try:
+            sizes: list[int] = []
+
+            def seen(loader, sizes=sizes):  # noqa: ANN001, ANN202
+                for batch in loader:
+                    sizes.append(int(batch["labels"].shape[0]))
+                    yield batch
+
+            with physical_batches(step, size) as loader:
+                train(model, seen(loader), cfg, optimizer=step.optimizer, loss_fn=step.criterion)
+        finally:
+            step.close()
+        finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        steps.append(sum(k for _, _, k in step.accountant.history))
+        if size:  # physical batches of at most 5, more of them than logical steps
+            assert max(sizes) <= 5 and len(sizes) > 4
+    assert steps[0] == steps[1] == 4  # 64 records / expected batch 16: 4 logical steps either way
+    assert torch.allclose(finals[0], finals[1], atol=1e-5)

@@ -310,12 +310,13 @@ def sign_flip_x10(msg, context, call_next):  # noqa: ANN001, ANN201 - Flower mod
 
 def test_median_keeps_accuracy_under_a_sign_flipped_site_where_fedavg_does_not() -> None:
     """3 IID sites on digits, site 2 sends a sign-flipped x10 update every round: FedMedian still
-    learns (> 0.5 with chance at 0.1), FedAvg with the same attacker does not (< 0.3)."""
+    learns (> 0.5 with chance at 0.1; measured 0.66, and 0.95 for FedAvg without the attacker),
+    FedAvg with the same attacker does not (< 0.3; measured 0.10)."""
     acc = {}
     for name in ("fedavg", "fedmedian"):
         exp = small_experiment(
             **{"strategy.name": name, "data.num_sites": 3, "strategy.min_sites": 3, "strategy.rounds": 3,
-               "data.max_samples": 600, "train.lr": 0.002, "model.norm": "group"}
+               "data.max_samples": 900, "train.lr": 0.003, "train.local_epochs": 3}
         )  # fmt: skip
         run = simulate(exp, client_mods=[sign_flip_x10])
         acc[name] = read_metrics(run)[-1]["central"]["accuracy"]

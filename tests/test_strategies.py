@@ -69,8 +69,8 @@ def test_typed_parameters_reach_flower() -> None:
     m = make("fedavgm", **{"strategy.server_lr": 0.5, "strategy.server_momentum": 0.7})
     assert (m.server_learning_rate, m.server_momentum) == (0.5, 0.7)
     a = make("fedadam", **{"strategy.beta1": 0.8, "strategy.beta2": 0.95, "strategy.tau": 0.01})
-    assert (a.eta, a.beta_1, a.beta_2, a.tau) == (0.1, 0.8, 0.95, 0.01)
-    assert make("fedyogi").eta == 0.01
+    assert (a.eta, a.beta_1, a.beta_2, a.tau) == (0.01, 0.8, 0.95, 0.01)
+    assert make("fedyogi").eta == 0.01 and make("fedadagrad").eta == 0.01  # Confide's default (config says why)
     assert make("fedtrimmedavg", **{"strategy.trim_beta": 0.4}).beta == 0.4
     assert make("krum", 5, **{"strategy.num_malicious": 1}).num_malicious_nodes == 1
     mk = make("multikrum", 5, **{"strategy.num_malicious": 1})

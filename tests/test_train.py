@@ -146,3 +146,21 @@ def test_proximal_term_is_added_after_dp_noise_and_is_never_clipped() -> None:
         runs.append([p.detach().clone() for p in gsm.parameters()])
     for without, with_ in zip(*runs, strict=True):
         assert torch.allclose(without - with_, torch.full_like(without, lr * mu * d), atol=1e-6)
+
+
+def test_head_only_trains_the_head_and_restores_the_rest() -> None:
+    """LP-FT's first phase: inside head_only only the head (fc) moves; afterwards every parameter is
+    trainable again, so the exchanged tensors are unchanged."""
+    from common.train import head_only
+    from common.weights import exchanged_state
+
+    exp = config_mod.load(None, {"train.lr": 0.01, "train.max_steps": 2})
+    model = create_model(exp.model, 2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    keys = set(exchanged_state(model))
+    ds = make_dataset(tiny_images(), exp.model)
+    with head_only(model):
+        train(model, make_loader(ds, 16, shuffle=True), exp.train)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"fc.weight", "fc.bias"}
+    assert all(p.requires_grad for p in model.parameters()) and set(exchanged_state(model)) == keys

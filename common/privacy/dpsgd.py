@@ -8,19 +8,20 @@ train; the ledger commits what Opacus's accountant actually recorded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from common.batches import Batch, make_loader
 from common.config import PrivacyConfig, TrainConfig
 from common.errors import PolicyRefused
 from common.privacy.accounting import calibrate, check_delta, default_delta, epsilon
-from common.privacy.clipping import choose_mode, make_private
+from common.privacy.clipping import PrivateStep, choose_mode, make_private
 from common.privacy.ledger import Ledger, history_of
 from common.privacy.policy import SitePolicy
 from common.privacy.randomness import secret_generator
@@ -160,10 +161,23 @@ def _train_round(
     )
     clip = _ClipCounter(step.norms, cfg.max_grad_norm, mode)
     try:
-        result = train(model, step.loader, train_cfg, optimizer=step.optimizer, loss_fn=step.criterion, step_hook=clip)
+        with physical_batches(step, cfg.max_physical_batch_size) as loader:
+            result = train(model, loader, train_cfg, optimizer=step.optimizer, loss_fn=step.criterion, step_hook=clip)
     finally:
         step.close()
     return result, [(float(s), float(q), int(k)) for s, q, k in step.accountant.history], clip
+
+
+def physical_batches(step: PrivateStep, size: int) -> contextlib.AbstractContextManager[DataLoader]:
+    """The private loader, split by Opacus's BatchMemoryManager into physical batches of at most
+    ``size`` records when ``size`` > 0: the optimizer accumulates the clipped per-sample gradients
+    and adds noise and steps once per sampled (logical) batch, so the DP step and its accounting are
+    unchanged; only peak memory is bounded. ``train.max_steps`` then counts physical batches."""
+    if not size:
+        return contextlib.nullcontext(step.loader)
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    return BatchMemoryManager(data_loader=step.loader, max_physical_batch_size=size, optimizer=step.optimizer)
 
 
 def _round_stats(
