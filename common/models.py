@@ -4,6 +4,9 @@
   (a local folder, a hub name when online, or the bundled all-MiniLM-L6-v2).
 - ``resnet18/34/50``: torchvision ResNets with configurable input channels and classes,
   a small-image stem for 28-32 px inputs, and optional pretrained weights from a file.
+- ``resnet8/20``: CIFAR-style ResNets for small images (8-32 px) with GroupNorm and
+  weight-standardized convolutions, trained from scratch, e.g. under DP-SGD
+  (``common.resnet_small``); optional weights from a file.
 
 The server and every site call this with the same config and label count, so their
 state_dict keys and shapes match; the head is seeded so even initial weights agree.
@@ -63,6 +66,10 @@ def build_model(exp: ExperimentConfig, num_labels: int) -> nn.Module:
     late_weights = surgery and not exp.model.is_text and bool(exp.model.weights)
     cfg = dataclasses.replace(exp.model, weights="") if late_weights else exp.model
     model = create_model(cfg, num_labels, seed=exp.seed)
+    if exp.model.head_init == "label_names" and exp.data.labels:  # the server always knows them
+        from common.head_init import init_from_label_names
+
+        init_from_label_names(model, load_tokenizer(checkpoint_path(cfg)), exp.data.labels, cfg.max_length)
     if exp.model.lora_r:
         model = _with_lora(model, exp.model, exp.seed)
     if surgery:
@@ -235,6 +242,24 @@ def _resnet(builder_name: str) -> Callable[[ModelConfig, int], nn.Module]:
 
 for _name in ("resnet18", "resnet34", "resnet50"):
     register(_name)(_resnet(_name))
+
+
+def _small_resnet(depth: int) -> Callable[[ModelConfig, int], nn.Module]:
+    def build(cfg: ModelConfig, num_labels: int) -> nn.Module:
+        from common.resnet_small import small_resnet
+
+        model = small_resnet(depth, cfg.in_channels, num_labels)
+        if cfg.weights:
+            _load_weights(model, resolve_path(cfg.weights))
+        else:
+            log.info("resnet%d: no weights file given (model.weights); random init", depth)
+        return model
+
+    return build
+
+
+for _depth in (8, 20):
+    register(f"resnet{_depth}")(_small_resnet(_depth))
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:

@@ -22,7 +22,7 @@ def same_keys_and_shapes(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_registry_lists_all_families() -> None:
-    assert available() == ["bert", "resnet18", "resnet34", "resnet50"]
+    assert available() == ["bert", "resnet18", "resnet20", "resnet34", "resnet50", "resnet8"]
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
@@ -145,3 +145,15 @@ def test_group_norm_warm_start_keeps_the_norm_layers_affine_weights(tmp_path: Pa
         assert isinstance(model.bn1, torch.nn.GroupNorm)
         assert torch.all(model.bn1.weight == 2.5) and torch.all(model.layer1[0].bn2.bias == -0.75)
         assert torch.equal(model.conv1.weight, source.conv1.weight)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet20"])
+def test_small_resnets_are_registered_and_server_and_site_match(name: str) -> None:
+    """The CIFAR-style ResNets (common/resnet_small.py) are in the registry beside torchvision's;
+    server and site build identical weights and accept grayscale 28 px inputs."""
+    assert name in available()
+    cfg = model_cfg(name=name, in_channels=1)
+    server, site = create_model(cfg, 7, seed=0), create_model(cfg, 7, seed=0)
+    assert same_keys_and_shapes(server, site)
+    assert all(torch.equal(server.state_dict()[k], site.state_dict()[k]) for k in server.state_dict())
+    assert server(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
