@@ -274,6 +274,11 @@ class StrategyConfig:
     num_selected: int = 0
     # qfedavg: fairness exponent q (0 = FedAvg-like; larger favours worse-off sites).
     q: float = 0.1
+    # Which global model is exported: "last" (the final round's) or "best_held_out" (the round with
+    # the highest site-weighted accuracy on the sites' held-out data: model selection without the
+    # test set; needs the sites to release their evaluation, privacy.site_metrics noisy or exact
+    # under DP).
+    final_model: Literal["last", "best_held_out"] = "last"
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "strategy.rounds", "must be >= 1")
@@ -354,6 +359,17 @@ class ExperimentConfig:
                 "loss-weighted step; use fedavg, fedprox or a server optimizer "
                 f"({', '.join(SERVER_OPTIMIZERS)})",
             )
+        _require(
+            st.final_model == "last" or self.privacy.mode == "off" or self.privacy.site_metrics != "withhold",
+            "strategy.final_model",
+            "'best_held_out' needs the sites' held-out accuracy, which DP sites withhold by default; set "
+            "privacy.site_metrics to 'noisy' (accounted) or 'exact', or use 'last'",
+        )
+        _require(
+            st.final_model == "last" or st.fraction_evaluate > 0,
+            "strategy.final_model",
+            "'best_held_out' needs federated evaluation (strategy.fraction_evaluate > 0)",
+        )
         if st.name == "qfedavg" and self.privacy.mode != "off":
             _require(
                 self.privacy.site_metrics == "exact",

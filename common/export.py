@@ -76,6 +76,7 @@ def write_model_card(
     sites: dict[str, dict[str, float]],
     final: dict[str, Any],
     privacy_lines: list[str] | None = None,
+    exported: str = "",
 ) -> None:
     """A short human-readable card: what was trained, on what, by whom, how well."""
     lines = [
@@ -92,16 +93,17 @@ def write_model_card(
         + (f", path `{exp.data.path}`" if exp.data.path else "")
         + f"; partitioner `{exp.data.partitioner}`"
         + (f" (alpha {exp.data.alpha})" if exp.data.partitioner == "dirichlet" else ""),
-        f"- Federation: FedAvg, {exp.strategy.rounds} rounds, {len(sites)} site(s), "
+        f"- Federation: strategy `{exp.strategy.name}`, {exp.strategy.rounds} rounds, {len(sites)} site(s), "
         f"{exp.train.local_epochs} local epoch(s), batch {exp.train.batch_size}, "
         f"{exp.train.optimizer} lr {exp.train.lr}",
         "- Only model weights and the scalar metrics listed under Privacy left the sites.",
+        *([f"- Exported: {exported}"] if exported else []),
         "",
         "## Privacy (also in privacy.json)",
         "",
         *[f"- {line}" for line in privacy_lines or ["No privacy statement was recorded."]],
         "",
-        "## Final metrics",
+        "## Metrics of the exported model",
         "",
         "| scope | accuracy | macro-F1 | loss | records |",
         "|---|---|---|---|---|",

@@ -26,7 +26,7 @@ from common.models import build_model
 from common.privacy import statement
 from common.rundir import RunDir
 from common.train import evaluate
-from common.weights import exchanged_state, get_weights, set_weights
+from common.weights import Weights, exchanged_state, get_weights, set_weights
 from server.central_dp import CentralDP
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy, to_weights
@@ -89,9 +89,11 @@ def _run_rounds(
             run_dir.save_checkpoint(weights, server_round, checks.server_state())
         privacy = central.ledger.as_record(run_dir.run_id, server_round, *central.last) if central else None
         line = recorder.close(metrics, privacy)
+        selection.offer(server_round, line, weights)
         _print_round(line)
         return MetricRecord(metrics) if metrics else None
 
+    selection = ModelSelection(exp.strategy.final_model)
     train_config = ConfigRecord({"labels": list(labels.names)})
 
     result = strategy.start(
@@ -103,18 +105,49 @@ def _run_rounds(
         evaluate_config=ConfigRecord({"labels": list(labels.names)}),
         evaluate_fn=server_evaluate,
     )
-    set_weights(model, to_weights(result.arrays), source="the final global model")
+    exported_round, exported = selection.choice(exp.strategy.rounds, to_weights(result.arrays))
+    set_weights(model, exported, source="the exported global model")
     save_model(model, exp, labels, run_dir.path / "model")
     last = recorder.history[-1]
-    final = {k: last[k] for k in ("federated", "central") if last.get(k)}
+    chosen = recorder.history[exported_round]
+    final = {k: chosen[k] for k in ("federated", "central") if chosen.get(k)}
     privacy = last.get("privacy") or {}
     if privacy.get("mode") != exp.privacy.mode:  # e.g. local DP where no site has trained yet
         privacy = {"mode": exp.privacy.mode, "sites": {}}
     privacy_lines = statement.lines(statement.write(run_dir.path, exp, privacy))
-    write_model_card(run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines)
+    write_model_card(run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines, selection.describe())
     path = run_dir.finish()
     _print_summary(recorder.history, path, privacy_lines)
+    print(f"[confide] exported model: {selection.describe()}", flush=True)
     return RunSummary(path=path, rounds=recorder.history)
+
+
+class ModelSelection:
+    """``strategy.final_model``: the last round's global model, or the one with the best site-weighted
+    held-out accuracy (the sites' validation data; the server's test set is never used to choose)."""
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        self.best: tuple[float, int, Weights] | None = None
+
+    def offer(self, server_round: int, line: dict[str, Any], weights: Weights) -> None:
+        accuracy = (line.get("federated") or {}).get("accuracy")
+        if self.rule != "best_held_out" or server_round == 0 or accuracy is None:
+            return
+        if self.best is None or accuracy > self.best[0]:
+            self.best = (float(accuracy), server_round, {k: v.copy() for k, v in weights.items()})
+
+    def choice(self, last_round: int, last: Weights) -> tuple[int, Weights]:
+        if self.best is None:
+            return last_round, last
+        return self.best[1], self.best[2]
+
+    def describe(self) -> str:
+        if self.rule != "best_held_out":
+            return "the last round's global model (strategy.final_model=last)"
+        if self.best is None:
+            return "the last round's global model (no round had a held-out accuracy to select on)"
+        return f"round {self.best[1]}'s global model, best site-weighted held-out accuracy {self.best[0]:.4f}"
 
 
 def _central_loader(exp: ExperimentConfig, labels: LabelSet) -> DataLoader | None:

@@ -266,7 +266,7 @@ def test_site_policy_refusal_is_recorded_and_the_run_goes_on() -> None:
     ("name", "extra"),
     [
         ("fedadam", {"strategy.server_lr": 0.01}),  # server optimizer
-        ("fedprox", {"strategy.proximal_mu": 0.1}),  # proximal term at the sites
+        ("fedprox", {"strategy.proximal_mu": 0.1, "strategy.final_model": "best_held_out"}),  # proximal
         ("fedtrimmedavg", {"strategy.trim_beta": 0.34}),  # robust
         # fairness (needs each site's training loss); q-FFL's Lipschitz estimate 1/lr assumes plain SGD
         ("qfedavg", {"strategy.q": 0.5, "train.optimizer": "sgd", "train.momentum": 0.0, "train.lr": 0.05}),
@@ -289,6 +289,12 @@ def test_each_strategy_family_runs_end_to_end(name: str, extra: dict) -> None:
     if name == "fedadam":
         assert set(ckpt["server_state"]) == {f"{m}/{k}" for m in ("m_t", "v_t") for k in ckpt["state_dict"]}
     assert config_mod.load(run / "config.yaml").strategy.name == name
+    card = (run / "MODEL_CARD.md").read_text()
+    if name == "fedprox":  # exported: the round with the best held-out accuracy
+        best = max(rounds[1:], key=lambda r: r["federated"]["accuracy"])["round"]
+        assert f"Exported: round {best}'s global model" in card
+    else:
+        assert "Exported: the last round's global model" in card
 
 
 def sign_flip_x10(msg, context, call_next):  # noqa: ANN001, ANN201 - Flower mod signature

@@ -1,0 +1,42 @@
+"""server/run.py's model selection: 'best_held_out' exports the round with the highest site-weighted
+held-out accuracy (never the test set's), a copy of that round's weights (later rounds cannot
+change it); 'last' exports the final round; DP jobs that withhold site metrics cannot select."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common import config as config_mod
+from common.errors import ConfigError
+from server.run import ModelSelection
+
+
+def line(acc: float | None, central: float) -> dict:
+    return {"federated": {} if acc is None else {"accuracy": acc}, "central": {"accuracy": central}}
+
+
+def test_best_held_out_keeps_a_copy_of_the_best_rounds_weights() -> None:
+    sel = ModelSelection("best_held_out")
+    w = {"x": np.zeros(2)}
+    sel.offer(0, line(0.9, 0.1), w)  # round 0 (initial model) is never exported
+    for r, (acc, central) in enumerate([(0.5, 0.2), (0.8, 0.9), (0.7, 0.99)], start=1):
+        w["x"][:] = r  # the server reuses its arrays; the selection must have copied them
+        sel.offer(r, line(acc, central), w)
+    rnd, weights = sel.choice(3, {"x": np.full(2, 3.0)})
+    assert rnd == 2 and np.all(weights["x"] == 2)  # held-out 0.8 wins although the test set prefers round 3
+    assert "round 2" in sel.describe() and "0.8000" in sel.describe()
+
+
+def test_last_and_no_held_out_accuracy_export_the_final_round() -> None:
+    for sel in (ModelSelection("last"), ModelSelection("best_held_out")):
+        sel.offer(1, line(None if sel.rule == "best_held_out" else 0.9, 0.5), {"x": np.zeros(1)})
+        rnd, weights = sel.choice(4, {"x": np.ones(1)})
+        assert rnd == 4 and weights["x"][0] == 1
+
+
+def test_dp_jobs_that_withhold_site_metrics_cannot_select() -> None:
+    with pytest.raises(ConfigError, match="'strategy.final_model' 'best_held_out' needs the sites' held-out"):
+        config_mod.load(None, {"strategy.final_model": "best_held_out", "privacy.mode": "local"})
+    config_mod.load(None, {"strategy.final_model": "best_held_out", "privacy.mode": "local",
+                           "privacy.site_metrics": "noisy"})  # fmt: skip
