@@ -276,8 +276,9 @@ class StrategyConfig:
     q: float = 0.1
     # Which global model is exported: "last" (the final round's) or "best_held_out" (the round with
     # the highest site-weighted accuracy on the sites' held-out data: model selection without the
-    # test set; needs the sites to release their evaluation, privacy.site_metrics noisy or exact
-    # under DP).
+    # test set). It needs the sites' evaluation: under DP only with privacy.site_metrics noisy or
+    # exact, and strategy.fraction_evaluate > 0; without it the last round's model is exported and
+    # the log and model card say so.
     final_model: Literal["last", "best_held_out"] = "last"
 
     def __post_init__(self) -> None:
@@ -359,17 +360,6 @@ class ExperimentConfig:
                 "loss-weighted step; use fedavg, fedprox or a server optimizer "
                 f"({', '.join(SERVER_OPTIMIZERS)})",
             )
-        _require(
-            st.final_model == "last" or self.privacy.mode == "off" or self.privacy.site_metrics != "withhold",
-            "strategy.final_model",
-            "'best_held_out' needs the sites' held-out accuracy, which DP sites withhold by default; set "
-            "privacy.site_metrics to 'noisy' (accounted) or 'exact', or use 'last'",
-        )
-        _require(
-            st.final_model == "last" or st.fraction_evaluate > 0,
-            "strategy.final_model",
-            "'best_held_out' needs federated evaluation (strategy.fraction_evaluate > 0)",
-        )
         if st.name == "qfedavg" and self.privacy.mode != "off":
             _require(
                 self.privacy.site_metrics == "exact",

@@ -94,6 +94,12 @@ def _run_rounds(
         return MetricRecord(metrics) if metrics else None
 
     selection = ModelSelection(exp.strategy.final_model)
+    if exp.strategy.final_model == "best_held_out" and not strategy_evaluates(exp):
+        log.warning(
+            "strategy.final_model=best_held_out: the sites release no held-out accuracy in this job "
+            "(privacy.site_metrics=withhold under DP, or strategy.fraction_evaluate=0); the last round's "
+            "model will be exported"
+        )
     train_config = ConfigRecord({"labels": list(labels.names)})
 
     result = strategy.start(
@@ -120,6 +126,12 @@ def _run_rounds(
     _print_summary(recorder.history, path, privacy_lines)
     print(f"[confide] exported model: {selection.describe()}", flush=True)
     return RunSummary(path=path, rounds=recorder.history)
+
+
+def strategy_evaluates(exp: ExperimentConfig) -> bool:
+    """Whether the sites evaluate and release their held-out accuracy in this job."""
+    released = exp.privacy.mode == "off" or exp.privacy.site_metrics != "withhold"
+    return released and exp.strategy.fraction_evaluate > 0
 
 
 class ModelSelection:
