@@ -231,11 +231,7 @@ def _resnet(builder_name: str) -> Callable[[ModelConfig, int], nn.Module]:
             model.maxpool = nn.Identity()
         elif cfg.in_channels != 3:
             model.conv1 = nn.Conv2d(cfg.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        if cfg.weights:
-            _load_weights(model, resolve_path(cfg.weights))
-        else:
-            log.info("%s: no pretrained weights file given (model.weights); random init", builder_name)
-        return model
+        return _weights_or_random(model, cfg, builder_name)
 
     return build
 
@@ -248,18 +244,22 @@ def _small_resnet(depth: int) -> Callable[[ModelConfig, int], nn.Module]:
     def build(cfg: ModelConfig, num_labels: int) -> nn.Module:
         from common.resnet_small import small_resnet
 
-        model = small_resnet(depth, cfg.in_channels, num_labels)
-        if cfg.weights:
-            _load_weights(model, resolve_path(cfg.weights))
-        else:
-            log.info("resnet%d: no weights file given (model.weights); random init", depth)
-        return model
+        return _weights_or_random(small_resnet(depth, cfg.in_channels, num_labels), cfg, f"resnet{depth}")
 
     return build
 
 
 for _depth in (8, 20):
     register(f"resnet{_depth}")(_small_resnet(_depth))
+
+
+def _weights_or_random(model: nn.Module, cfg: ModelConfig, name: str) -> nn.Module:
+    """Load ``model.weights`` when given; otherwise keep the random init and say so in the log."""
+    if cfg.weights:
+        _load_weights(model, resolve_path(cfg.weights))
+    else:
+        log.info("%s: no pretrained weights file given (model.weights); random init", name)
+    return model
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:

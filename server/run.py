@@ -29,7 +29,7 @@ from common.train import evaluate
 from common.weights import Weights, exchanged_state, get_weights, set_weights
 from server.central_dp import CentralDP
 from server.recorder import RoundRecorder
-from server.strategy import build_strategy, to_weights
+from server.strategy import build_strategy, sites_release_evaluation, to_weights
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,7 @@ def _run_rounds(
 
 def strategy_evaluates(exp: ExperimentConfig) -> bool:
     """Whether the sites evaluate and release their held-out accuracy in this job."""
-    released = exp.privacy.mode == "off" or exp.privacy.site_metrics != "withhold"
-    return released and exp.strategy.fraction_evaluate > 0
+    return sites_release_evaluation(exp) and exp.strategy.fraction_evaluate > 0
 
 
 class ModelSelection:

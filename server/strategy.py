@@ -285,13 +285,17 @@ class ConfideChecks:
         return MetricRecord(summary)
 
 
+def sites_release_evaluation(exp: ExperimentConfig) -> bool:
+    """Whether the sites may release what held-out evaluation measures (no DP, or DP with
+    privacy.site_metrics noisy/exact)."""
+    return exp.privacy.mode == "off" or exp.privacy.site_metrics != "withhold"
+
+
 @functools.cache
 def confide_class(base: type[FedAvg]) -> type:
     """``Confide<Base>``: Confide's checks mixed into one of Flower's strategy classes."""
     return type(f"Confide{base.__name__}", (ConfideChecks, base), {})
 
-
-ConfideFedAvg = confide_class(FedAvg)
 
 
 def build_strategy(
@@ -307,7 +311,7 @@ def build_strategy(
     cfg = exp.strategy
     p = exp.privacy
     # Sites evaluate only where they may release what evaluation measures.
-    evaluate = p.mode == "off" or p.site_metrics != "withhold"
+    evaluate = sites_release_evaluation(exp)
     cls = confide_class(CLASSES[cfg.name])
     central = p.mode == "central"
     base = cls(cfg, reference, recorder, uniform=central, evaluate=evaluate, buffers=buffers, **strategy_kwargs(exp))

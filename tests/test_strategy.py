@@ -1,5 +1,5 @@
-"""ConfideFedAvg: malformed updates are excluded by name, failures recorded, min_sites enforced,
-per-site metrics kept beside the weighted mean. Uses real Flower Message objects."""
+"""Confide's checks around FedAvg (build_strategy): malformed updates are excluded by name, failures
+recorded, min_sites enforced, per-site metrics kept beside the weighted mean. Uses real Flower Message objects."""
 
 from __future__ import annotations
 
