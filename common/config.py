@@ -147,6 +147,17 @@ class TrainConfig:
     # Mixed precision (autocast) for non-private training: "bf16" (no loss scaling needed) or
     # "fp16" (with a gradient scaler); DP-SGD always runs in fp32 (its clipping needs exact norms).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Image augmentation at training time (common/augment.py): random shifts of up to 1/8 of the
+    # side ("crop"), plus random horizontal mirroring ("crop_flip"). "none" for text models.
+    augment: Literal["none", "crop", "crop_flip"] = "none"
+    # K augmented copies of every sampled image. Under DP-SGD, augmentation multiplicity (De et al.
+    # 2022): a record's K gradients are averaged before clipping, so the same epsilon buys a less
+    # noisy gradient (K times the compute; the per-sample "hooks" engine).
+    augment_multiplicity: int = 1
+    # Exponential moving average of the weights over each round's local steps (De et al. 2022),
+    # decay min(ema_decay, (1 + t) / (10 + t)) at step t; the site sends the averaged weights
+    # (post-processing: no privacy cost). 0: off, the last iterate is sent.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.local_epochs >= 1, "train.local_epochs", "must be >= 1")
@@ -159,6 +170,14 @@ class TrainConfig:
         _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
         _require(self.threads >= 0, "train.threads", "must be >= 0")
         _require(self.head_only_rounds >= 0, "train.head_only_rounds", "must be >= 0")
+        _require(self.augment_multiplicity >= 1, "train.augment_multiplicity", "must be >= 1")
+        _require(
+            self.augment_multiplicity == 1 or self.augment != "none",
+            "train.augment_multiplicity",
+            f"({self.augment_multiplicity}) needs an augmentation: set train.augment to 'crop' or 'crop_flip' "
+            "(K identical copies would only repeat the same gradient)",
+        )
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1) (0: off)")
 
 
 @dataclass(frozen=True)
@@ -350,6 +369,18 @@ class ExperimentConfig:
             "train.precision",
             f"'{self.train.precision}' is for non-private training; DP-SGD runs in fp32 (per-sample "
             "clipping needs exact gradient norms)",
+        )
+        _require(
+            self.train.augment == "none" or not self.model.is_text,
+            "train.augment",
+            f"'{self.train.augment}' is image augmentation; model '{self.model.name}' reads text (use 'none')",
+        )
+        _require(
+            not (self.privacy.local and self.train.augment_multiplicity > 1)
+            or self.privacy.grad_sample_mode in ("auto", "hooks"),
+            "privacy.grad_sample_mode",
+            f"'{self.privacy.grad_sample_mode}' cannot average a record's augmented copies before clipping "
+            "(train.augment_multiplicity > 1); use 'hooks' or 'auto'",
         )
         if self.privacy.mode == "central":
             _require(

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from common.augment import augmenter
 from common.batches import make_dataset, make_loader
 from common.config import BUILTIN_SOURCES, TEXT_SOURCES, DataConfig, DataSource, ExperimentConfig, resolve_path
 from common.data import LabelSet, read_train
@@ -192,9 +193,10 @@ def _train_round(
     exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy
 ) -> dict[str, float]:
     n = len(rt.train_set)
+    augment = augmenter(exp.train, seed=(exp.seed * 1000 + server_round) * 1000 + (rt.spec.partition_id or 0))
     if not exp.privacy.local:
         loader = make_loader(rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round)
-        result = train(rt.model, loader, exp.train, proximal_mu=exp.strategy.local_proximal_mu)
+        result = train(rt.model, loader, exp.train, proximal_mu=exp.strategy.local_proximal_mu, augment=augment)
         if release.level(exp.privacy) == "noisy":  # never without DP
             _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "count")])
         return release.train_metrics(exp.privacy, n, result)
@@ -215,6 +217,7 @@ def _train_round(
         server_round=server_round,
         releases=[release.release_entry(exp.privacy, "count")] if noisy else [],
         proximal_mu=exp.strategy.local_proximal_mu,
+        augment=augment,
     )
     metrics = release.train_metrics(exp.privacy, n, result)
     metrics.update(privacy.as_metrics(with_clip_fraction=release.level(exp.privacy) == "exact"))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from common.batches import Batch
@@ -137,12 +138,16 @@ def train(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
     step_hook: Callable[[Batch], None] | None = None,
     proximal_mu: float = 0.0,
+    augment: Callable[[Batch], Batch] | None = None,
 ) -> TrainResult:
     """Run local training; returns the mean training loss over the steps taken (without any
     proximal term, which ``proximal_mu`` > 0 adds to the objective: FedProx).
 
     ``optimizer``, ``loss_fn`` and ``step_hook`` (called after backward, before the step) let a
-    caller such as DP-SGD substitute its own objects without a second training loop.
+    caller such as DP-SGD substitute its own objects without a second training loop. ``augment``
+    maps each batch of records to the batch trained on (common/augment.py: K augmented copies per
+    record); counts are of records. With ``train.ema_decay`` > 0 the model ends the round holding
+    the exponential moving average of its weights over the round's steps (``WeightAverage``).
     """
     optimizer = optimizer or make_optimizer(model, cfg, proximal_mu)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -153,11 +158,15 @@ def train(
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     start = time.perf_counter()
     total_loss, seen, steps = 0.0, 0, 0
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     for _ in range(cfg.local_epochs):
         for batch in loader:
             if not isinstance(batch, dict):  # pragma: no cover - DP loaders give empty batches structure
                 raise TypeError(f"training batch is a {type(batch).__name__}, not a dict of tensors")
             batch = on_model_device(batch, model)
+            n = int(batch["labels"].shape[0])  # 0 for an empty Poisson batch: a noise-only DP step
+            if augment is not None:
+                batch = augment(batch)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss = loss_fn(logits(model, batch), batch["labels"])
@@ -169,7 +178,8 @@ def train(
                 scaler.update()
             else:
                 optimizer.step()
-            n = int(batch["labels"].shape[0])  # 0 for an empty Poisson batch: a noise-only DP step
+            if ema is not None:
+                ema.update()
             total_loss += float(loss.detach()) * n if n else 0.0
             seen += n
             steps += 1
@@ -177,9 +187,34 @@ def train(
                 break
         if cfg.max_steps and steps >= cfg.max_steps:
             break
+    if ema is not None:
+        ema.copy_to_model()
     seconds = time.perf_counter() - start
     mean = total_loss / seen if seen else math.nan
     return TrainResult(loss=mean, num_examples=seen, steps=steps, seconds=seconds)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's trainable weights over one round's optimizer steps
+    (De et al. 2022): after step t (0-based) ``ema = d_t ema + (1 - d_t) w`` with the warm-up
+    ``d_t = min(decay, (1 + t) / (10 + t))``, starting from the weights the round began with.
+    Buffers (BatchNorm statistics) stay those of the last iterate."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.params]
+        self.decay, self.t = decay, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.t) / (10 + self.t))
+        get_ema_multi_avg_fn(d)(self.average, [p.detach() for p in self.params], self.t)
+        self.t += 1
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for p, a in zip(self.params, self.average, strict=True):
+            p.copy_(a)
 
 
 @torch.no_grad()

@@ -414,3 +414,45 @@ def test_physical_batches_give_the_same_dp_steps(mode: str) -> None:
             assert max(sizes) <= 5 and len(sizes) > 4
     assert steps[0] == steps[1] == 4  # 64 records / expected batch 16: 4 logical steps either way
     assert torch.allclose(finals[0], finals[1], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- augmentation multiplicity
+
+
+@pytest.mark.parametrize("grad_sample_mode", ["auto", "hooks"])
+def test_augmentation_multiplicity_clips_each_records_mean_over_its_copies(grad_sample_mode: str) -> None:
+    """train.augment_multiplicity K (De et al. 2022): one noiseless DP step over all records
+    (sample rate 1) moves the weights by lr x sum_i clip(mean_k grad(record i, copy k)) / n, built
+    here one copy at a time with plain autograd. Clipping each copy on its own (or clipping B*K
+    rows as if they were records, as an engine without per-sample gradients would) gives another
+    step, which the test also checks is far enough away to be told apart."""
+    from common.augment import Augmenter
+    from common.privacy.dpsgd import RoundPlan, _train_round
+
+    n, k, clip, lr = 6, 3, 0.05, 0.5
+    data = site_data(n)
+    torch.manual_seed(0)
+    model, reference = mlp(), mlp()
+    reference.load_state_dict(model.state_dict())
+    exp = exp_config(**{
+        "train.batch_size": n, "train.lr": lr, "privacy.grad_sample_mode": grad_sample_mode,
+        "train.augment": "crop", "train.augment_multiplicity": k, "privacy.max_grad_norm": clip,
+    })  # fmt: skip
+    plan = RoundPlan(noise_multiplier=0.0, sample_rate=1.0, steps=1, delta=1e-5, records=n)
+    before = flat(model.parameters())
+    _train_round(model, data, exp.train, exp.privacy, plan, 0.0, Augmenter("crop", k, seed=7))
+    # the same augmented batch, by hand: sample rate 1 puts every record in the batch, in order
+    everything = next(iter(make_loader(data, n, shuffle=False)))
+    copies = Augmenter("crop", k, seed=7)(everything)
+    mean_then_clip, clip_each = torch.zeros_like(before), torch.zeros_like(before)
+    for i in range(n):
+        grads = []
+        for j in range(i * k, (i + 1) * k):
+            reference.zero_grad(set_to_none=True)
+            F.cross_entropy(reference(copies["pixel_values"][j : j + 1]), copies["labels"][j : j + 1]).backward()
+            grads.append(flat(p.grad for p in reference.parameters()))
+        g = torch.stack(grads).mean(0)
+        mean_then_clip += g * min(1.0, clip / g.norm().item())
+        clip_each += torch.stack([h * min(1.0, clip / h.norm().item()) for h in grads]).mean(0)
+    torch.testing.assert_close((before - flat(model.parameters())) / lr, mean_then_clip / n, rtol=1e-4, atol=1e-7)
+    assert (mean_then_clip - clip_each).norm() > 0.05 * mean_then_clip.norm()

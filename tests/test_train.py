@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -164,3 +166,37 @@ def test_head_only_trains_the_head_and_restores_the_rest() -> None:
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved == {"fc.weight", "fc.bias"}
     assert all(p.requires_grad for p in model.parameters()) and set(exchanged_state(model)) == keys
+
+
+def test_ema_decay_ends_the_round_at_the_moving_average_of_the_iterates() -> None:
+    """train.ema_decay (De et al. 2022): plain SGD steps replayed by hand on a copy, the average
+    ema = d_t ema + (1 - d_t) w after step t with d_t = min(decay, (1 + t) / (10 + t)), from the
+    round's starting weights. The model must end at that average, which differs from the last
+    iterate (so a loop that ignored the setting fails)."""
+    model, x, y = _linear_task()
+    hand = copy.deepcopy(model)
+    exp = config_mod.load(None, {"train.optimizer": "sgd", "train.momentum": 0.0, "train.lr": 0.3,
+                                 "train.batch_size": 4, "train.local_epochs": 3, "train.ema_decay": 0.5})  # fmt: skip
+    data = [(x[i], y[i]) for i in range(len(y))]
+    def collate(b: list) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.stack([r[0] for r in b]), "labels": torch.stack([r[1] for r in b])}
+
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=False, collate_fn=collate)
+    train(model, loader, exp.train)
+    params = list(hand.parameters())
+    ema = [p.detach().clone() for p in params]
+    t = 0
+    for _ in range(3):
+        for start in range(0, len(y), 4):
+            hand.zero_grad()
+            torch.nn.functional.cross_entropy(hand(x[start : start + 4]), y[start : start + 4]).backward()
+            with torch.no_grad():
+                for p in params:
+                    p -= 0.3 * p.grad
+            d = min(0.5, (1 + t) / (10 + t))
+            ema = [d * e + (1 - d) * p.detach() for e, p in zip(ema, params)]
+            t += 1
+    assert t == 6
+    for got, want in zip(model.parameters(), ema):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    assert any((w - p).abs().max() > 1e-3 for w, p in zip(ema, params))

@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from common.augment import Augmenter
 from common.batches import Batch, make_loader
 from common.config import PrivacyConfig, TrainConfig
 from common.errors import PolicyRefused
@@ -126,28 +129,39 @@ def train_private(
     server_round: int,
     releases: list[dict[str, Any]] | None = None,
     proximal_mu: float = 0.0,
+    augment: Augmenter | None = None,
 ) -> tuple[TrainResult, RoundPrivacy]:
     """One round of DP-SGD. ``releases``: ledger entries of metric releases planned for this
     round's reply, reserved (and charged) together with the training. ``proximal_mu``: FedProx's
-    term, added after the noise (data-independent: no privacy cost; common/train.py)."""
+    term, added after the noise (data-independent: no privacy cost; common/train.py).
+    ``augment``: augmentation of each sampled batch; with multiplicity K > 1 each record's K
+    per-sample gradients are averaged before clipping (``average_copies``)."""
     plan = plan_round(cfg, train_cfg, rounds, len(dataset))
     policy.check_round(plan.noise_multiplier, plan.delta)
     tags = {"run": run, "round": server_round, "delta": plan.delta, "max_grad_norm": cfg.max_grad_norm}
     planned = [_entry(plan.noise_multiplier, plan.sample_rate, plan.steps, "dpsgd", **tags)]
     planned += [{**r, **tags} for r in releases or []]
     reservation = ledger.reserve(planned, cap_check(policy, plan.delta, cfg.accountant, plan.records, site, "train"))
-    result, recorded, clip = _train_round(model, dataset, train_cfg, cfg, plan, proximal_mu)
+    result, recorded, clip = _train_round(model, dataset, train_cfg, cfg, plan, proximal_mu, augment)
     actual = [_entry(s, q, k, "dpsgd", **tags) for s, q, k in recorded] + planned[1:]
     ledger.commit(reservation, actual)
     return result, _round_stats(ledger, cfg, plan, recorded, clip, run)
 
 
 def _train_round(
-    model: nn.Module, dataset: Dataset, train_cfg: TrainConfig, cfg: PrivacyConfig, plan: RoundPlan, proximal_mu: float
+    model: nn.Module,
+    dataset: Dataset,
+    train_cfg: TrainConfig,
+    cfg: PrivacyConfig,
+    plan: RoundPlan,
+    proximal_mu: float,
+    augment: Augmenter | None = None,
 ) -> tuple[TrainResult, list[tuple[float, float, int]], _ClipCounter]:
     """Opacus + the clipping engine around the plain training loop; returns what Opacus recorded."""
     probe = next(iter(make_loader(dataset, min(4, len(dataset)), shuffle=False)))  # reveals reused modules
-    mode = choose_mode(cfg, model, probe)
+    copies = augment.k if augment is not None else 1
+    # Averaging a record's copies before clipping needs its copies' gradients: the per-sample engine.
+    mode = choose_mode(replace(cfg, grad_sample_mode="hooks") if copies > 1 else cfg, model, probe)
     model.train()
     step = make_private(
         model,
@@ -160,12 +174,45 @@ def _train_round(
         noise_generator=secret_generator(),
     )
     clip = _ClipCounter(step.norms, cfg.max_grad_norm, mode)
+    hook = _then(average_copies(model, copies), clip) if copies > 1 else clip
     try:
         with physical_batches(step, cfg.max_physical_batch_size) as loader:
-            result = train(model, loader, train_cfg, optimizer=step.optimizer, loss_fn=step.criterion, step_hook=clip)
+            result = train(
+                model, loader, train_cfg, optimizer=step.optimizer, loss_fn=step.criterion, step_hook=hook,
+                augment=augment,
+            )  # fmt: skip
     finally:
         step.close()
     return result, [(float(s), float(q), int(k)) for s, q, k in step.accountant.history], clip
+
+
+def average_copies(model: nn.Module, k: int) -> Callable[[Batch], None]:
+    """Augmentation multiplicity (De et al. 2022): after the backward pass over B records x K
+    augmented copies (each record's copies adjacent, common/augment.py), replace the B*K per-sample
+    gradients by the B means over each record's copies, before Opacus clips them. Opacus's hooks
+    scale per-sample gradients by the batch length for a mean loss, so each row is one copy's own
+    gradient, and the mean is the gradient of the record's mean loss over its copies; one record
+    still moves the clipped sum by at most the clip norm: the accounting is unchanged."""
+
+    def hook(batch: Batch) -> None:
+        for p in model.parameters():
+            g = getattr(p, "grad_sample", None)
+            if not p.requires_grad or g is None:
+                continue
+            if not isinstance(g, torch.Tensor) or g.shape[0] % k:
+                shape = tuple(getattr(g, "shape", ()))
+                raise RuntimeError(f"per-sample gradients of shape {shape} are not {k} copies per record")
+            p.grad_sample = g.view(g.shape[0] // k, k, *g.shape[1:]).mean(dim=1)
+
+    return hook
+
+
+def _then(*hooks: Callable[[Batch], None]) -> Callable[[Batch], None]:
+    def run(batch: Batch) -> None:
+        for h in hooks:
+            h(batch)
+
+    return run
 
 
 def physical_batches(step: PrivateStep, size: int) -> contextlib.AbstractContextManager[DataLoader]:
