@@ -27,5 +27,11 @@ class PrivacyError(ConfideError):
     """A privacy computation that would be wrong to report (e.g. epsilon for a vacuous delta)."""
 
 
+class RunFailed(ConfideError):
+    """A run stopped by one of the errors above, raised out of the ServerApp (an ``Exception``,
+    unlike ``SystemExit``, which Flower's server thread does not catch) so that Flower records the
+    run as failed and every entry point exits non-zero."""
+
+
 class PolicyRefused(ConfideError):
     """A site refuses a job (or a round) that its own privacy policy does not allow; names the rule."""

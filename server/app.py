@@ -9,7 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common import logs
 from common.config import ExperimentConfig, load_from_run_config
-from common.errors import ConfideError
+from common.errors import ConfideError, RunFailed
 from server.run import run_experiment
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -26,9 +26,10 @@ def create_server_app(fixed: ExperimentConfig | None = None) -> ServerApp:
             exp = fixed or load_from_run_config(context.run_config, APP_DIR)
             run_experiment(grid, exp, run_id=str(context.run_id))
         except ConfideError as exc:
-            # One clear line instead of a traceback wall; the run is marked failed.
+            # One clear line; re-raised as an Exception so that Flower marks the run failed
+            # (SystemExit escapes its server thread and the run would read "completed").
             print(f"[confide] error: {exc}", flush=True)
-            raise SystemExit(f"confide: {exc}") from None
+            raise RunFailed(str(exc)) from None
 
     return server_app
 

@@ -44,29 +44,23 @@ def superlinks_under(home: Path) -> list[int]:
     return pids
 
 
-def test_flwr_run_local_simulation_with_override(tmp_path: Path) -> None:
-    if port_in_use(LOCAL_CONTROL_PORT):
-        pytest.skip("a local Flower SuperLink is already running on 127.0.0.1:39093; stop it to run this test")
-    home = tmp_path / "flwr-home"
-    env = {
+def flwr_env(tmp_path: Path) -> dict[str, str]:
+    return {
         **os.environ,
-        "FLWR_HOME": str(home),
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
         "CONFIDE_ROOT": str(tmp_path),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    cmd = [
-        str(Path(sys.executable).parent / "flwr"),
-        "run",
-        str(REPO),
-        "--stream",
-        "--federation-config",
-        "num-supernodes=2",
-        "--run-config",
-        "data.num_sites=2 strategy.rounds=1 data.max_samples=300 name='cli-run'",
-    ]
+
+
+def run_with_superlink(cmd: list[str], tmp_path: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a command that starts Flower's managed local SuperLink; stop that SuperLink afterwards."""
+    if port_in_use(LOCAL_CONTROL_PORT):
+        pytest.skip("a local Flower SuperLink is already running on 127.0.0.1:39093; stop it to run this test")
+    home = tmp_path / "flwr-home"
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=tmp_path)
+        return subprocess.run(cmd, env=flwr_env(tmp_path), capture_output=True, text=True, timeout=420, cwd=cwd)
     finally:
         for pid in superlinks_under(home):
             with contextlib.suppress(ProcessLookupError):
@@ -78,7 +72,21 @@ def test_flwr_run_local_simulation_with_override(tmp_path: Path) -> None:
         deadline = time.monotonic() + 15  # a loaded machine can take a moment to tear a process down
         while superlinks_under(home) and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert not superlinks_under(home)
 
+
+def test_flwr_run_local_simulation_with_override(tmp_path: Path) -> None:
+    cmd = [
+        str(Path(sys.executable).parent / "flwr"),
+        "run",
+        str(REPO),
+        "--stream",
+        "--federation-config",
+        "num-supernodes=2",
+        "--run-config",
+        "data.num_sites=2 strategy.rounds=1 data.max_samples=300 name='cli-run'",
+    ]
+    proc = run_with_superlink(cmd, tmp_path, cwd=tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "[confide] run folder:" in output
@@ -87,4 +95,25 @@ def test_flwr_run_local_simulation_with_override(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [0, 1]
     assert set(lines[1]["sites"]) == {"site-0", "site-1"}
-    assert not superlinks_under(home)
+
+
+def test_a_failed_run_exits_non_zero_from_run_local_and_flower_records_it_failed(tmp_path: Path) -> None:
+    """The ServerApp stops on a missing data file: scripts/run-local.sh (over `flwr run`, which
+    itself exits 0 whatever the run's fate) exits 1, the error names the file and its key, and
+    Flower's own record of the run is finished:failed, not completed."""
+    overrides = "data.source='npz' data.path='/nonexistent/xrays.npz' strategy.rounds=1"
+    cmd = ["bash", str(REPO / "scripts" / "run-local.sh"), "simulations/configs/default.yaml", overrides]
+    proc = run_with_superlink(cmd, tmp_path, cwd=REPO)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "[confide] error: data file not found: /nonexistent/xrays.npz (config key 'data.path')" in output
+    assert "ended as finished:failed" in output
+
+
+def test_run_local_refuses_a_bad_override_in_one_line(tmp_path: Path) -> None:
+    """Checked before any Flower process starts: no traceback, the key named, exit non-zero."""
+    cmd = ["bash", str(REPO / "scripts" / "run-local.sh"), "simulations/configs/default.yaml", "train.lrr=0.1"]
+    proc = subprocess.run(cmd, env=flwr_env(tmp_path), capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode != 0
+    assert "confide:" in proc.stderr and "train.lrr" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -19,7 +19,7 @@ import yaml
 
 from common import config as config_mod
 from common.data import LabelSet, read_test
-from common.errors import ConfideError
+from common.errors import ConfideError, RunFailed
 from common.export import load_model
 from common.models import create_model
 from simulations.local import simulate
@@ -111,8 +111,10 @@ def poison(msg, context, call_next):
 
 def test_malformed_update_stops_the_run_naming_the_site(project_root: Path) -> None:
     exp = small_experiment(**{"strategy.rounds": 1, "data.max_samples": 200})
-    with pytest.raises(ConfideError, match="site .site-1.: tensor .conv1.weight. has non-finite values"):
+    with pytest.raises(ConfideError, match="site .site-1.: tensor .conv1.weight. has non-finite values") as failed:
         simulate(exp, client_mods=[poison])
+    # raised out of the ServerApp as an Exception, which Flower records as a failed run (SystemExit was not)
+    assert isinstance(failed.value, RunFailed)
     (run,) = list((project_root / "runs").iterdir())
     assert run.name.endswith(".incomplete")
     assert "non-finite" in (run / "FAILED.txt").read_text()
