@@ -79,9 +79,20 @@ def make_dataset(raw: RawData, cfg: ModelConfig) -> Dataset:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, generator: torch.Generator | None = None
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    drop_single: bool = False,
 ) -> DataLoader:
+    """Batches of ``dataset``. ``drop_single``: leave out a last batch of exactly one record
+    (BatchNorm cannot normalise a batch of one in training mode; shuffled, so a different
+    record is left out each epoch)."""
     collate: Any = dataset.collate if isinstance(dataset, TextSet) else _collate_images
     if shuffle and generator is None:
         generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+    drop_last = drop_single and len(dataset) % batch_size == 1 and len(dataset) > 1  # type: ignore[arg-type]
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator, drop_last=drop_last
+    )

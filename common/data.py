@@ -97,7 +97,8 @@ class Unlabelled:
 
 def read_train(cfg: DataConfig, path: str | None = None) -> Unlabelled:
     """The training records of a source (a site's own file when ``path`` is given)."""
-    records = _read(cfg, path or cfg.path, split="train")
+    key = "node config 'data-path'" if path else "config key 'data.path'"
+    records = _read(cfg, path or cfg.path, split="train", key=key)
     if cfg.max_samples and len(records.raw_labels) > cfg.max_samples:
         records = _head(records, cfg.max_samples)
     return records
@@ -106,9 +107,9 @@ def read_train(cfg: DataConfig, path: str | None = None) -> Unlabelled:
 def read_test(cfg: DataConfig) -> Unlabelled | None:
     """The server-side test records, or None when the source has no test split."""
     if cfg.test_path:
-        return _read(cfg, cfg.test_path, split="test")
+        return _read(cfg, cfg.test_path, split="test", key="config key 'data.test_path'")
     if cfg.source in ("digits", "synthetic_text") or cfg.source == "npz":
-        return _read(cfg, cfg.path, split="test")
+        return _read(cfg, cfg.path, split="test", key="config key 'data.path'")
     return None
 
 
@@ -124,7 +125,8 @@ def label_set(cfg: DataConfig, train: Unlabelled | None = None) -> LabelSet:
 # --------------------------------------------------------------------------- readers
 
 
-def _read(cfg: DataConfig, path: str, split: str) -> Unlabelled:
+def _read(cfg: DataConfig, path: str, split: str, key: str) -> Unlabelled:
+    """The records of one file; ``key`` names where the path came from, for error messages."""
     if cfg.source == "digits":
         return _digits(split)
     if cfg.source == "synthetic_text":
@@ -134,10 +136,10 @@ def _read(cfg: DataConfig, path: str, split: str) -> Unlabelled:
         return Unlabelled(labels, texts=tuple(texts))
     file = resolve_path(path)
     if cfg.source in ("csv", "json", "jsonl", "parquet"):
-        return _read_table(str(file), cfg.source, cfg.text_field, cfg.label_field)
+        return _read_table(str(file), cfg.source, cfg.text_field, cfg.label_field, key)
     if cfg.source == "npz":
-        return _read_npz(str(file), split, cfg.image_size)
-    return _read_image_folder(str(file), cfg.image_size)
+        return _read_npz(str(file), split, cfg.image_size, key)
+    return _read_image_folder(str(file), cfg.image_size, key)
 
 
 def _head(records: Unlabelled, n: int) -> Unlabelled:
@@ -149,17 +151,17 @@ def _head(records: Unlabelled, n: int) -> Unlabelled:
 
 
 @functools.lru_cache(maxsize=16)
-def _read_table(path: str, source: str, text_field: str, label_field: str) -> Unlabelled:
+def _read_table(path: str, source: str, text_field: str, label_field: str, key: str) -> Unlabelled:
     import datasets
 
     if not Path(path).is_file():
-        raise DataError(f"data file not found: {path} (config key 'data.path')")
+        raise DataError(f"data file not found: {path} ({key})")
     builder = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}[source]
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(builder, data_files=path, split="train")
     except Exception as exc:  # the loaders raise many types for unreadable files
-        raise DataError(f"cannot read {path} as {source}: {_first_line(exc)}") from None
+        raise DataError(f"cannot read {path} as {source}: {_load_reason(exc)}") from None
     for key, column in (("data.text_field", text_field), ("data.label_field", label_field)):
         if column not in ds.column_names:
             raise DataError(
@@ -176,11 +178,15 @@ def _read_table(path: str, source: str, text_field: str, label_field: str) -> Un
 
 
 @functools.lru_cache(maxsize=8)
-def _read_npz(path: str, split: str, image_size: int) -> Unlabelled:
+def _read_npz(path: str, split: str, image_size: int, key: str) -> Unlabelled:
+    import zipfile
+
     if not Path(path).is_file():
-        raise DataError(f"data file not found: {path} (config key 'data.path')")
+        raise DataError(f"data file not found: {path} ({key})")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allow_pickle
+        raise DataError(f"{path} is not an .npz archive (a zip of .npy arrays, as numpy.savez writes) ({key})")
     try:
-        arrays = np.load(path)
+        arrays = np.load(path, allow_pickle=False)
     except Exception as exc:
         raise DataError(f"cannot read {path} as npz: {_first_line(exc)}") from None
     want = (f"{split}_images", f"{split}_labels")
@@ -189,8 +195,16 @@ def _read_npz(path: str, split: str, image_size: int) -> Unlabelled:
         raise DataError(
             f"{path}: array '{missing[0]}' not found (MedMNIST layout expected); arrays are: {', '.join(arrays.files)}"
         )
-    images = np.asarray(arrays[want[0]])
-    labels = np.asarray(arrays[want[1]]).reshape(len(images), -1)
+    try:
+        images, labels = np.asarray(arrays[want[0]]), np.asarray(arrays[want[1]])
+    except ValueError as exc:  # object arrays need pickle, which is never allowed
+        raise DataError(f"cannot read {path} as npz: {_first_line(exc)}") from None
+    if images.ndim == 0 or labels.ndim == 0 or len(labels) != len(images):
+        raise DataError(
+            f"{path}: '{want[0]}' holds {len(images) if images.ndim else 0} images but '{want[1]}' "
+            f"{len(labels) if labels.ndim else 0} labels; they must match one to one"
+        )
+    labels = labels.reshape(len(images), -1)
     if labels.shape[1] != 1:
         raise DataError(f"{path}: '{want[1]}' must hold one label per image (multi-label unsupported)")
     if images.ndim == 3:
@@ -204,12 +218,12 @@ def _read_npz(path: str, split: str, image_size: int) -> Unlabelled:
 
 
 @functools.lru_cache(maxsize=8)
-def _read_image_folder(path: str, image_size: int) -> Unlabelled:
+def _read_image_folder(path: str, image_size: int, key: str) -> Unlabelled:
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"image folder not found: {path} (config key 'data.path')")
+        raise DataError(f"image folder not found: {path} ({key})")
     files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise DataError(f"{path}: no images found (expected one subfolder per class)")
@@ -288,6 +302,26 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     t = torch.from_numpy(images).float()
     out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
     return out.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _load_reason(exc: BaseException) -> str:
+    """Why Hugging Face ``datasets`` could not load a file, without any record's content.
+
+    ``datasets`` wraps the parser's error in "An error occurred while generating the dataset";
+    the parser's own first line (pandas: "Expected 2 fields in line 3, saw 3"; pyarrow: "JSON
+    parse error: Invalid value. in row 1") says where. Anything quoted in it (which could be a
+    value from the file) is replaced by '...': error messages may travel to the coordinator."""
+    import re
+
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if any("corresponds to no data" in str(e) for e in chain):
+        return "the file has no records"
+    inner = next((e for e in chain if type(e).__name__ != "DatasetGenerationError"), chain[0])
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", _first_line(inner))
 
 
 def _first_line(exc: BaseException) -> str:

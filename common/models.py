@@ -269,9 +269,20 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"config key 'model.weights': cannot read {path}: {_first(exc)}") from None
+        # torch's own text for an unreadable or pickled file advises weights_only=False, which would
+        # run code from the file: not a fix Confide will suggest.
+        why = "not a PyTorch file" if "weights_only" in str(exc) or "pickle" in str(exc) else _first(exc)
+        raise ConfigError(
+            f"config key 'model.weights': cannot read {path} as a state_dict of tensors ({why}); "
+            "save one with torch.save(model.state_dict(), path)"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(
+            f"config key 'model.weights': {path} holds a {type(state).__name__}, not a state_dict "
+            "(a mapping of tensor names to tensors); save one with torch.save(model.state_dict(), path)"
+        )
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(state) - set(usable))

@@ -195,7 +195,10 @@ def _train_round(
     n = len(rt.train_set)
     augment = augmenter(exp.train, seed=(exp.seed * 1000 + server_round) * 1000 + (rt.spec.partition_id or 0))
     if not exp.privacy.local:
-        loader = make_loader(rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round)
+        loader = make_loader(
+            rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round,
+            drop_single=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in rt.model.modules()),
+        )  # fmt: skip
         result = train(rt.model, loader, exp.train, proximal_mu=exp.strategy.local_proximal_mu, augment=augment)
         if release.level(exp.privacy) == "noisy":  # never without DP
             _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "count")])

@@ -136,3 +136,59 @@ def test_max_samples_caps_training_records() -> None:
 def test_label_set_rejects_empty() -> None:
     with pytest.raises(DataError):
         LabelSet(())
+
+
+# --------------------------------------------------------------------------- issue 12's bad-input battery (data)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "source", "reason"),
+    [
+        ("empty.csv", "", "csv", "No columns to parse"),
+        ("header.csv", "text,category\n", "csv", "the file has no records"),
+        ("ragged.csv", "text,category\ncard lost,card\nsecret words,card,EXTRA\n", "csv", "line 3"),
+        ("bad.json", '[{"text": "secret words", "category": ', "json", "position 37"),
+        ("bad.jsonl", '{"text": "a", "category": "card"}\n{"text": secret words}\n', "jsonl", "row 1"),
+    ],
+)
+def test_unreadable_tables_say_why_and_where_without_record_content(
+    tmp_path: Path, name: str, content: str, source: str, reason: str
+) -> None:
+    """The parser's reason (the line or row), not `datasets`' generic "An error occurred while
+    generating the dataset"; and nothing from the file's records in the message."""
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError) as err:
+        read_train(text_cfg(source, path, **{"data.label_field": "category"}))
+    message = str(err.value)
+    assert str(path) in message and reason in message, message
+    assert "error occurred while generating" not in message
+    assert "secret" not in message and "EXTRA" not in message
+
+
+def test_a_missing_test_file_is_blamed_on_data_test_path(tmp_path: Path) -> None:
+    cfg = text_cfg("csv", write_csv(tmp_path / "a.csv"), **{"data.test_path": str(tmp_path / "test.csv")})
+    with pytest.raises(DataError, match=r"test\.csv \(config key 'data\.test_path'\)"):
+        read_test(cfg)
+
+
+def test_a_site_file_is_blamed_on_its_node_config(tmp_path: Path) -> None:
+    cfg = text_cfg("csv", write_csv(tmp_path / "a.csv"))
+    with pytest.raises(DataError, match=r"mine\.csv \(node config 'data-path'\)"):
+        read_train(cfg, str(tmp_path / "mine.csv"))
+
+
+def test_npz_with_unequal_image_and_label_counts_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "x.npz"
+    np.savez(path, train_images=np.zeros((5, 8, 8), np.uint8), train_labels=np.zeros(4, np.int64))
+    with pytest.raises(DataError, match=r"'train_images' holds 5 images but 'train_labels' 4 labels"):
+        read_train(config_mod.load(None, {"data.source": "npz", "data.path": str(path)}).data)
+
+
+def test_a_file_that_is_no_npz_archive_is_named_without_pickle_advice(tmp_path: Path) -> None:
+    path = tmp_path / "x.npz"
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(DataError) as err:
+        read_train(config_mod.load(None, {"data.source": "npz", "data.path": str(path)}).data)
+    assert "is not an .npz archive" in str(err.value) and "data.path" in str(err.value)
+    assert "pickle" not in str(err.value)

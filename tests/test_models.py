@@ -64,8 +64,12 @@ def test_bad_weights_or_checkpoint_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.weights.*not found"):
         create_model(model_cfg(name="resnet18", weights=str(tmp_path / "none.pt")), 2)
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(ConfigError, match="model.weights.*cannot read"):
+    with pytest.raises(ConfigError, match="model.weights.*cannot read") as err:
         create_model(model_cfg(name="resnet18", weights=str(tmp_path / "junk.pt")), 2)
+    assert "weights_only=False" not in str(err.value)  # torch's advice would run code from the file
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ConfigError, match="model.weights.*holds a list, not a state_dict"):
+        create_model(model_cfg(name="resnet18", weights=str(tmp_path / "list.pt")), 2)
     cfg = config_mod.load(
         None,
         {"model.name": "bert", "data.source": "synthetic_text", "model.checkpoint": str(tmp_path / "no-such-model")},

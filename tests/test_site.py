@@ -69,3 +69,27 @@ def test_empty_partition_is_reported() -> None:
     exp = config_mod.load(None, {"data.num_sites": 3, "data.max_samples": 2, "strategy.min_sites": 1})
     with pytest.raises(DataError, match="cannot be split into 3 sites"):
         site_records(exp, SiteSpec("s2", 2, 3), DIGITS)
+
+
+def test_a_last_batch_of_one_record_does_not_crash_a_batchnorm_model(tmp_path: Path) -> None:
+    """A valid config whose site ends each epoch on a batch of one record (issue 12: 2 sites,
+    data.max_samples=162 crashed with BatchNorm's "Expected more than 1 value per channel"): the
+    round trains on the other records; the same loader without the fix still crashes, so the
+    case is real."""
+    import torch
+
+    from common.batches import make_loader
+    from common.site import site_runtime, train_round
+    from common.train import train
+
+    for max_samples in range(100, 200):  # the first size that leaves one record for the last batch
+        exp = config_mod.load(None, {"data.num_sites": 1, "strategy.min_sites": 1, "data.max_samples": max_samples,
+                                     "output_dir": str(tmp_path)})  # fmt: skip
+        if len(site_records(exp, SiteSpec("s0", 0, 1), DIGITS)[0]) % 32 == 1:
+            break
+    rt = site_runtime(exp, SiteSpec("s0", 0, 1), DIGITS)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in rt.model.modules())
+    metrics = train_round(exp, rt, 1, "run")
+    assert metrics["train_steps"] == (len(rt.train_set) - 1) // 32  # the lone last record left out
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        train(rt.model, make_loader(rt.train_set, 32, shuffle=True), exp.train)
