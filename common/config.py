@@ -9,6 +9,7 @@ the dotted key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -414,9 +415,21 @@ def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = N
     if path is not None:
         raw = read_yaml(Path(path))
     source = str(path) if path is not None else "<defaults>"
+    _check_override_keys(overrides or {})
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     return _build(ExperimentConfig, raw, prefix="", source=source)
+
+
+def _check_override_keys(overrides: Mapping[str, Any]) -> None:
+    """An override (``--set``, ``--run-config``, a sweep's grid) must name a known dotted key;
+    blamed on the override, not on the YAML file it would have changed."""
+    known = flat_keys()
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; run with a key from README's config reference"
+            raise ConfigError(f"unknown config key '{key}' in the overrides{hint}")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -266,6 +266,8 @@ def _digits(split: str) -> Unlabelled:
 def _label_str(value: object, path: str, row: int) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         raise DataError(f"{path}: record {row} has no label")
+    if isinstance(value, (list, tuple, dict, np.ndarray)):  # never shown: it is the record's content
+        raise DataError(f"{path}: record {row}'s label is a {type(value).__name__}; one label per record expected")
     if isinstance(value, (bool, np.bool_)):
         return str(value).lower()
     if isinstance(value, (int, np.integer)):

@@ -5,6 +5,7 @@ Called by ``server/app.py`` with the Flower grid and the resolved experiment.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,19 @@ def resolve_labels(exp: ExperimentConfig) -> ExperimentConfig:
     """Fix the label set once (derived from the training data if not configured)."""
     if exp.data.labels:
         return exp
-    labels = label_set(exp.data, read_train(exp.data))
+    # From every training record, not the data.max_samples head: the full test split must fit it.
+    labels = label_set(exp.data, read_train(dataclasses.replace(exp.data, max_samples=0)))
     log.info("label set derived from the training data: %d labels", len(labels))
     return config_mod.replace(exp, **{"data.labels": labels.names})
+
+
+def preflight(exp: ExperimentConfig) -> ExperimentConfig:
+    """The checks that need no site, run before a simulation engine starts (seconds instead of
+    Ray's start-up): the training file and its label set, the test file against it. Readers are
+    cached per process, so the in-process ServerApp does not read the files again."""
+    exp = resolve_labels(exp)
+    _central_loader(exp, LabelSet(exp.data.labels))
+    return exp
 
 
 def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str) -> RunSummary:

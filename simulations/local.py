@@ -39,6 +39,9 @@ def simulate(
 
     from client.app import create_client_app
     from server.app import create_server_app
+    from server.run import preflight
+
+    preflight(exp)  # a bad data file or label stops here, before Ray starts
 
     if exp.train.threads == 0 and threads_per_site:
         exp = config_mod.replace(exp, **{"train.threads": threads_per_site})

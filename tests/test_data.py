@@ -192,3 +192,11 @@ def test_a_file_that_is_no_npz_archive_is_named_without_pickle_advice(tmp_path: 
         read_train(config_mod.load(None, {"data.source": "npz", "data.path": str(path)}).data)
     assert "is not an .npz archive" in str(err.value) and "data.path" in str(err.value)
     assert "pickle" not in str(err.value)
+
+
+def test_a_list_valued_label_is_refused_without_showing_it(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "a", "category": "card"}\n{"text": "b", "category": ["card", "secret"]}\n')
+    with pytest.raises(DataError, match=r"record 1's label is a list; one label per record") as err:
+        read_train(text_cfg("jsonl", path, **{"data.label_field": "category"}))
+    assert "secret" not in str(err.value)

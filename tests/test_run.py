@@ -43,3 +43,14 @@ def test_dp_jobs_that_withhold_site_metrics_fall_back_to_the_last_round() -> Non
     noisy = config_mod.replace(exp, **{"privacy.site_metrics": "noisy"})
     assert strategy_evaluates(noisy)
     assert not strategy_evaluates(config_mod.replace(noisy, **{"strategy.fraction_evaluate": 0.0}))
+
+
+def test_the_derived_label_set_comes_from_all_training_records_not_the_max_samples_head(tmp_path) -> None:  # noqa: ANN001
+    """issue 12: with data.max_samples the label set was derived from the first N records (here
+    only 'a') and then refused the test split's 'b'. Built from a file sorted by label."""
+    from server.run import resolve_labels
+
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"t{i},{'a' if i < 6 else 'b'}\n" for i in range(12)))
+    exp = config_mod.load(None, {"model.name": "bert", "data.source": "csv", "data.path": str(tmp_path / "train.csv"),
+                                 "data.max_samples": 4})  # fmt: skip
+    assert resolve_labels(exp).data.labels == ("a", "b")

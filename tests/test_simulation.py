@@ -329,3 +329,23 @@ def test_median_keeps_accuracy_under_a_sign_flipped_site_where_fedavg_does_not()
         run = simulate(exp, client_mods=[sign_flip_x10])
         acc[name] = read_metrics(run)[-1]["central"]["accuracy"]
     assert acc["fedmedian"] > 0.5 and acc["fedavg"] < 0.3, acc
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data.source": "npz", "data.path": "/nonexistent/x.npz"}, r"/nonexistent/x\.npz \(config key 'data\.path'\)"),
+        ({"data.labels": ["0", "1"]}, r"not in the label set .* \(config key .data\.labels.\)"),  # digits has 2-9 too
+    ],
+)
+def test_data_errors_stop_before_the_simulation_engine_starts(monkeypatch, overrides: dict, message: str) -> None:  # noqa: ANN001
+    """issue 12: data errors appeared only after Ray's start-up (16-26 s). The engine is replaced
+    by a tripwire here: the error must come first."""
+    import flwr.simulation
+
+    def tripwire(**kwargs: object) -> None:
+        raise AssertionError("the simulation engine started before the data was checked")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", tripwire)
+    with pytest.raises(ConfideError, match=message):
+        simulate(small_experiment(**overrides))
