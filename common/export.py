@@ -77,8 +77,12 @@ def write_model_card(
     final: dict[str, Any],
     privacy_lines: list[str] | None = None,
     exported: str = "",
+    history: list[dict[str, Any]] | None = None,
 ) -> None:
-    """A short human-readable card: what was trained, on what, by whom, how well."""
+    """A short human-readable card: what was trained, on what, by whom, how well. ``history``
+    (the rounds' records) adds who took part and which sites failed or were refused, and why."""
+    took_part = sorted({n for r in history or [] for n in r.get("sites", {})} | set(sites))
+    failures = [(r["round"], f) for r in history or [] for f in r.get("failures", [])]
     lines = [
         f"# Model card: {exp.name}",
         "",
@@ -93,7 +97,8 @@ def write_model_card(
         + (f", path `{exp.data.path}`" if exp.data.path else "")
         + f"; partitioner `{exp.data.partitioner}`"
         + (f" (alpha {exp.data.alpha})" if exp.data.partitioner == "dirichlet" else ""),
-        f"- Federation: strategy `{exp.strategy.name}`, {exp.strategy.rounds} rounds, {len(sites)} site(s), "
+        f"- Federation: strategy `{exp.strategy.name}`, {exp.strategy.rounds} rounds, {len(took_part)} site(s) "
+        f"took part, {len({f['site'] for _, f in failures})} failed or refused at least once, "
         f"{exp.train.local_epochs} local epoch(s), batch {exp.train.batch_size}, "
         f"{exp.train.optimizer} lr {exp.train.lr}",
         "- Only model weights and the scalar metrics listed under Privacy left the sites.",
@@ -124,6 +129,8 @@ def write_model_card(
         lines.append(
             f"| {name} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | {_n(m.get('num_examples'))} |"
         )
+    lines += ["", "## Sites that failed or refused (by round)", ""]
+    lines += [f"- round {rnd}: `{f['site']}` in {f['phase']}: {f['reason']}" for rnd, f in failures] or ["- none"]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 

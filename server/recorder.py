@@ -7,6 +7,7 @@ server's evaluation closes the round, and the line lands in ``metrics.jsonl``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ class RoundRecorder:
         self._cur().evaluate[site] = dict(metrics)
 
     def site_failed(self, site: str, phase: str, reason: str) -> None:
+        reason = _unwrapped(reason)
         log.error("round %s: site %s failed in %s: %s", self._cur().round, site, phase, reason)
         self._cur().failures.append({"site": site, "phase": phase, "reason": reason})
 
@@ -107,3 +109,13 @@ class RoundRecorder:
         if self.current is None:
             raise RuntimeError("no round in progress")
         return self.current
+
+
+_FLOWER_WRAP = re.compile(r"^Exception \w+ occurred\. Message: (.*?)'?>?$", re.DOTALL)
+
+
+def _unwrapped(reason: str) -> str:
+    """A ClientApp's error as the site said it, without Flower's "Exception ClientAppException
+    occurred. Message: ...'>" wrapping."""
+    match = _FLOWER_WRAP.match(reason.strip())
+    return match.group(1).strip() if match else reason

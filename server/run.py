@@ -132,7 +132,9 @@ def _run_rounds(
     if privacy.get("mode") != exp.privacy.mode:  # e.g. local DP where no site has trained yet
         privacy = {"mode": exp.privacy.mode, "sites": {}}
     privacy_lines = statement.lines(statement.write(run_dir.path, exp, privacy))
-    write_model_card(run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines, selection.describe())
+    write_model_card(
+        run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines, selection.describe(), recorder.history
+    )
     path = run_dir.finish()
     _print_summary(recorder.history, path, privacy_lines)
     print(f"[confide] exported model: {selection.describe()}", flush=True)

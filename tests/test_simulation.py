@@ -218,6 +218,10 @@ def test_budget_refusal_mid_run_is_recorded_and_the_run_goes_on() -> None:
         k for k, v in rounds[3]["sites"].get("site-1", {}).items() if v
     ]
     assert rounds[-1]["privacy"]["sites"]["site-1"]["epsilon"] == pytest.approx(e1)
+    # the model card counts the refused site and lists its refusals (issue 12: it named only evaluators)
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "2 site(s) took part, 1 failed or refused at least once" in card
+    assert "- round 2: `site-1` in train: site 'site-1' refuses" in card and "- round 3: `site-1` in train" in card
 
 
 @pytest.mark.parametrize("clip_side", ["server", "client"])
