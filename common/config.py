@@ -300,9 +300,18 @@ class StrategyConfig:
     # exact, and strategy.fraction_evaluate > 0; without it the last round's model is exported and
     # the log and model card say so.
     final_model: Literal["last", "best_held_out"] = "last"
+    # Exclude an update whose norm (w_site - w_global) exceeds this many times the median norm of
+    # the round's updates (a scaled or poisoned update); recorded with the reason under the site's
+    # name. 0: off (the statistics are recorded either way: common/update_stats.py).
+    reject_norm_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "strategy.rounds", "must be >= 1")
+        _require(
+            self.reject_norm_ratio == 0 or self.reject_norm_ratio > 1,
+            "strategy.reject_norm_ratio",
+            "must be 0 (off) or > 1 (a multiple of the round's median update norm)",
+        )
         _require(0 < self.fraction_train <= 1, "strategy.fraction_train", "must be in (0, 1]")
         _require(0 <= self.fraction_evaluate <= 1, "strategy.fraction_evaluate", "must be in [0, 1]")
         _require(self.min_sites >= 1, "strategy.min_sites", "must be >= 1")

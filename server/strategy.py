@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from common.config import ROBUST, ExperimentConfig, StrategyConfig
 from common.errors import ConfideError, UpdateError
 from common.metrics import summarize_sites
+from common.update_stats import outliers, update_statistics
 from common.weights import Weights, check_update, num_bytes
 from server.recorder import RoundRecorder
 from server.strategies import CLASSES, describe, strategy_kwargs
@@ -91,6 +92,7 @@ class ConfideChecks:
         self.global_arrays: Weights | None = None  # the model this round started from
         integers = {k for k, v in reference.items() if not np.issubdtype(v.dtype, np.floating)}
         self.statistics = frozenset(integers | (set() if cfg.name in ROBUST else set(buffers) & set(reference)))
+        self.not_weights = frozenset(integers | (set(buffers) & set(reference)))  # left out of update statistics
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -121,8 +123,7 @@ class ConfideChecks:
         ``extra_check(site, weights)`` may reject more (raising UpdateError)."""
         replies = list(replies)
         sent = self._destinations("train")
-        accepted: list[Message] = []
-        self.accepted_names = []
+        valid: dict[str, tuple[Message, Weights]] = {}
         for msg in replies:
             name = site_name(msg, self.names, sent.get(msg.metadata.reply_to_message_id))
             if msg.has_error():
@@ -138,10 +139,8 @@ class ConfideChecks:
             except UpdateError as exc:
                 self.recorder.site_failed(name, "train", str(exc))
                 continue
-            metrics = _only_metrics(msg)
-            self.recorder.site_trained(name, metrics, bytes_up=num_bytes(weights))
-            accepted.append(msg)
-            self.accepted_names.append(name)
+            valid[name] = (msg, weights)
+        accepted = self._screen(valid)
         self._record_silent("train", sent, replies)
         self.recorder.train_finished()
         if len(accepted) < self.cfg.min_sites:
@@ -150,6 +149,24 @@ class ConfideChecks:
                 f"round {server_round}: {len(accepted)} valid update(s), fewer than "
                 f"strategy.min_sites={self.cfg.min_sites}" + (f" ({failures})" if failures else "")
             )
+        return accepted
+
+    def _screen(self, valid: dict[str, tuple[Message, Weights]]) -> list[Message]:
+        """Record every valid update with its statistics (norm, norm over the round's median,
+        cosine to the median update); exclude those the norm rule (strategy.reject_norm_ratio) flags."""
+        reference = self.global_arrays if self.global_arrays is not None else self.reference
+        stats = update_statistics(reference, {n: w for n, (_, w) in valid.items()}, skip=self.not_weights)
+        rejected = outliers(stats, self.cfg.reject_norm_ratio)
+        accepted: list[Message] = []
+        self.accepted_names = []
+        for name, (msg, weights) in valid.items():
+            if name in rejected:
+                self.recorder.site_failed(name, "train", rejected[name])
+                continue
+            metrics = {**_only_metrics(msg), **stats.get(name, {})}
+            self.recorder.site_trained(name, metrics, bytes_up=num_bytes(weights))
+            accepted.append(msg)
+            self.accepted_names.append(name)
         return accepted
 
     def combine_train(
