@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
 from common.config import ExperimentConfig, load_from_run_config
 from common.data import LabelSet
@@ -54,7 +55,7 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
     """The ClientApp; ``fixed`` bypasses the run config (in-process simulations, tests);
     ``mods`` are Flower ClientApp mods wrapped around every message. The central-DP clipping
     mod is outermost, so it clips exactly the update that leaves the site."""
-    client_app = ClientApp(mods=[central_dp_clipping_mod, *(mods or [])])
+    client_app = ClientApp(mods=[central_dp_clipping_mod, fault_mod(fixed, APP_DIR), *(mods or [])])
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:

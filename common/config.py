@@ -341,6 +341,41 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class FaultConfig:
+    """Failure injection for simulations (client/faults.py): what goes wrong at the simulated sites,
+    seeded by the experiment's seed and recorded in the run's metrics. Sites are partition ids;
+    -1: none. A deployed site (one with its own data file) refuses any of this."""
+
+    # Probability that a site drops out of a round (its reply is an error: "injected dropout").
+    dropout: float = 0.0
+    # Each reply is delayed by a uniform random 0..straggler_delay seconds (a slow site).
+    straggler_delay: float = 0.0
+    # This site crashes from round crash_round on (every reply an error).
+    crash_site: int = -1
+    crash_round: int = 1
+    # This site's weight update is corrupted every round: "nan", "scale" (x corrupt_scale) or
+    # "flip" (sign-flipped and x corrupt_scale).
+    corrupt_site: int = -1
+    corrupt: Literal["nan", "scale", "flip"] = "flip"
+    corrupt_scale: float = 10.0
+    # This site's training labels are shifted by one class (a mislabelled site).
+    label_flip_site: int = -1
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.dropout < 1, "faults.dropout", "must be in [0, 1)")
+        _require(self.straggler_delay >= 0, "faults.straggler_delay", "must be >= 0 seconds")
+        _require(self.crash_round >= 1, "faults.crash_round", "must be >= 1")
+        for key in ("crash_site", "corrupt_site", "label_flip_site"):
+            _require(getattr(self, key) >= -1, f"faults.{key}", "must be a site's partition id, or -1 (none)")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.dropout or self.straggler_delay) or max(
+            self.crash_site, self.corrupt_site, self.label_flip_site
+        ) >= 0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole federated experiment."""
 
@@ -353,6 +388,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", "must not be empty")
@@ -380,6 +416,13 @@ class ExperimentConfig:
             f"'{self.train.precision}' is for non-private training; DP-SGD runs in fp32 (per-sample "
             "clipping needs exact gradient norms)",
         )
+        for key in ("crash_site", "corrupt_site", "label_flip_site"):
+            _require(
+                getattr(self.faults, key) < self.data.num_sites,
+                f"faults.{key}",
+                f"({getattr(self.faults, key)}) is not a site of this simulation "
+                f"(data.num_sites={self.data.num_sites})",
+            )
         _require(
             self.train.augment == "none" or not self.model.is_text,
             "train.augment",

@@ -144,6 +144,9 @@ def site_records(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet):  # ->
                 "(fewer records than sites, or a very small data.alpha)"
             )
         raw = everything.subset(mine)
+        if spec.partition_id == exp.faults.label_flip_site:  # injected fault: a mislabelled site
+            raw = dataclasses.replace(raw, labels=(raw.labels + 1) % len(labels))
+            log.warning("site %s: every label shifted by one class (faults.label_flip_site)", spec.name)
         split_seed = exp.seed + spec.partition_id
     train_idx, val_idx = train_val_split(len(raw), exp.data.val_fraction, split_seed, spec.name)
     return raw.subset(train_idx), raw.subset(val_idx)

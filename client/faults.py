@@ -1,0 +1,83 @@
+"""Failure injection for simulations: a ClientApp mod that makes simulated sites fail as real ones
+do, from the experiment's ``faults`` section (common/config.py: FaultConfig).
+
+Per message, for the site with partition id p in round r (decisions seeded by the experiment's
+seed, p and r, so a rerun injects the same faults): a delay of up to ``straggler_delay`` seconds;
+a dropout with probability ``dropout`` (the reply is an error); a crash of ``crash_site`` from
+``crash_round`` on; a corrupted update from ``corrupt_site`` (NaN, scaled or sign-flipped around the
+global model). Mislabelled data (``label_flip_site``) is applied where the site reads its records
+(common/site.py). What was injected is in the run's metrics: an error's reason starts with
+"injected", and every training reply carries the metric ``fault_injected`` (1 for a corrupted
+update, else 0). A site with its own
+data file (a deployment) refuses to inject anything.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from common.config import ExperimentConfig, FaultConfig, load_from_run_config
+from common.errors import ConfigError
+
+INJECTED = "injected"
+
+
+class InjectedFault(RuntimeError):
+    """A failure the experiment's ``faults`` section asked for."""
+
+
+def fault_mod(fixed: ExperimentConfig | None, app_dir: Path) -> Mod:
+    """The mod the ClientApp always installs; it does nothing unless the experiment (``fixed``, or
+    the one the run config names) has an active ``faults`` section."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        exp = fixed or load_from_run_config(context.run_config, app_dir)
+        cfg = exp.faults
+        if not cfg.active:
+            return call_next(msg, context)
+        if context.node_config.get("data-path"):
+            raise ConfigError("config section 'faults' is for simulations; a deployed site does not inject faults")
+        site = int(context.node_config.get("partition-id", -1))
+        name = str(context.node_config.get("site-name", "") or f"site-{site}")  # the coordinator may not know it yet
+        rnd = int(msg.content["config"].get("server-round", 0)) if "config" in msg.content else 0
+        phase = msg.metadata.message_type.split(".")[0]
+        rng = np.random.default_rng([exp.seed, site, rnd, phase == "train"])
+        if cfg.straggler_delay:
+            time.sleep(float(rng.uniform(0, cfg.straggler_delay)))
+        if site == cfg.crash_site and rnd >= cfg.crash_round:
+            raise InjectedFault(f"{INJECTED} crash of site '{name}' from round {cfg.crash_round} (faults.crash_site)")
+        if cfg.dropout and rng.random() < cfg.dropout:
+            raise InjectedFault(f"{INJECTED} dropout of site '{name}' in round {rnd} (faults.dropout={cfg.dropout:g})")
+        reply = call_next(msg, context)
+        if phase == "train" and not reply.has_error() and "arrays" in reply.content:
+            corrupt = site == cfg.corrupt_site
+            if corrupt:
+                reply.content["arrays"] = _corrupt(msg.content["arrays"], reply.content["arrays"], cfg)
+            # every training reply carries it (Flower aggregates only metric records with equal keys)
+            reply.content["metrics"]["fault_injected"] = float(corrupt)
+        return reply
+
+    return mod
+
+
+def _corrupt(sent: ArrayRecord, got: ArrayRecord, cfg: FaultConfig) -> ArrayRecord:
+    out = {}
+    for k, v in got.items():
+        new = v.numpy()
+        if new.dtype.kind != "f":
+            out[k] = v
+            continue
+        old = sent[k].numpy()
+        if cfg.corrupt == "nan":
+            bad = np.full_like(new, np.nan)
+        elif cfg.corrupt == "scale":
+            bad = old + cfg.corrupt_scale * (new - old)
+        else:
+            bad = old - cfg.corrupt_scale * (new - old)
+        out[k] = Array(np.asarray(bad, new.dtype))
+    return ArrayRecord(out)
