@@ -275,22 +275,25 @@ def test_site_policy_refusal_is_recorded_and_the_run_goes_on() -> None:
         ("fedprox", {"strategy.proximal_mu": 0.1, "strategy.final_model": "best_held_out"}),  # proximal
         ("fedtrimmedavg", {"strategy.trim_beta": 0.34}),  # robust
         # fairness (needs each site's training loss); q-FFL's Lipschitz estimate 1/lr assumes plain SGD
-        ("qfedavg", {"strategy.q": 0.5, "train.optimizer": "sgd", "train.momentum": 0.0, "train.lr": 0.05}),
+        # (on ResNet-8: the BatchNorm ResNet-18 with plain SGD ended at 0.16-0.25 depending on the
+        # machine's float kernels; ResNet-8 reached 0.49)
+        ("qfedavg", {"strategy.q": 0.5, "train.optimizer": "sgd", "train.momentum": 0.0, "train.lr": 0.1,
+                     "model.name": "resnet8"}),  # fmt: skip
     ],
 )
 def test_each_strategy_family_runs_end_to_end(name: str, extra: dict) -> None:
-    """One family per run, 3 sites, 2 rounds: the run completes, learns (test accuracy at least twice
-    chance, 0.1), records the strategy, and a server optimizer's moments are in the checkpoint."""
+    """One family per run, 3 sites, 2 rounds: the run completes, learns (test accuracy at least
+    twice chance, 0.1), records the strategy, and a server optimizer's moments are in the checkpoint."""
     exp = small_experiment(
         **{"strategy.name": name, "data.num_sites": 3, "strategy.min_sites": 3, "data.max_samples": 450,
            "train.lr": 0.002, **extra}
     )  # fmt: skip
     run = simulate(exp)
     rounds = read_metrics(run)
-    assert len(rounds) == 3 and not rounds[-1]["failures"]
+    assert len(rounds) == exp.strategy.rounds + 1 and not rounds[-1]["failures"]
     assert rounds[-1]["central"]["accuracy"] > 0.2
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert ckpt["strategy"] == name and ckpt["round"] == 2
+    assert ckpt["strategy"] == name and ckpt["round"] == exp.strategy.rounds
     assert bool(ckpt["server_state"]) == (name == "fedadam")
     if name == "fedadam":
         assert set(ckpt["server_state"]) == {f"{m}/{k}" for m in ("m_t", "v_t") for k in ckpt["state_dict"]}
@@ -321,14 +324,16 @@ def sign_flip_x10(msg, context, call_next):  # noqa: ANN001, ANN201 - Flower mod
 
 
 def test_median_keeps_accuracy_under_a_sign_flipped_site_where_fedavg_does_not() -> None:
-    """3 IID sites on digits, site 2 sends a sign-flipped x10 update every round: FedMedian still
-    learns (> 0.5 with chance at 0.1; measured 0.66, and 0.95 for FedAvg without the attacker),
-    FedAvg with the same attacker does not (< 0.3; measured 0.10)."""
+    """5 IID sites on digits, site 2 sends a sign-flipped x10 update every round: FedMedian still
+    learns (> 0.5 with chance at 0.1), FedAvg with the same attacker does not (< 0.3). With 3 sites
+    this was fragile (0.66 on one machine, 0.33 on another): where the two honest updates disagree
+    in sign, the coordinate-wise median of three follows the attacker; with four honest sites it
+    stays between honest values."""
     acc = {}
     for name in ("fedavg", "fedmedian"):
         exp = small_experiment(
-            **{"strategy.name": name, "data.num_sites": 3, "strategy.min_sites": 3, "strategy.rounds": 3,
-               "data.max_samples": 900, "train.lr": 0.003, "train.local_epochs": 3}
+            **{"strategy.name": name, "data.num_sites": 5, "strategy.min_sites": 5, "strategy.rounds": 3,
+               "data.max_samples": 1000, "train.lr": 0.003, "train.local_epochs": 3, "data.partitioner": "iid"}
         )  # fmt: skip
         run = simulate(exp, client_mods=[sign_flip_x10])
         acc[name] = read_metrics(run)[-1]["central"]["accuracy"]
