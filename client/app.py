@@ -8,15 +8,14 @@ settings is used: a job asking for less privacy than the policy is refused, nami
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from client.experiment import experiment_of
 from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
-from common.config import ExperimentConfig, load_from_run_config
+from common.config import ExperimentConfig
 from common.data import LabelSet
 from common.errors import PolicyRefused
 from common.privacy.policy import SitePolicy
@@ -24,15 +23,13 @@ from common.privacy.policy import from_node_config as policy_from_node_config
 from common.site import SiteRuntime, SiteSpec, evaluate_round, site_runtime, train_round
 from common.weights import exchanged_state, set_weights
 
-APP_DIR = Path(__file__).resolve().parents[1]
-
 
 def _setup(
     msg: Message, context: Context, fixed: ExperimentConfig | None
 ) -> tuple[ExperimentConfig, SiteRuntime, SitePolicy]:
     spec = SiteSpec.from_node_config(context.node_config)
     policy = policy_from_node_config(context.node_config, deployed=spec.deployed)
-    exp = fixed or load_from_run_config(context.run_config, APP_DIR)
+    exp = experiment_of(context, fixed)
     try:
         policy.check_job(exp.privacy)
     except PolicyRefused as exc:  # the coordinator may not know this site's name yet: say it
@@ -55,7 +52,7 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
     """The ClientApp; ``fixed`` bypasses the run config (in-process simulations, tests);
     ``mods`` are Flower ClientApp mods wrapped around every message. The central-DP clipping
     mod is outermost, so it clips exactly the update that leaves the site."""
-    client_app = ClientApp(mods=[central_dp_clipping_mod, fault_mod(fixed, APP_DIR), *(mods or [])])
+    client_app = ClientApp(mods=[central_dp_clipping_mod, fault_mod(fixed), *(mods or [])])
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:

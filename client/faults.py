@@ -15,13 +15,13 @@ data file (a deployment) refuses to inject anything.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from common.config import ExperimentConfig, FaultConfig, load_from_run_config
+from client.experiment import experiment_of
+from common.config import ExperimentConfig, FaultConfig
 from common.errors import ConfigError
 
 INJECTED = "injected"
@@ -31,12 +31,12 @@ class InjectedFault(RuntimeError):
     """A failure the experiment's ``faults`` section asked for."""
 
 
-def fault_mod(fixed: ExperimentConfig | None, app_dir: Path) -> Mod:
+def fault_mod(fixed: ExperimentConfig | None) -> Mod:
     """The mod the ClientApp always installs; it does nothing unless the experiment (``fixed``, or
     the one the run config names) has an active ``faults`` section."""
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        exp = fixed or load_from_run_config(context.run_config, app_dir)
+        exp = experiment_of(context, fixed)
         cfg = exp.faults
         if not cfg.active:
             return call_next(msg, context)

@@ -16,33 +16,36 @@ import numpy as np
 from common.weights import Weights
 
 
-def _delta(update: Weights, reference: Weights, keys: list[str]) -> np.ndarray:
-    return np.concatenate([(np.asarray(update[k], np.float64) - reference[k]).ravel() for k in keys])
-
-
 def update_statistics(
     reference: Weights, updates: Mapping[str, Weights], skip: Iterable[str] = ()
 ) -> dict[str, dict[str, float]]:
     """Per site: ``update_norm``, ``update_norm_ratio`` (to the round's median norm) and
-    ``update_cosine_to_median`` (to the coordinate-wise median update; 1.0 for a lone site)."""
+    ``update_cosine_to_median`` (to the coordinate-wise median update; 1.0 for a lone site).
+    Accumulated tensor by tensor, so only one tensor's updates are held at a time (a full BERT
+    update is 90 MB per site)."""
     skipped = set(skip)
     keys = [k for k, v in reference.items() if k not in skipped and np.issubdtype(np.asarray(v).dtype, np.floating)]
-    if not updates or not keys:
+    names = list(updates)
+    if not names or not keys:
         return {}
-    ref = {k: np.asarray(reference[k], np.float64) for k in keys}
-    deltas = {name: _delta(u, ref, keys) for name, u in updates.items()}
-    stacked = np.stack(list(deltas.values()))
-    median = np.median(stacked, axis=0)
-    norms = {name: float(np.linalg.norm(d)) for name, d in deltas.items()}
-    median_norm = float(np.median(list(norms.values())))
-    median_len = float(np.linalg.norm(median))
+    squared, dots, median_squared = np.zeros(len(names)), np.zeros(len(names)), 0.0
+    for k in keys:
+        deltas = np.stack([np.asarray(updates[n][k], np.float64).ravel() for n in names])
+        deltas -= np.asarray(reference[k], np.float64).ravel()
+        median = np.median(deltas, axis=0)
+        squared += np.einsum("ij,ij->i", deltas, deltas)
+        dots += deltas @ median
+        median_squared += float(median @ median)
+    norms = np.sqrt(squared)
+    median_norm = float(np.median(norms))
+    median_len = float(np.sqrt(median_squared))
     out = {}
-    for name, d in deltas.items():
-        denom = norms[name] * median_len
+    for i, name in enumerate(names):
+        denom = norms[i] * median_len
         out[name] = {
-            "update_norm": norms[name],
-            "update_norm_ratio": norms[name] / median_norm if median_norm > 0 else 1.0,
-            "update_cosine_to_median": float(d @ median / denom) if denom > 0 else 1.0,
+            "update_norm": float(norms[i]),
+            "update_norm_ratio": float(norms[i] / median_norm) if median_norm > 0 else 1.0,
+            "update_cosine_to_median": float(dots[i] / denom) if denom > 0 else 1.0,
         }
     return out
 

@@ -117,4 +117,4 @@ def test_a_deployed_site_refuses_to_inject_faults() -> None:
     ctx = Context(run_id=1, node_id=1, node_config={"data-path": "/data/mine.csv"}, state=RecordDict(), run_config={})
     msg = Message(content=RecordDict(), dst_node_id=1, message_type="train")
     with pytest.raises(ConfigError, match="faults"):
-        fault_mod(exp, Path("."))(msg, ctx, lambda m, c: m)
+        fault_mod(exp)(msg, ctx, lambda m, c: m)
