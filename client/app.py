@@ -17,7 +17,7 @@ from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
 from common.config import ExperimentConfig
 from common.data import LabelSet
-from common.errors import PolicyRefused
+from common.errors import ConfigError, PolicyRefused
 from common.privacy.policy import SitePolicy
 from common.privacy.policy import from_node_config as policy_from_node_config
 from common.site import SiteRuntime, SiteSpec, evaluate_round, site_runtime, train_round
@@ -57,16 +57,26 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         exp, rt, policy = _setup(msg, context, fixed)
-        metrics = train_round(exp, rt, _round(msg), run_id=str(context.run_id), policy=policy)
+        metrics = train_round(exp, rt, _round(msg), run_id=_job(msg, context), policy=policy)
         return _reply(msg, rt, metrics, ArrayRecord(exchanged_state(rt.model)))
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         exp, rt, policy = _setup(msg, context, fixed)
-        metrics = evaluate_round(exp, rt, _round(msg), run_id=str(context.run_id), policy=policy)
+        metrics = evaluate_round(exp, rt, _round(msg), run_id=_job(msg, context), policy=policy)
         return _reply(msg, rt, metrics)
 
     return client_app
+
+
+def _job(msg: Message, context: Context) -> str:
+    """The job this message belongs to: the Flower run that started it, which a resumed job keeps
+    (server/run.py sends it), so the site's ledger entries for the job stay together. Only a
+    number is accepted (in simulation it names the ledger's folder)."""
+    job = str(msg.content["config"].get("job", "") or context.run_id)
+    if not job.isdigit():
+        raise ConfigError("the coordinator sent a job id that is not a run number; refused")
+    return job
 
 
 def _round(msg: Message) -> int:

@@ -23,10 +23,12 @@ import yaml
 from common.errors import ConfigError
 
 ModelName = Literal["bert", "resnet18", "resnet34", "resnet50", "resnet8", "resnet20"]
-DataSource = Literal["digits", "synthetic_text", "csv", "json", "jsonl", "parquet", "imagefolder", "npz"]
+DataSource = Literal[
+    "digits", "synthetic_text", "synthetic_images", "csv", "json", "jsonl", "parquet", "imagefolder", "npz"
+]
 TEXT_SOURCES = ("synthetic_text", "csv", "json", "jsonl", "parquet")
-IMAGE_SOURCES = ("digits", "imagefolder", "npz")
-BUILTIN_SOURCES = ("digits", "synthetic_text")
+IMAGE_SOURCES = ("digits", "synthetic_images", "imagefolder", "npz")
+BUILTIN_SOURCES = ("digits", "synthetic_text", "synthetic_images")
 MINILM = "all-MiniLM-L6-v2"
 
 
@@ -478,6 +480,8 @@ def _check_override_keys(overrides: Mapping[str, Any]) -> None:
     blamed on the override, not on the YAML file it would have changed."""
     known = flat_keys()
     for key in overrides:
+        if not str(key).strip():
+            raise ConfigError("an override has an empty key; overrides are key=value, e.g. train.lr=0.01")
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else "; run with a key from README's config reference"
@@ -485,15 +489,30 @@ def _check_override_keys(overrides: Mapping[str, Any]) -> None:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"experiment file {path} is a directory; a YAML file is expected")
     if not path.is_file():
         raise ConfigError(f"experiment file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"experiment file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"experiment file {path} is not valid YAML: {_yaml_reason(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"experiment file {path} must hold a mapping at top level")
     return raw
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """PyYAML's reason and position in one line (its own text spans several, quoting the file)."""
+    parts = []
+    for text, mark in (("context", "context_mark"), ("problem", "problem_mark")):
+        what, at = getattr(exc, text, None), getattr(exc, mark, None)
+        if what:
+            where = f" (line {at.line + 1}, column {at.column + 1})" if at is not None else ""
+            parts.append(f"{' '.join(str(what).split())}{where}")
+    if not parts:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ": ".join(parts)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -555,7 +574,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}' in {source}; "
+            f"unknown config key '{prefix}{unknown[0]}' in {source}{_suggest(prefix, str(unknown[0]), names)}; "
             f"known keys in {section}: {', '.join(sorted(names))}"
         )
     kwargs = {}
@@ -570,6 +589,19 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:  # pragma: no cover - guarded by the unknown-key check
         raise ConfigError(f"config section '{section}': {exc}") from None
+
+
+def _suggest(prefix: str, name: str, names: set[str]) -> str:
+    """A hint for an unknown key: a close name in its section, the section a bare key belongs in, or
+    the nested form of a dotted key written in YAML."""
+    if f"{prefix}{name}" in flat_keys():
+        head, _, tail = name.partition(".")
+        return f"; in a YAML file write dotted keys nested ('{head}:' then '  {tail}: ...')"
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    if close:
+        return f"; did you mean '{prefix}{close[0]}'?"
+    elsewhere = [k for k in flat_keys() if k.startswith(prefix) and k.rsplit(".", 1)[-1] == name]
+    return f"; did you mean '{elsewhere[0]}'?" if elsewhere else ""
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -623,6 +655,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 # --------------------------------------------------------------------------- run config
 
 EXPERIMENT_KEY = "experiment"
+# Run-config key naming a stopped run's folder to continue (server/app.py); not an experiment key.
+RESUME_KEY = "resume"
 
 
 def load_from_run_config(run_config: Mapping[str, Any], app_dir: Path) -> ExperimentConfig:
@@ -645,7 +679,7 @@ def load_from_run_config(run_config: Mapping[str, Any], app_dir: Path) -> Experi
             ]
         )
         path = next((p for p in candidates if p.is_file()), candidates[-1])
-    overrides = {k: v for k, v in run_config.items() if k != EXPERIMENT_KEY and v != ""}
+    overrides = {k: v for k, v in run_config.items() if k not in (EXPERIMENT_KEY, RESUME_KEY) and v != ""}
     return load(path, overrides)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import DataConfig, resolve_path
+from common.config import BUILTIN_SOURCES, DataConfig, resolve_path
 from common.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def read_test(cfg: DataConfig) -> Unlabelled | None:
     """The server-side test records, or None when the source has no test split."""
     if cfg.test_path:
         return _read(cfg, cfg.test_path, split="test", key="config key 'data.test_path'")
-    if cfg.source in ("digits", "synthetic_text") or cfg.source == "npz":
+    if cfg.source in BUILTIN_SOURCES or cfg.source == "npz":
         return _read(cfg, cfg.path, split="test", key="config key 'data.path'")
     return None
 
@@ -119,7 +119,40 @@ def label_set(cfg: DataConfig, train: Unlabelled | None = None) -> LabelSet:
         return LabelSet(cfg.labels)
     if train is None:
         raise DataError("config key 'data.labels' must be set when no training data is given")
-    return LabelSet.derive(train.raw_labels)
+    derived = LabelSet.derive(train.raw_labels)
+    if len(derived) < 2:
+        where = resolve_path(cfg.path) if cfg.path else f"built-in '{cfg.source}'"
+        raise DataError(
+            f"{where}: every record has the label {derived.names[0]!r}; a classifier needs at least 2 labels "
+            f"(config keys 'data.label_field', 'data.labels')"
+        )
+    return derived
+
+
+def check_sites(cfg: DataConfig, seed: int) -> None:
+    """What the simulated sites will do with the training data, checked once before a simulation
+    starts: every record's label is in the (resolved) label set, and each of ``data.num_sites``
+    partitions gets the 2 records a site needs (training + held-out). Sites check again."""
+    from common.partition import partition_indices
+
+    where = str(resolve_path(cfg.path)) if cfg.path else f"built-in '{cfg.source}'"
+    records = read_train(cfg)
+    labels = LabelSet(cfg.labels) if cfg.labels else label_set(cfg, records)
+    raw = records.with_labels(labels, where=where)
+    need = 2 * cfg.num_sites
+    if len(raw) < need:
+        capped = f" (the first data.max_samples={cfg.max_samples})" if cfg.max_samples else ""
+        keys = "'data.num_sites', 'data.max_samples'" if cfg.max_samples else "'data.num_sites'"
+        raise DataError(
+            f"{where}: {len(raw)} training records{capped} cannot be split into {cfg.num_sites} sites of at "
+            f"least 2 (training + held-out) (config keys {keys})"
+        )
+    for site, part in enumerate(partition_indices(raw.labels, cfg, seed)):
+        if len(part) < 2:
+            raise DataError(
+                f"{where}: site-{site}'s partition has {len(part)} record(s), at least 2 are needed "
+                f"(config keys 'data.num_sites', 'data.partitioner', 'data.alpha', 'data.min_partition_size')"
+            )
 
 
 # --------------------------------------------------------------------------- readers
@@ -134,6 +167,8 @@ def _read(cfg: DataConfig, path: str, split: str, key: str) -> Unlabelled:
 
         texts, labels = synthetic_text(split)
         return Unlabelled(labels, texts=tuple(texts))
+    if cfg.source == "synthetic_images":
+        return _synthetic_images(split)
     file = resolve_path(path)
     if cfg.source in ("csv", "json", "jsonl", "parquet"):
         return _read_table(str(file), cfg.source, cfg.text_field, cfg.label_field, key)
@@ -154,14 +189,17 @@ def _head(records: Unlabelled, n: int) -> Unlabelled:
 def _read_table(path: str, source: str, text_field: str, label_field: str, key: str) -> Unlabelled:
     import datasets
 
-    if not Path(path).is_file():
-        raise DataError(f"data file not found: {path} ({key})")
+    _require_file(path, key)
     builder = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}[source]
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(logging.CRITICAL)  # its "Failed to read file" line: the reason below
     try:
         ds = datasets.load_dataset(builder, data_files=path, split="train")
     except Exception as exc:  # the loaders raise many types for unreadable files
         raise DataError(f"cannot read {path} as {source}: {_load_reason(exc)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     for key, column in (("data.text_field", text_field), ("data.label_field", label_field)):
         if column not in ds.column_names:
             raise DataError(
@@ -181,8 +219,7 @@ def _read_table(path: str, source: str, text_field: str, label_field: str, key: 
 def _read_npz(path: str, split: str, image_size: int, key: str) -> Unlabelled:
     import zipfile
 
-    if not Path(path).is_file():
-        raise DataError(f"data file not found: {path} ({key})")
+    _require_file(path, key)
     if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allow_pickle
         raise DataError(f"{path} is not an .npz archive (a zip of .npy arrays, as numpy.savez writes) ({key})")
     try:
@@ -197,8 +234,11 @@ def _read_npz(path: str, split: str, image_size: int, key: str) -> Unlabelled:
         )
     try:
         images, labels = np.asarray(arrays[want[0]]), np.asarray(arrays[want[1]])
-    except ValueError as exc:  # object arrays need pickle, which is never allowed
-        raise DataError(f"cannot read {path} as npz: {_first_line(exc)}") from None
+    except ValueError:  # object arrays need pickle, which is never allowed
+        raise DataError(
+            f"{path}: '{want[0]}' and '{want[1]}' must be numeric arrays; this file stores Python objects, "
+            f"which Confide does not unpickle ({key})"
+        ) from None
     if images.ndim == 0 or labels.ndim == 0 or len(labels) != len(images):
         raise DataError(
             f"{path}: '{want[0]}' holds {len(images) if images.ndim else 0} images but '{want[1]}' "
@@ -222,6 +262,8 @@ def _read_image_folder(path: str, image_size: int, key: str) -> Unlabelled:
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path)
+    if root.is_file():
+        raise DataError(f"{path} is a file; an image folder (one subfolder per class) is expected ({key})")
     if not root.is_dir():
         raise DataError(f"image folder not found: {path} ({key})")
     files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -260,6 +302,16 @@ def _digits(split: str) -> Unlabelled:
     return Unlabelled([str(int(v)) for v in bunch.target[idx]], images=images[idx])
 
 
+@functools.lru_cache(maxsize=2)
+def _synthetic_images(split: str) -> Unlabelled:
+    """A generated (not real) 8x8 image set, 10 classes, 50,000 training records (common/synthetic.py)."""
+    from common.synthetic import synthetic_images
+
+    images, classes = synthetic_images(split)
+    names = [str(c) for c in range(int(classes.max()) + 1)]
+    return Unlabelled([names[c] for c in classes], images=images)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -275,6 +327,13 @@ def _label_str(value: object, path: str, row: int) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value).strip()
+
+
+def _require_file(path: str, key: str) -> None:
+    if Path(path).is_dir():
+        raise DataError(f"{path} is a directory; a data file is expected ({key})")
+    if not Path(path).is_file():
+        raise DataError(f"data file not found: {path} ({key})")
 
 
 def _is_int(value: str) -> bool:

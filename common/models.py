@@ -264,6 +264,28 @@ def _weights_or_random(model: nn.Module, cfg: ModelConfig, name: str) -> nn.Modu
 
 def _load_weights(model: nn.Module, path: Path) -> None:
     """Load matching tensors from a local state_dict file; skip (and log) mismatched ones."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    if not usable:
+        raise ConfigError(f"config key 'model.weights': no tensor in {path} matches the model")
+    model.load_state_dict(usable, strict=False)
+    log.info(
+        "loaded %d pretrained tensors from %s; kept fresh: %s",
+        len(usable),
+        path,
+        ", ".join(sorted(set(own) - set(usable))) or "none",
+    )
+    if skipped:
+        log.info("ignored %d tensors from %s with other shapes or names (e.g. %s)", len(skipped), path, skipped[0])
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A local state_dict file (``model.weights``): a mapping of names to tensors, read without
+    running code from it."""
+    if path.is_dir():
+        raise ConfigError(f"config key 'model.weights': {path} is a directory; a state_dict file is expected")
     if not path.is_file():
         raise ConfigError(f"config key 'model.weights': file not found: {path}")
     try:
@@ -283,20 +305,66 @@ def _load_weights(model: nn.Module, path: Path) -> None:
             f"config key 'model.weights': {path} holds a {type(state).__name__}, not a state_dict "
             "(a mapping of tensor names to tensors); save one with torch.save(model.state_dict(), path)"
         )
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
-    if not usable:
-        raise ConfigError(f"config key 'model.weights': no tensor in {path} matches the model")
-    model.load_state_dict(usable, strict=False)
-    log.info(
-        "loaded %d pretrained tensors from %s; kept fresh: %s",
-        len(usable),
-        path,
-        ", ".join(sorted(set(own) - set(usable))) or "none",
+    return state
+
+
+def check_model_source(exp: ExperimentConfig) -> None:
+    """The model's files, checked before a simulation starts (a missing checkpoint would otherwise
+    surface only when the ServerApp builds the model, after the simulation engine's start-up, or after
+    transformers' retries against an unreachable hub): ``model.checkpoint`` for BERT (the bundled
+    package, a local Hugging Face folder, or a hub name that is cached or may be downloaded),
+    ``model.weights`` for ResNets (a readable state_dict of tensors), and at least 2 labels."""
+    if len(exp.data.labels) == 1:
+        raise ConfigError(
+            f"config key 'data.labels' has one label, {exp.data.labels[0]!r}; a classifier needs at least 2"
+        )
+    cfg = exp.model
+    if cfg.weights and not cfg.is_text:
+        read_state_dict(resolve_path(cfg.weights))
+    if not cfg.is_text or cfg.checkpoint == MINILM:
+        if cfg.is_text:
+            checkpoint_path(cfg)  # the bundled package is installed
+        return
+    local = resolve_path(cfg.checkpoint)
+    key = "config key 'model.checkpoint'"
+    if local.is_file():
+        raise ConfigError(f"{key}: {local} is a file; a checkpoint folder (config.json and weights) is expected")
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"{key}: {local} has no config.json; it is not a Hugging Face checkpoint folder")
+        return
+    # Not a hub name ('../x', './x', 'a/b/c'), or 'models/x' where a 'models' folder exists: a local path.
+    if not _could_be_hub_name(cfg.checkpoint) or (local.parent.is_dir() and local.parent != resolve_path(".")):
+        raise ConfigError(f"{key}: checkpoint folder not found: {local}")
+    if _hub_offline() and not _hub_cached(cfg.checkpoint):
+        raise ConfigError(
+            f"{key}: '{cfg.checkpoint}' is not a local folder ({local}) nor in the Hugging Face cache, "
+            "and the hub is offline (HF_HUB_OFFLINE)"
+        )
+
+
+def _could_be_hub_name(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_offline() -> bool:
+    import os
+
+    return any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
-    if skipped:
-        log.info("ignored %d tensors from %s with other shapes or names (e.g. %s)", len(skipped), path, skipped[0])
+
+
+def _hub_cached(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
 def _first(exc: BaseException) -> str:

@@ -3,32 +3,43 @@
 So a crashed or interrupted run never leaves a folder that looks finished. Contents:
 ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per round), ``checkpoint.pt``
 (latest global weights and the strategy's state, replaced atomically), ``model/`` (final export), ``MODEL_CARD.md``.
-A run that stops early keeps the ``.incomplete`` name and says why in ``FAILED.txt``.
+A run that stops early keeps the ``.incomplete`` name and says why in ``FAILED.txt``; it can be
+continued from its checkpoint (``open_resumed``), in the same folder.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-
+from common import checkpoint as ckpt_mod
 from common import config as config_mod
+from common.checkpoint import Checkpoint
 from common.config import ExperimentConfig, resolve_path
+from common.errors import ConfigError
 from common.metrics import JsonlLog
-from common.weights import Weights
 
 INCOMPLETE = ".incomplete"
 FAILED = "FAILED.txt"
-CHECKPOINT_FORMAT = 1
+RESUMES = "resumes.jsonl"
 
 
 class RunDir:
-    def __init__(self, exp: ExperimentConfig, run_id: str) -> None:
+    def __init__(self, exp: ExperimentConfig, run_id: str, resume: Path | None = None) -> None:
+        """A new run folder, or with ``resume`` the existing incomplete folder of a stopped run
+        (``open_resumed`` checks it first)."""
         self.exp = exp
         self.run_id = run_id
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confide-checkpoint")
+        self._pending: Future[None] | None = None
+        if resume is not None:
+            self.path = resume
+            self.final = resume.with_name(resume.name.removesuffix(INCOMPLETE))
+            self.metrics = JsonlLog(self.path / "metrics.jsonl")
+            return
         base = resolve_path(exp.output_dir)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.final = base / f"{stamp}-{_slug(exp.name)}-{run_id}"
@@ -38,33 +49,17 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=False)
         config_mod.dump(exp, self.path / "config.yaml")
         self.metrics = JsonlLog(self.path / "metrics.jsonl")
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confide-checkpoint")
-        self._pending: Future[None] | None = None
 
-    def save_checkpoint(self, weights: Weights, server_round: int, server_state: Weights | None = None) -> None:
-        """Write the latest global weights and the strategy's own state (server momentum, Adam
-        moments: ``ConfideChecks.server_state``) in the background (the next round need not wait)."""
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Write the checkpoint (common/checkpoint.py) in the background (the next round need not
+        wait); the arrays it holds must not be changed afterwards."""
         self.wait_for_checkpoint()
-        self._pending = self._writer.submit(self._write_checkpoint, weights, server_round, server_state or {})
+        self._pending = self._writer.submit(ckpt_mod.write, self.path / ckpt_mod.FILE, checkpoint)
 
     def wait_for_checkpoint(self) -> None:
         if self._pending is not None:
             self._pending.result()  # re-raises a failed write
             self._pending = None
-
-    def _write_checkpoint(self, weights: Weights, server_round: int, server_state: Weights) -> None:
-        tmp = self.path / "checkpoint.pt.tmp"
-        torch.save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "round": server_round,
-                "strategy": self.exp.strategy.name,
-                "state_dict": {k: torch.as_tensor(v) for k, v in weights.items()},
-                "server_state": {k: torch.as_tensor(v) for k, v in server_state.items()},
-            },
-            tmp,
-        )
-        os.replace(tmp, self.path / "checkpoint.pt")
 
     def finish(self) -> Path:
         """Rename to the final name; only a complete run carries it."""
@@ -79,6 +74,81 @@ class RunDir:
         """Record why the run stopped; the folder keeps its '.incomplete' name."""
         self._writer.shutdown(wait=True)
         (self.path / FAILED).write_text(reason.rstrip() + "\n")
+
+
+def check_resumable(folder: Path, exp: ExperimentConfig) -> tuple[Checkpoint, list[dict]]:
+    """Refuse, naming the reason, a folder that cannot continue as ``exp``; else return its
+    checkpoint and its metrics history cut back to the checkpoint's round. Changes nothing."""
+    folder = folder.resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"resume: run folder {folder} does not exist")
+    if not folder.name.endswith(INCOMPLETE):
+        raise ConfigError(
+            f"resume: {folder} is not a stopped run (its name does not end in '{INCOMPLETE}'); "
+            "a complete run has nothing to resume"
+        )
+    checkpoint = ckpt_mod.read(folder / ckpt_mod.FILE)
+    diff = ckpt_mod.differences(checkpoint.config, exp)
+    if diff:
+        raise ConfigError(
+            f"resume: {folder / ckpt_mod.FILE} belongs to another experiment; "
+            f"{len(diff)} key(s) differ (checkpoint -> this run): "
+            + "; ".join(diff[:5])
+            + ("; ..." if len(diff) > 5 else "")
+        )
+    if exp.strategy.rounds < checkpoint.round:
+        raise ConfigError(
+            f"resume: strategy.rounds={exp.strategy.rounds} but the checkpoint already closed round {checkpoint.round}"
+        )
+    history = [line for line in _read_lines(folder / "metrics.jsonl") if int(line.get("round", -1)) <= checkpoint.round]
+    if [int(line["round"]) for line in history] != list(range(checkpoint.round + 1)):
+        raise ConfigError(
+            f"resume: {folder / 'metrics.jsonl'} does not hold every round up to the checkpoint's round "
+            f"{checkpoint.round}; the folder is not a Confide run that can be resumed"
+        )
+    return checkpoint, history
+
+
+def open_resumed(folder: Path, exp: ExperimentConfig, run_id: str) -> tuple[RunDir, Checkpoint, list[dict]]:
+    """The stopped run in ``folder``, ready to continue (``check_resumable`` first): its metrics
+    history is cut back to the checkpoint's round (a round that was logged but not checkpointed is
+    run again), the reason it stopped is kept in ``resumes.jsonl`` and FAILED.txt is removed."""
+    checkpoint, history = check_resumable(folder, exp)
+    folder = folder.resolve()
+    _rewrite_lines(folder / "metrics.jsonl", history)
+    JsonlLog(folder / RESUMES).append(
+        {
+            "run_id": run_id,
+            "from_round": checkpoint.round,
+            "job": checkpoint.job,
+            "stopped_because": failure_of(folder),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
+    (folder / FAILED).unlink(missing_ok=True)
+    config_mod.dump(exp, folder / "config.yaml")
+    return RunDir(exp, run_id, resume=folder), checkpoint, history
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    lines = []
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:  # a line cut by the crash: only the last may be, and it is dropped
+            if number != len(path.read_text().splitlines()):
+                raise ConfigError(f"resume: {path} line {number} is not JSON; the run's history is damaged") from None
+    return lines
+
+
+def _rewrite_lines(path: Path, lines: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    os.replace(tmp, path)
 
 
 def failure_of(folder: Path) -> str | None:

@@ -62,3 +62,36 @@ def synthetic_text(split: str) -> tuple[list[str], list[str]]:
         texts.append(template.format(o=OPENERS[rng.integers(len(OPENERS))], k=phrase, f=filler))
         labels.append(label)
     return texts, labels
+
+
+# --------------------------------------------------------------------------- generated images
+
+# A generated (not real) 8x8 grayscale image set with 10 classes, large enough to split into
+# thousands of simulated sites (scale benchmarks; common/data.py's 'synthetic_images' source).
+# Each class is a fixed random stroke pattern; a record is its class pattern shifted by up to one
+# pixel, plus Gaussian noise: learnable, not trivial. Deterministic; the two splits share classes.
+IMAGE_SIZES = {"train": 50_000, "test": 2_000}
+IMAGE_SEEDS = {"train": 11, "test": 12}
+IMAGE_CLASSES = 10
+IMAGE_SIDE = 8
+IMAGE_NOISE = 0.35
+_PATTERN_SEED = 10
+
+
+@functools.lru_cache(maxsize=2)
+def synthetic_images(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images (N, 1, 8, 8), int64 class indices (N,)) for 'train' or 'test'; deterministic."""
+    side = IMAGE_SIDE
+    patterns = (np.random.default_rng(_PATTERN_SEED).random((IMAGE_CLASSES, side, side)) < 0.35).astype(np.float32)
+    rng = np.random.default_rng(IMAGE_SEEDS[split])
+    n = IMAGE_SIZES[split]
+    labels = rng.integers(IMAGE_CLASSES, size=n)
+    shifts = rng.integers(-1, 2, size=(n, 2))
+    images = patterns[labels]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            rows = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
+            images[rows] = np.roll(images[rows], (dy, dx), axis=(1, 2))
+    images += rng.normal(0.0, IMAGE_NOISE, size=images.shape).astype(np.float32)
+    pixels = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)[:, None]
+    return pixels, labels.astype(np.int64)

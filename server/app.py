@@ -8,15 +8,16 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common import logs
-from common.config import ExperimentConfig, load_from_run_config
+from common.config import RESUME_KEY, ExperimentConfig, load_from_run_config, resolve_path
 from common.errors import ConfideError, RunFailed
 from server.run import run_experiment
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
 
-def create_server_app(fixed: ExperimentConfig | None = None) -> ServerApp:
-    """The ServerApp; ``fixed`` bypasses the run config (in-process simulations, tests)."""
+def create_server_app(fixed: ExperimentConfig | None = None, resume: Path | None = None) -> ServerApp:
+    """The ServerApp; ``fixed`` bypasses the run config (in-process simulations, tests), and
+    ``resume`` its ``resume`` key (a stopped run's folder to continue)."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -24,7 +25,9 @@ def create_server_app(fixed: ExperimentConfig | None = None) -> ServerApp:
         logs.setup()
         try:
             exp = fixed or load_from_run_config(context.run_config, APP_DIR)
-            run_experiment(grid, exp, run_id=str(context.run_id))
+            folder = str(context.run_config.get(RESUME_KEY, "") or "") if fixed is None else ""
+            resume_from = resume or (resolve_path(folder) if folder else None)
+            run_experiment(grid, exp, run_id=str(context.run_id), resume=resume_from)
         except ConfideError as exc:
             # One clear line; re-raised as an Exception so that Flower marks the run failed
             # (SystemExit escapes its server thread and the run would read "completed").

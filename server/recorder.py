@@ -29,12 +29,25 @@ class RoundRecord:
 
 
 class RoundRecorder:
-    def __init__(self, log_file: JsonlLog | None) -> None:
+    def __init__(self, log_file: JsonlLog | None, run_id: str = "") -> None:
         self.log_file = log_file
+        self.run_id = run_id  # the Flower run that ran the round (a resumed job spans several)
         self.current: RoundRecord | None = None
         self.history: list[dict[str, Any]] = []
         self.last_sites: dict[str, dict[str, float]] = {}
         self.site_privacy: dict[str, dict[str, float]] = {}
+
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """Continue after the rounds a stopped run already logged (its metrics.jsonl lines): the
+        history, the sites' latest held-out values and their cumulative privacy figures."""
+        self.history = list(history)
+        for line in history:
+            evaluated = {n: s["evaluate"] for n, s in line.get("sites", {}).items() if s.get("evaluate")}
+            if evaluated:
+                self.last_sites = evaluated
+            privacy = line.get("privacy") or {}
+            if privacy.get("mode") == "local":
+                self.site_privacy = {n: dict(v) for n, v in privacy.get("sites", {}).items()}
 
     def begin(self, server_round: int, bytes_down: int) -> None:
         self.current = RoundRecord(round=server_round, bytes_down_per_site=bytes_down)
@@ -78,6 +91,7 @@ class RoundRecorder:
         train_secs = [m["train_seconds"] for m in rec.train.values() if "train_seconds" in m]
         line: dict[str, Any] = {
             "round": rec.round,
+            "run_id": self.run_id,
             "wall_seconds": end - rec.started,
             "train_phase_seconds": (rec.train_done or end) - rec.started,
             "slowest_site_train_seconds": max(train_secs) if train_secs else None,

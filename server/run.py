@@ -11,28 +11,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from torch import nn
 from torch.utils.data import DataLoader
 
 from common import config as config_mod
 from common.batches import make_dataset, make_loader
+from common.checkpoint import Checkpoint, capture_rng, flat_config, restore_rng
 from common.config import ExperimentConfig
-from common.data import LabelSet, label_set, read_test, read_train
+from common.data import LabelSet, check_sites, label_set, read_test, read_train
 from common.device import place
 from common.errors import ConfideError
 from common.export import save_model, write_model_card
-from common.models import build_model
+from common.models import build_model, check_model_source
 from common.privacy import statement
-from common.rundir import RunDir
+from common.rundir import RunDir, check_resumable, open_resumed
 from common.train import evaluate
-from common.weights import Weights, exchanged_state, get_weights, set_weights
+from common.weights import Weights, check_update, exchanged_state, get_weights, set_weights
 from server.central_dp import CentralDP
+from server.loop import run_rounds
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy, sites_release_evaluation, to_weights
 
 log = logging.getLogger(__name__)
+
+JOB_KEY = "job"  # the job id sent with every message (client/app.py keys the site's ledger by it)
 
 
 @dataclass(frozen=True)
@@ -51,23 +56,39 @@ def resolve_labels(exp: ExperimentConfig) -> ExperimentConfig:
     return config_mod.replace(exp, **{"data.labels": labels.names})
 
 
-def preflight(exp: ExperimentConfig) -> ExperimentConfig:
+def preflight(exp: ExperimentConfig, resume: Path | None = None) -> ExperimentConfig:
     """The checks that need no site, run before a simulation engine starts (seconds instead of
-    Ray's start-up): the training file and its label set, the test file against it. Readers are
-    cached per process, so the in-process ServerApp does not read the files again."""
+    Ray's start-up): the training file and its label set, the test file against it, and a run
+    folder to resume against the experiment. Readers are cached per process, so the in-process
+    ServerApp does not read the files again."""
     exp = resolve_labels(exp)
+    check_model_source(exp)  # model.checkpoint / model.weights / >= 2 labels, before any tokenizer load
+    check_sites(exp.data, exp.seed)  # training labels in the label set; enough records per site
     _central_loader(exp, LabelSet(exp.data.labels))
+    if resume is not None:
+        check_resumable(resume, exp)
     return exp
 
 
-def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str) -> RunSummary:
+def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str, resume: Path | None = None) -> RunSummary:
+    """Run the experiment, or with ``resume`` (a stopped run's folder) continue it from the round
+    after its checkpoint (common/checkpoint.py)."""
     exp = resolve_labels(exp)
     labels = LabelSet(exp.data.labels)
     model = place(build_model(exp, len(labels)), exp.train)
     test_loader = _central_loader(exp, labels)
-    run_dir = RunDir(exp, run_id)
+    if resume is None:
+        run_dir, start = RunDir(exp, run_id), None
+    else:
+        run_dir, checkpoint, history = open_resumed(resume, exp, run_id)
+        start = (checkpoint, history)
+        print(
+            f"[confide] resuming {run_dir.path} after round {checkpoint.round} of {exp.strategy.rounds} "
+            f"(job {checkpoint.job}; sites' privacy ledgers continue)",
+            flush=True,
+        )
     try:
-        return _run_rounds(grid, exp, labels, model, test_loader, run_dir)
+        return _run_rounds(grid, exp, labels, model, test_loader, run_dir, start)
     except ConfideError as exc:
         run_dir.fail(str(exc))
         raise
@@ -80,13 +101,28 @@ def _run_rounds(
     model: nn.Module,
     test_loader: DataLoader | None,
     run_dir: RunDir,
+    start: tuple[Checkpoint, list[dict[str, Any]]] | None,
 ) -> RunSummary:
-    recorder = RoundRecorder(run_dir.metrics)
+    recorder = RoundRecorder(run_dir.metrics, run_id=run_dir.run_id)
     initial = get_weights(model)
     buffers = frozenset(name for name, _ in model.named_buffers()) & frozenset(initial)
-    strategy = build_strategy(exp, initial, recorder, run_dir.run_id, buffers)
+    # The job: the Flower run that started it. Sites key their privacy ledgers by it, so a resumed
+    # job's epsilon composes every round the sites trained for it, before and after the stop.
+    job = start[0].job if start else run_dir.run_id
+    strategy = build_strategy(exp, initial, recorder, job, buffers)
     central = strategy if isinstance(strategy, CentralDP) else None
     checks = central.base if central else strategy
+    selection = ModelSelection(exp.strategy.final_model)
+    first_round, arrays = 1, ArrayRecord(exchanged_state(model))
+    if start:
+        checkpoint, history = start
+        check_update(initial, checkpoint.weights, f"the checkpoint in {run_dir.path}")
+        checks.load_server_state(checkpoint.server_state)
+        recorder.restore(history)
+        selection.best = checkpoint.best
+        restore_rng(checkpoint.rng)
+        first_round = checkpoint.round + 1
+        arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in checkpoint.weights.items()})
 
     def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         weights = to_weights(arrays)
@@ -96,33 +132,35 @@ def _run_rounds(
             metrics = evaluate(model, test_loader, len(labels)).as_dict()
         if server_round == 0:
             recorder.begin(0, bytes_down=0)
-        else:
-            run_dir.save_checkpoint(weights, server_round, checks.server_state())
-        privacy = central.ledger.as_record(run_dir.run_id, server_round, *central.last) if central else None
+        privacy = central.ledger.as_record(job, server_round, *central.last) if central else None
         line = recorder.close(metrics, privacy)
         selection.offer(server_round, line, weights)
+        if server_round > 0:  # after the round's line: a round logged but not checkpointed is redone
+            run_dir.save_checkpoint(
+                Checkpoint(server_round, job, flat_config(exp), weights, checks.server_state(), selection.best,
+                           capture_rng())  # fmt: skip
+            )
         _print_round(line)
         return MetricRecord(metrics) if metrics else None
 
-    selection = ModelSelection(exp.strategy.final_model)
     if exp.strategy.final_model == "best_held_out" and not strategy_evaluates(exp):
         log.warning(
             "strategy.final_model=best_held_out: the sites release no held-out accuracy in this job "
             "(privacy.site_metrics=withhold under DP, or strategy.fraction_evaluate=0); the last round's "
             "model will be exported"
         )
-    train_config = ConfigRecord({"labels": list(labels.names)})
-
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(exchanged_state(model)),
+    final_arrays = run_rounds(
+        strategy,
+        grid,
+        arrays,
+        first_round=first_round,
         num_rounds=exp.strategy.rounds,
         timeout=exp.strategy.round_timeout,
-        train_config=train_config,
-        evaluate_config=ConfigRecord({"labels": list(labels.names)}),
+        train_config=ConfigRecord({"labels": list(labels.names), JOB_KEY: job}),
+        evaluate_config=ConfigRecord({"labels": list(labels.names), JOB_KEY: job}),
         evaluate_fn=server_evaluate,
     )
-    exported_round, exported = selection.choice(exp.strategy.rounds, to_weights(result.arrays))
+    exported_round, exported = selection.choice(exp.strategy.rounds, to_weights(final_arrays))
     set_weights(model, exported, source="the exported global model")
     save_model(model, exp, labels, run_dir.path / "model")
     last = recorder.history[-1]

@@ -91,7 +91,7 @@ def test_pyproject_declares_exactly_the_config_keys() -> None:
     """Flower only accepts --run-config keys declared in pyproject; they must not drift."""
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     flat = set(_flatten(declared))
-    assert flat == set(config_mod.flat_keys()) | {"experiment"}
+    assert flat == set(config_mod.flat_keys()) | {"experiment", "resume"}
 
 
 def test_shipped_experiments_load() -> None:

@@ -200,3 +200,48 @@ def test_a_list_valued_label_is_refused_without_showing_it(tmp_path: Path) -> No
     with pytest.raises(DataError, match=r"record 1's label is a list; one label per record") as err:
         read_train(text_cfg("jsonl", path, **{"data.label_field": "category"}))
     assert "secret" not in str(err.value)
+
+
+def test_check_sites_refuses_what_a_simulated_site_would(tmp_path: Path) -> None:
+    """issue 12: too few records for data.num_sites, a data.max_samples too small, or a training label
+    outside data.labels were found by the sites, after the simulation engine started."""
+    from common.data import check_sites
+
+    path = write_csv(tmp_path / "a.csv")  # 4 records, labels card/transfer
+    check_sites(text_cfg("csv", path, **{"data.label_field": "category", "data.num_sites": 2}), seed=0)
+    with pytest.raises(DataError, match=r"a.csv: 4 training records cannot be split into 3 sites.*'data.num_sites'"):
+        check_sites(text_cfg("csv", path, **{"data.label_field": "category", "data.num_sites": 3}), seed=0)
+    capped = text_cfg("csv", path, **{"data.label_field": "category", "data.num_sites": 2, "data.max_samples": 3})
+    with pytest.raises(DataError, match=r"data.max_samples=3.*'data.max_samples'"):
+        check_sites(capped, seed=0)
+    outside = text_cfg("csv", path, **{"data.label_field": "category", "data.num_sites": 2, "data.labels": "card,x"})
+    with pytest.raises(DataError, match=r"a.csv: label 'transfer' \(record 1\) is not in the label set"):
+        check_sites(outside, seed=0)
+
+
+def test_a_training_file_with_one_label_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "one.csv"
+    path.write_text("text,category\na,card\nb,card\n")
+    cfg = text_cfg("csv", path, **{"data.label_field": "category"})
+    with pytest.raises(DataError, match=r"one.csv: every record has the label 'card'; a classifier needs at least 2"):
+        label_set(cfg, read_train(cfg))
+
+
+def test_generated_image_set_is_deterministic_sized_and_learnable() -> None:
+    """'synthetic_images' (scale benchmarks): 50,000 + 2,000 generated 8x8 records, 10 balanced
+    classes, the same arrays on every call, and a nearest-class-mean rule beats chance by far."""
+    from common.synthetic import synthetic_images
+
+    cfg = config_mod.load(None, {"model.name": "resnet8", "data.source": "synthetic_images"}).data
+    train, test = read_train(cfg), read_test(cfg)
+    assert train.images.shape == (50_000, 1, 8, 8) and train.images.dtype == np.uint8
+    assert test is not None and test.images.shape == (2_000, 1, 8, 8)
+    assert label_set(cfg, train).names == tuple(str(i) for i in range(10))
+    images, classes = synthetic_images.__wrapped__("train")  # regenerated, not the cached arrays
+    assert np.array_equal(images, train.images) and [str(c) for c in classes[:100]] == train.raw_labels[:100]
+    assert np.bincount(classes).min() > 4_500
+    x = train.images.reshape(len(train.images), -1).astype(np.float32)
+    means = np.stack([x[classes == c].mean(0) for c in range(10)])
+    t = test.images.reshape(len(test.images), -1).astype(np.float32)
+    guess = ((t[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (guess == np.array([int(v) for v in test.raw_labels])).mean() > 0.5

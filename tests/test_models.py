@@ -161,3 +161,33 @@ def test_small_resnets_are_registered_and_server_and_site_match(name: str) -> No
     assert same_keys_and_shapes(server, site)
     assert all(torch.equal(server.state_dict()[k], site.state_dict()[k]) for k in server.state_dict())
     assert server(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
+
+
+def test_check_model_source_names_the_key_and_the_resolved_path_without_loading(tmp_path: Path) -> None:
+    """issue 12: a missing relative checkpoint was found only when the ServerApp built the model (65 s
+    later); ``check_model_source`` refuses it, and bad weights files, before the simulation starts."""
+    from common.models import check_model_source
+
+    def exp(**kw: object) -> config_mod.ExperimentConfig:
+        return config_mod.load(None, kw)
+
+    bert = {"model.name": "bert", "data.source": "synthetic_text"}
+    check_model_source(exp(**bert))  # the bundled MiniLM
+    check_model_source(exp())  # a ResNet without weights
+    with pytest.raises(ConfigError, match=rf"'model.checkpoint': checkpoint folder not found: {tmp_path}/models/b"):
+        check_model_source(exp(**bert, **{"model.checkpoint": "../" + tmp_path.name + "/models/b"}))
+    (tmp_path / "models").mkdir()  # 'models/b' reads as a hub name, but a 'models' folder is here
+    with pytest.raises(ConfigError, match=rf"checkpoint folder not found: {tmp_path}/models/b"):
+        check_model_source(exp(**bert, **{"model.checkpoint": "models/b"}))
+    (tmp_path / "models" / "b").mkdir()
+    with pytest.raises(ConfigError, match="has no config.json"):
+        check_model_source(exp(**bert, **{"model.checkpoint": "models/b"}))
+    (tmp_path / "models" / "b" / "config.json").write_text("{}")
+    check_model_source(exp(**bert, **{"model.checkpoint": "models/b"}))
+    torch.save([1], tmp_path / "w.pt")
+    with pytest.raises(ConfigError, match=rf"'model.weights': {tmp_path}/w.pt holds a list"):
+        check_model_source(exp(**{"model.weights": "w.pt"}))
+    torch.save(create_model(model_cfg(name="resnet8"), 2).state_dict(), tmp_path / "w.pt")
+    check_model_source(exp(**{"model.name": "resnet8", "model.weights": "w.pt"}))
+    with pytest.raises(ConfigError, match="'data.labels' has one label"):
+        check_model_source(exp(**{"data.labels": "a"}))

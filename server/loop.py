@@ -1,0 +1,52 @@
+"""The round loop: Flower's ``Strategy.start`` with a first round other than 1.
+
+Flower's own loop (flwr/serverapp/strategy/strategy.py, 1.41) always starts at round 1 and
+evaluates the initial model as round 0; it has had no resume since 2021 (flower #599). This is
+the same sequence, step for step, over the same strategy methods (configure_train,
+send_and_receive, aggregate_train, configure_evaluate, aggregate_evaluate, then the server-side
+evaluation), starting from any round: a fresh run starts at 1 after evaluating round 0, a resumed
+one at the round after its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+log = logging.getLogger(__name__)
+
+
+def run_rounds(
+    strategy: Strategy,
+    grid: Grid,
+    arrays: ArrayRecord,
+    *,
+    first_round: int,
+    num_rounds: int,
+    timeout: float,
+    train_config: ConfigRecord,
+    evaluate_config: ConfigRecord,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None],
+) -> ArrayRecord:
+    """Rounds ``first_round``..``num_rounds``; returns the final global arrays. With
+    ``first_round`` 1 the initial model is evaluated as round 0 first, as Flower does."""
+    if first_round == 1:
+        evaluate_fn(0, arrays)
+    for server_round in range(first_round, num_rounds + 1):
+        log.info("[ROUND %s/%s]", server_round, num_rounds)
+        replies = grid.send_and_receive(
+            messages=strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout
+        )
+        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        if aggregated is not None:
+            arrays = aggregated
+        replies = grid.send_and_receive(
+            messages=strategy.configure_evaluate(server_round, arrays, evaluate_config, grid), timeout=timeout
+        )
+        strategy.aggregate_evaluate(server_round, replies)
+        evaluate_fn(server_round, arrays)
+    return arrays
