@@ -117,3 +117,89 @@ def test_run_local_refuses_a_bad_override_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "confide:" in proc.stderr and "train.lrr" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _ledger_entries(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["entries"]
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_the_sites_ledgers_continuing(tmp_path: Path) -> None:
+    """`flwr run` (local SuperLink, simulation engine in its own process) is killed with SIGKILL
+    during round 3 of 5, as a restarted machine would; the same command with `resume=<folder>`
+    continues it: 5 rounds in metrics.jsonl with the structure of an uninterrupted run, the folder
+    renamed complete, every site's ledger holding each round it trained (round 3 possibly twice: a
+    site that finished it after the coordinator died spent that budget), and every site's
+    reported epsilon equal to the composition of all its ledger entries, recomputed here with
+    Opacus's RDP accountant directly (so the lost rounds were not forgotten)."""
+    import psutil
+    from opacus.accountants import RDPAccountant
+
+    if port_in_use(LOCAL_CONTROL_PORT):
+        pytest.skip("a local Flower SuperLink is already running on 127.0.0.1:39093; stop it to run this test")
+    flwr = str(Path(sys.executable).parent / "flwr")
+    config = (
+        "data.num_sites=2 strategy.rounds=5 data.max_samples=300 model.name='resnet8' name='resumed' "
+        "privacy.mode='local' privacy.noise_multiplier=1.0 faults.straggler_delay=3 train.lr=0.05"
+    )
+    base = [flwr, "run", str(REPO), "--stream", "--federation-config", "num-supernodes=2", "--run-config"]
+    env, home = flwr_env(tmp_path), tmp_path / "flwr-home"
+    runs = tmp_path / "runs"
+    first = subprocess.Popen(base + [config], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # rounds 0, 1 and 2 logged: round 3 is under way
+            logs = list(runs.glob("*/metrics.jsonl"))
+            if logs and len(logs[0].read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the first run never reached round 3")
+        under = [psutil.Process(pid) for link in superlinks_under(home) for pid in _descendants(link)]
+        (simulation,) = [p.pid for p in under if "flwr-simulation" in " ".join(p.cmdline())]
+        _kill_all([simulation, *_descendants(simulation)])  # the coordinator's process and its Ray workers
+        time.sleep(1)
+        first.kill()  # `flwr run --stream` waits forever on a run whose process was killed
+        first.communicate(timeout=30)
+        (stopped,) = list(runs.glob("*.incomplete"))
+        assert len(stopped.joinpath("metrics.jsonl").read_text().splitlines()) < 6
+        resume = f"{config} resume='runs/{stopped.name}'"
+        proc = subprocess.run(base + [resume], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420)
+    finally:
+        first.kill()
+        for pid in superlinks_under(home):
+            _kill_all([*_descendants(pid), pid])
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "[confide] resuming" in output
+    done = stopped.with_name(stopped.name.removesuffix(".incomplete"))
+    assert done.is_dir() and not list(runs.glob("*.incomplete"))
+    lines = [json.loads(x) for x in (done / "metrics.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [0, 1, 2, 3, 4, 5]
+    assert all(set(x) == set(lines[1]) for x in lines[1:]) and set(lines[5]["sites"]) == {"site-0", "site-1"}
+    job = done.name.rsplit("-", 1)[1]
+    assert {x["run_id"] for x in lines[:3]} == {job} and len({x["run_id"] for x in lines[3:]}) == 1
+    for site in ("site-0", "site-1"):
+        entries = _ledger_entries(runs / "ledgers" / job / f"{site}.json")
+        trained = sorted(e["round"] for e in entries if e["kind"] == "dpsgd")
+        assert trained in ([1, 2, 3, 4, 5], [1, 2, 3, 3, 4, 5]), trained
+        accountant = RDPAccountant()
+        for e in entries:
+            for _ in range(e["steps"]):
+                accountant.step(noise_multiplier=e["noise_multiplier"], sample_rate=e["sample_rate"])
+        reported = lines[5]["privacy"]["sites"][site]
+        assert reported["epsilon"] == pytest.approx(accountant.get_epsilon(reported["delta"]), rel=1e-6)
