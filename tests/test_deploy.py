@@ -679,3 +679,51 @@ def test_two_sites_train_then_one_is_lost_mid_round_and_rejoins(federation: Fede
     wait_for("the SuperLink to mark site-b offline", lambda: federation.nodes()[node_b] == "offline", 120, 3)
     federation.start_site("site-b")
     wait_for("site-b online again under its node id", lambda: federation.nodes()[node_b] == "online", 90, 2)
+
+
+@pytest.mark.slow
+def test_a_job_whose_serverapp_is_killed_resumes_on_the_same_federation(federation: Federation) -> None:
+    """Resume in the deployment setup (TLS, enrolled SuperNodes, each site's persistent ledger):
+    the SuperLink's ServerApp process is SIGKILLed after round 1 of 4 is logged, as a restarted
+    coordinator would be; the same `flwr run` with `resume=<folder>` continues it on the same
+    SuperLink and sites: rounds 0-4 in one complete folder, the rounds after the kill run by a
+    second Flower run, and each site's ledger holding every round of the job it trained (a round
+    in flight at the kill may be there twice: the site spent that budget)."""
+    for node in federation.node_ids.values():
+        wait_for("both sites online", lambda n=node: federation.nodes().get(n) == "online", 120, 2)
+    overrides = {"strategy.rounds": 4, "strategy.min_sites": 2, "strategy.fraction_evaluate": 0.0,
+                 "privacy.mode": "local"}  # fmt: skip
+    first = federation.submit("again", **overrides)
+
+    def lines() -> list[dict]:
+        folders = federation.run_folders("again")
+        return metrics(folders[0]) if folders else []
+
+    wait_for("round 1 in metrics.jsonl", lambda: len(lines()) >= 2, timeout=400, interval=0.2)
+    serverapps = [
+        pid
+        for pid in tagged_pids(f"{federation.procs.tag}-superlink")
+        if b"flwr-serverapp" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert serverapps, "no ServerApp process under the SuperLink"
+    for pid in serverapps:
+        os.kill(pid, signal.SIGKILL)
+    first.kill()  # `flwr run --stream` follows a run whose ServerApp is gone until stopped
+    first.wait(timeout=30)
+    (stopped,) = federation.run_folders("again")
+    assert stopped.name.endswith(".incomplete") and len(metrics(stopped)) < 5
+    job = stopped.name.removesuffix(".incomplete").rsplit("-", 1)[1]
+    federation.flwr("stop", job, "confide")  # the SuperLink still lists the killed run as running
+
+    second = federation.submit("again", **overrides, resume=f"runs/{stopped.name}")
+    assert second.wait(timeout=400) == 0, federation.procs.log("run-again")[-3000:]
+    (folder,) = federation.run_folders("again")
+    assert folder == stopped.with_name(stopped.name.removesuffix(".incomplete"))
+    final = metrics(folder)
+    assert [line["round"] for line in final] == [0, 1, 2, 3, 4]
+    assert final[1]["run_id"] == job and final[4]["run_id"] != job
+    assert all(set(line["sites"]) == set(SITES) and not line["failures"] for line in final[2:])
+    for site in SITES:
+        entries = json.loads((federation.site_dir(site) / "ledger" / f"{site}.json").read_text())["entries"]
+        rounds = sorted(e["round"] for e in entries if e.get("run") == job and e["kind"] == "dpsgd")
+        assert set(rounds) == {1, 2, 3, 4} and len(rounds) - 4 <= 1, rounds
