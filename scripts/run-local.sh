@@ -3,6 +3,8 @@
 #   scripts/run-local.sh                                  # the offline default (ResNet-18, digits, 3 sites)
 #   scripts/run-local.sh simulations/configs/default_bert.yaml
 #   scripts/run-local.sh simulations/configs/default.yaml "train.lr=0.01 strategy.rounds=5"
+# Continue a stopped run (same experiment and overrides, plus the run's folder):
+#   scripts/run-local.sh simulations/configs/default.yaml "train.lr=0.01 strategy.rounds=5 resume='runs/<...>.incomplete'"
 # The number of simulated sites is read from the experiment (data.num_sites).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,12 @@ from common import config
 from common.errors import ConfideError
 try:
     overrides = parse_config_args([sys.argv[2]]) if sys.argv[2].strip() else {}
-    print(config.load(sys.argv[1], overrides).data.num_sites)
+    resume = str(overrides.pop(config.RESUME_KEY, "") or "")
+    exp = config.load(sys.argv[1], overrides)
+    if resume:  # the folder checked against the experiment before any Flower process starts
+        from server.run import preflight
+        preflight(exp, config.resolve_path(resume))
+    print(exp.data.num_sites)
 except ConfideError as exc:
     sys.exit(f"confide: {exc}")
 except ValueError as exc:  # Flower's parser: a malformed "key=value" list
