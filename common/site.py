@@ -29,7 +29,7 @@ from common.data import LabelSet, read_train
 from common.device import place
 from common.errors import ConfigError, DataError
 from common.models import build_model
-from common.partition import partition_indices, train_val_split
+from common.partition import partition_of, train_val_split
 from common.privacy import release
 from common.privacy.policy import SIMULATION, SitePolicy
 from common.train import head_only, train
@@ -89,12 +89,18 @@ class SiteRuntime:
     labels: LabelSet
 
 
+# Per process (a simulation's Ray worker serves many sites): the last few sites' data, and one model
+# per experiment shared by them (every message loads the global weights into it before use), so
+# memory is bounded whatever the number of sites a process serves.
 _CACHE: OrderedDict[tuple, SiteRuntime] = OrderedDict()
 _CACHE_SIZE = 8
+_MODELS: OrderedDict[tuple, nn.Module] = OrderedDict()
+_MODELS_SIZE = 2
 
 
 def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> SiteRuntime:
-    """The site's model and data for this experiment, built once per process."""
+    """The site's data for this experiment, built once per process (an LRU of ``_CACHE_SIZE``
+    sites), with the process's model for the experiment (callers load weights into it first)."""
     key = (exp, spec, labels)
     if key in _CACHE:
         _CACHE.move_to_end(key)
@@ -104,7 +110,7 @@ def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> Sit
     train_raw, val_raw = site_records(exp, spec, labels)
     runtime = SiteRuntime(
         spec=spec,
-        model=place(build_model(exp, len(labels)), exp.train),
+        model=_model(exp, labels),
         train_set=make_dataset(train_raw, exp.model),
         val_set=make_dataset(val_raw, exp.model),
         labels=labels,
@@ -119,6 +125,17 @@ def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> Sit
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return runtime
+
+
+def _model(exp: ExperimentConfig, labels: LabelSet) -> nn.Module:
+    """One model per experiment and process, shared by the sites it serves in turn."""
+    key = (exp, labels)
+    if key not in _MODELS:
+        _MODELS[key] = place(build_model(exp, len(labels)), exp.train)
+        while len(_MODELS) > _MODELS_SIZE:
+            _MODELS.popitem(last=False)
+    _MODELS.move_to_end(key)
+    return _MODELS[key]
 
 
 def site_records(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet):  # -> (RawData, RawData)
@@ -136,8 +153,7 @@ def site_records(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet):  # ->
             )
         where = exp.data.path or f"built-in '{exp.data.source}'"
         everything = read_train(exp.data).with_labels(labels, where=where)
-        parts = partition_indices(everything.labels, exp.data, exp.seed)
-        mine = parts[spec.partition_id]
+        mine = partition_of(everything.labels, exp.data, exp.seed, spec.partition_id)  # this site's only
         if len(mine) == 0:
             raise DataError(
                 f"site '{spec.name}': its partition of {where} is empty "

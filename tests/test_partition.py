@@ -63,3 +63,30 @@ def test_train_val_split_is_disjoint_and_nonempty() -> None:
     assert len(tr) == 1 and len(va) == 1
     with pytest.raises(DataError, match="site 's' has 1 record"):
         train_val_split(1, 0.2, seed=1, site="s")
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet"])
+def test_one_site_partition_is_the_same_as_from_the_full_split(kind: str) -> None:
+    from common.partition import partition_of
+
+    cfg = config_mod.load(None, {"data.partitioner": kind, "data.num_sites": 4}).data
+    full = partition_indices(LABELS, cfg, 3)
+    for pid in (0, 3):
+        assert np.array_equal(partition_of(LABELS, cfg, 3, pid), full[pid])
+
+
+def test_an_iid_site_materialises_only_its_own_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 sites: building one site loads one shard, not all 1,000 (scale, issue 12)."""
+    from flwr_datasets.partitioner import IidPartitioner
+
+    from common.partition import partition_of
+
+    loaded: list[int] = []
+    original = IidPartitioner.load_partition
+    monkeypatch.setattr(IidPartitioner, "load_partition", lambda self, i: loaded.append(i) or original(self, i))
+    labels = np.arange(5_000, dtype=np.int64) % 7  # a label array no other test caches
+    cfg = config_mod.load(None, {"data.num_sites": 1_000, "strategy.min_sites": 2}).data
+    mine = partition_of(labels, cfg, 0, 417)
+    assert loaded == [417] and len(mine) == 5
+    with pytest.raises(DataError, match="cannot be split into 1000 sites"):
+        partition_of(labels[:999], cfg, 0, 0)

@@ -93,3 +93,20 @@ def test_a_last_batch_of_one_record_does_not_crash_a_batchnorm_model(tmp_path: P
     assert metrics["train_steps"] == (len(rt.train_set) - 1) // 32  # the lone last record left out
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         train(rt.model, make_loader(rt.train_set, 32, shuffle=True), exp.train)
+
+
+def test_a_process_serving_many_sites_keeps_a_bounded_cache_and_one_model() -> None:
+    """A simulation worker serves many sites in turn (1,000 sites, 10 a round): it keeps the last
+    _CACHE_SIZE sites' data and one model per experiment, whatever the number of sites (issue 12)."""
+    from common import site
+
+    exp = config_mod.load(None, {"model.name": "resnet8", "data.source": "synthetic_images",
+                                 "data.num_sites": 1_000, "strategy.min_sites": 2})  # fmt: skip
+    site._CACHE.clear()
+    runtimes = [site.site_runtime(exp, SiteSpec(f"s{i}", i, 1_000), DIGITS) for i in range(site._CACHE_SIZE + 4)]
+    assert len(site._CACHE) == site._CACHE_SIZE
+    assert {id(rt.model) for rt in runtimes} == {id(runtimes[0].model)}  # one model, shared
+    assert len({len(rt.train_set) for rt in runtimes}) == 1 and len(runtimes[-1].train_set) == 40
+    again = site.site_runtime(exp, SiteSpec("s11", 11, 1_000), DIGITS)
+    assert again is runtimes[-1]  # the most recent sites are served from the cache
+    assert all(key[1].name != "s0" for key in site._CACHE)  # the oldest were dropped
