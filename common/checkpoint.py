@@ -75,8 +75,9 @@ def write(path: Path, ckpt: Checkpoint) -> None:
         "config": ckpt.config,
         "state_dict": _tensors(ckpt.weights),
         "server_state": _tensors(ckpt.server_state),
-        "best": None if ckpt.best is None else {"accuracy": ckpt.best[0], "round": ckpt.best[1],
-                                                "state_dict": _tensors(ckpt.best[2])},  # fmt: skip
+        "best": None
+        if ckpt.best is None
+        else {"accuracy": ckpt.best[0], "round": ckpt.best[1], "state_dict": _tensors(ckpt.best[2])},  # fmt: skip
         "rng": {k: _plain(v) for k, v in ckpt.rng.items()},
     }
     with open(tmp, "wb") as f:

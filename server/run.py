@@ -137,8 +137,9 @@ def _run_rounds(
         selection.offer(server_round, line, weights)
         if server_round > 0:  # after the round's line: a round logged but not checkpointed is redone
             run_dir.save_checkpoint(
-                Checkpoint(server_round, job, flat_config(exp), weights, checks.server_state(), selection.best,
-                           capture_rng())  # fmt: skip
+                Checkpoint(
+                    server_round, job, flat_config(exp), weights, checks.server_state(), selection.best, capture_rng()
+                )  # fmt: skip
             )
         _print_round(line)
         return MetricRecord(metrics) if metrics else None

@@ -4,6 +4,7 @@
     <out>/cells/<cell id>/runs/<run>/    the simulation's run folder (see common/rundir.py)
     <out>/cells/<cell id>/result.json    written last, via a temp file and a rename
     <out>/cells/<cell id>/FAILED.txt     why the last attempt failed (the cell is not done)
+    <out>/cells/<cell id>/cell.log       the cell's output, when a parallel sweep ran it in its own process
 
 A cell counts as done only when ``result.json`` parses and names the cell: it is written after
 the run finished and the audit ran, and the rename is atomic, so a sweep killed at any moment
@@ -20,6 +21,7 @@ from typing import Any
 PLAN = "sweep.json"  # the expanded sweep, in the output folder
 RESULT = "result.json"
 FAILED = "FAILED.txt"
+CELL_LOG = "cell.log"
 
 
 def cell_dir(out: Path, cell_id: str) -> Path:

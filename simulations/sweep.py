@@ -1,7 +1,7 @@
 """Privacy-utility sweeps: run every cell of a sweep file as a simulation, then report.
 
     python -m simulations.sweep simulations/sweeps/pneumonia.yaml [--out DIR] [--set KEY=VALUE ...]
-        [--grid 'KEY=[V1,V2]' ...] [--reaudit] [--no-report]
+        [--grid 'KEY=[V1,V2]' ...] [--reaudit] [--no-report] [--ray-address HOST:PORT [--parallel N]]
 
 Each cell is one simulated federated run plus a membership-inference audit of its final model
 (see sweep_spec.py for the file format, cell.py and cellstore.py for what a cell writes). Cells
@@ -12,6 +12,10 @@ the full-budget ones, so both can live in one output folder. ``--reaudit`` only 
 of finished cells from their saved run folders (after a change to the audit), without simulating
 again. At the end the table, plots and HTML report are written (``python -m simulations.report
 DIR`` redoes that alone).
+
+``--ray-address`` (or ``RAY_ADDRESS``) runs every cell's simulation on that running Ray cluster
+instead of a private Ray instance per cell; with ``--parallel N`` up to N cells run at once there,
+each in its own process, as many as the cluster's CPUs hold (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -19,34 +23,84 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from common import config as config_mod
 from common import logs
 from common.errors import ConfideError
 from simulations.cell import reaudit_cell, run_cell
-from simulations.cellstore import PLAN, atomic_write, cell_dir, load_result, record_failure
+from simulations.cellstore import (
+    CELL_LOG,
+    FAILED,
+    PLAN,
+    atomic_write,
+    cell_dir,
+    failure_of,
+    load_result,
+    record_failure,
+)
 from simulations.local import parse_sets
+from simulations.ray_cluster import RayCluster, probe_cluster, ray_address_from
 from simulations.sweep_spec import Cell, Sweep, load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_sweep(
-    sweep: Sweep, out: Path, command: str = "", report: bool = True, echo: Callable[[str], None] = print
+    sweep: Sweep,
+    out: Path,
+    command: str = "",
+    report: bool = True,
+    echo: Callable[[str], None] = print,
+    ray_address: str | None = None,
+    parallel: int = 1,
 ) -> dict[str, int]:
-    """Run every cell not done yet; returns counts of done, skipped and failed cells."""
+    """Run every cell not done yet; returns counts of done, skipped and failed cells. With a Ray
+    cluster (``ray_address``, else $RAY_ADDRESS) every simulation attaches to it, and ``parallel``
+    > 1 runs up to that many cells at once there (``_run_parallel``)."""
+    if parallel < 1:
+        raise ConfideError(f"--parallel must be >= 1; got {parallel}")
+    address = ray_address_from(ray_address)
+    if parallel > 1 and not address:
+        raise ConfideError(
+            "--parallel needs a Ray cluster for the cells to share: give --ray-address HOST:PORT or set "
+            "RAY_ADDRESS (docs/cluster.md)"
+        )
+    cluster = probe_cluster(address) if address else None  # a wrong address stops the sweep before any cell
     out.mkdir(parents=True, exist_ok=True)
     write_plan(sweep, out, command)
     todo = [c for c in sweep.cells if load_result(cell_dir(out, c.id), c.id) is None]
     todo_ids = {c.id for c in todo}
     n = len(sweep.cells)
-    echo(f"[sweep] {sweep.name}: {n} cells, {n - len(todo)} already done, {len(todo)} to run -> {out}")
+    where = f" on the Ray cluster at {cluster.address} ({cluster.describe()})" if cluster else ""
+    echo(f"[sweep] {sweep.name}: {n} cells, {n - len(todo)} already done, {len(todo)} to run -> {out}{where}")
+    if cluster and parallel > 1:
+        failed = _run_parallel(sweep, out, todo_ids, cluster, parallel, echo)
+    else:
+        failed = _run_sequential(sweep, out, todo_ids, cluster.address if cluster else None, echo)
+    if report:
+        from simulations.report import build_report
+
+        path = build_report(out)
+        echo(f"[sweep] report: {path}")
+    return {"cells": n, "skipped": n - len(todo), "ran": len(todo) - failed, "failed": failed}
+
+
+def _run_sequential(
+    sweep: Sweep, out: Path, todo_ids: set[str], ray_address: str | None, echo: Callable[[str], None]
+) -> int:
+    """The cells one after another in this process; returns how many failed."""
+    n = len(sweep.cells)
     durations: list[float] = []
     failed = 0
     for i, cell in enumerate(sweep.cells, 1):
@@ -57,7 +111,7 @@ def run_sweep(
         echo(f"{head}: running")
         start = time.perf_counter()
         try:
-            result = run_cell(sweep, cell, out)
+            result = run_cell(sweep, cell, out, ray_address=ray_address)
         except ConfideError as exc:
             record_failure(cell_dir(out, cell.id), str(exc))
             failed += 1
@@ -68,15 +122,130 @@ def run_sweep(
             raise
         finally:
             durations.append(time.perf_counter() - start)
-        left = len(todo) - len(durations)
+        left = len(todo_ids) - len(durations)
         eta = sum(durations) / len(durations) * left
         echo(f"{head}: done in {_hms(durations[-1])} | {_brief(result['metrics'])} | {left} left, ETA {_hms(eta)}")
-    if report:
-        from simulations.report import build_report
+    return failed
 
-        path = build_report(out)
-        echo(f"[sweep] report: {path}")
-    return {"cells": n, "skipped": n - len(todo), "ran": len(todo) - failed, "failed": failed}
+
+@dataclass
+class _Job:
+    """A cell running in its own process (``python -m simulations.cell``)."""
+
+    head: str
+    cell: Cell
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+    sites: int  # actors it holds on the cluster
+    start: float
+
+
+def _run_parallel(
+    sweep: Sweep, out: Path, todo_ids: set[str], cluster: RayCluster, parallel: int, echo: Callable[[str], None]
+) -> int:
+    """Up to ``parallel`` cells at once, each a process attached to the cluster as its own Ray
+    driver (Flower's run_simulation holds process-wide Ray state); returns how many failed.
+
+    Each site is one actor of ``cpus_per_site`` CPUs for the whole simulation, and an actor pool
+    never exceeds the sites (``simulations.ray_cluster.attached``). A cell starts, in sweep order, only
+    when its sites fit in the cluster's free slots beside the running cells', so cells never wait
+    on each other's actors (which could deadlock); a cell larger than the cluster runs alone."""
+    n = len(sweep.cells)
+    slots = cluster.slots(sweep.cpus_per_site)
+    if slots < 1:
+        raise ConfideError(
+            f"no node of the Ray cluster at {cluster.address} has {sweep.cpus_per_site:g} CPUs for one site "
+            "(the sweep's cpus_per_site)"
+        )
+    queue: list[tuple[str, Cell]] = []
+    for i, cell in enumerate(sweep.cells, 1):
+        head = f"[sweep] cell {i}/{n} {cell.id} ({describe(cell)})"
+        if cell.id in todo_ids:
+            queue.append((head, cell))
+        else:
+            echo(f"{head}: done earlier, skipped")
+    widest = max((min(c.exp.data.num_sites, slots) for _, c in queue), default=1)
+    at_once = max(1, min(parallel, slots // widest))
+    running: list[_Job] = []
+    durations: list[float] = []
+    failed = 0
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                head, cell = queue[0]
+                sites = min(cell.exp.data.num_sites, slots)
+                if running and sum(j.sites for j in running) + sites > slots:
+                    break
+                queue.pop(0)
+                running.append(_start_cell(sweep, cell, out, cluster.address, head, sites))
+                echo(f"{head}: running")
+            time.sleep(0.5)
+            for job in [j for j in running if j.proc.poll() is not None]:
+                running.remove(job)
+                job.log.close()
+                durations.append(time.perf_counter() - job.start)
+                result, reason = _outcome(job, out)
+                if result is None:
+                    failed += 1
+                    echo(f"{job.head}: FAILED: {reason}")
+                    continue
+                left = len(queue) + len(running)
+                mean = sum(durations) / len(durations)
+                now = time.perf_counter()
+                eta = mean * -(-len(queue) // at_once) + max([0.0, *(mean - (now - j.start) for j in running)])
+                took = _hms(durations[-1])
+                echo(f"{job.head}: done in {took} | {_brief(result['metrics'])} | {left} left, ETA {_hms(eta)}")
+    except KeyboardInterrupt:
+        echo("[sweep] interrupted; finished cells are kept, rerun the same command to resume")
+        raise
+    finally:
+        _stop(running)
+    return failed
+
+
+def _start_cell(sweep: Sweep, cell: Cell, out: Path, address: str, head: str, sites: int) -> _Job:
+    folder = cell_dir(out, cell.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FAILED).unlink(missing_ok=True)  # a stale reason must not pass for this attempt's
+    log = (folder / CELL_LOG).open("wb")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    cmd = [sys.executable, "-m", "simulations.cell", "--ray-address", address]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(pickle.dumps((sweep, cell, out.resolve())))
+        proc.stdin.close()
+    except OSError:  # it died at once; _outcome reports its exit
+        pass
+    return _Job(head, cell, proc, log, sites, time.perf_counter())
+
+
+def _outcome(job: _Job, out: Path) -> tuple[dict[str, Any] | None, str]:
+    """The finished cell's result, or None and why not (recorded in FAILED.txt if the cell did not)."""
+    folder = cell_dir(out, job.cell.id)
+    result = load_result(folder, job.cell.id) if job.proc.returncode == 0 else None
+    if result is not None:
+        return result, ""
+    reason = failure_of(folder)
+    if reason is None:
+        reason = f"its process exited with code {job.proc.returncode} without a result"
+        record_failure(folder, reason)
+    return None, f"{reason} (log: {folder / CELL_LOG})"
+
+
+def _stop(jobs: list[_Job]) -> None:
+    """End running cells (interrupt or error): SIGTERM, then SIGKILL what is left after 2 s. The
+    cluster ends a driver's actors when it goes; its cell has no result and reruns next time."""
+    for job in jobs:
+        job.proc.terminate()
+    deadline = time.monotonic() + 2.0
+    for job in jobs:
+        try:
+            job.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            job.proc.kill()
+            job.proc.wait()
+        job.log.close()
 
 
 def reaudit_sweep(sweep: Sweep, out: Path, echo: Callable[[str], None] = print) -> int:
@@ -171,6 +340,20 @@ def main(argv: list[str] | None = None) -> int:
         "--reaudit", action="store_true", help="only redo the audit of finished cells from their saved runs"
     )
     parser.add_argument("--no-report", action="store_true", help="skip the table, plots and HTML at the end")
+    parser.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the cells on this running Ray cluster (its head's address, or 'auto') instead of a private "
+        "Ray instance per cell; it is left running. Default: $RAY_ADDRESS if set (docs/cluster.md)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with a Ray cluster: run up to N cells at once, each in its own process, as many as the "
+        "cluster's CPUs hold (sites x cpus_per_site each)",
+    )
     args = parser.parse_args(argv)
     logs.setup()
     try:
@@ -185,7 +368,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[sweep] report: {build_report(out)}")
             return 0
         signal.signal(signal.SIGINT, _on_interrupt)
-        counts = run_sweep(sweep, out, command=command, report=not args.no_report)
+        counts = run_sweep(
+            sweep,
+            out,
+            command=command,
+            report=not args.no_report,
+            ray_address=args.ray_address,
+            parallel=args.parallel,
+        )
     except ConfideError as exc:
         print(f"confide-sweep: {exc}", file=sys.stderr)
         return 2
