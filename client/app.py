@@ -18,6 +18,7 @@ from client.mods import central_dp_clipping_mod
 from common.config import ExperimentConfig
 from common.data import LabelSet
 from common.errors import ConfigError, PolicyRefused
+from common.privacy import randomness
 from common.privacy.policy import SitePolicy
 from common.privacy.policy import from_node_config as policy_from_node_config
 from common.site import SiteRuntime, SiteSpec, evaluate_round, site_runtime, train_round
@@ -28,6 +29,8 @@ def _setup(
     msg: Message, context: Context, fixed: ExperimentConfig | None
 ) -> tuple[ExperimentConfig, SiteRuntime, SitePolicy]:
     spec = SiteSpec.from_node_config(context.node_config)
+    if spec.deployed:  # a real site's DP noise comes from the OS's entropy, whatever else is loaded
+        randomness.forbid_study_seeds()
     policy = policy_from_node_config(context.node_config, deployed=spec.deployed)
     exp = experiment_of(context, fixed)
     try:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import psutil
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
@@ -651,9 +652,18 @@ def test_two_sites_train_then_one_is_lost_mid_round_and_rejoins(federation: Fede
         folders = federation.run_folders("job")
         return metrics(folders[0]) if folders else []
 
-    wait_for("rounds 1 and 2 in metrics.jsonl", lambda: len(lines()) >= 3, timeout=400, interval=1)
-    seen = clientapps(federation.procs, "site-b")
-    wait_for("site-b training round 3", lambda: bool(clientapps(federation.procs, "site-b") - seen), 120, 0.2)
+    wait_for("rounds 1 and 2 in metrics.jsonl", lambda: len(lines()) >= 3, timeout=400, interval=0.2)
+    # Round 3 is sent right after round 2's line is written; its ClientApp process may already be
+    # running by the time the line is seen, so it is recognised by its start time, not as "new".
+    logged = (federation.run_folders("job")[0] / "metrics.jsonl").stat().st_mtime
+
+    def started(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).create_time() >= logged - 0.05
+        except psutil.NoSuchProcess:
+            return False
+
+    wait_for("site-b training round 3", lambda: any(map(started, clientapps(federation.procs, "site-b"))), 120, 0.2)
     federation.procs.crash("site-b")
     assert run.wait(timeout=300) == 0, federation.procs.log("run-job")[-3000:]
 
