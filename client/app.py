@@ -8,6 +8,9 @@ settings is used: a job asking for less privacy than the policy is refused, nami
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
@@ -15,12 +18,14 @@ from flwr.clientapp.typing import Mod
 from client.experiment import experiment_of
 from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
+from client.public_errors import public_failure
 from common.config import ExperimentConfig
 from common.data import LabelSet
 from common.errors import ConfigError, PolicyRefused
 from common.privacy import randomness
 from common.privacy.policy import SitePolicy
 from common.privacy.policy import from_node_config as policy_from_node_config
+from common.schema import SchemaPins
 from common.site import SiteRuntime, SiteSpec, evaluate_round, site_runtime, train_round
 from common.weights import exchanged_state, set_weights
 
@@ -38,6 +43,7 @@ def _setup(
     except PolicyRefused as exc:  # the coordinator may not know this site's name yet: say it
         raise PolicyRefused(f"site '{spec.name}': {exc}") from None
     labels = LabelSet(tuple(exp.data.labels) or tuple(msg.content["config"]["labels"]))
+    SchemaPins.from_node_config(context.node_config).check(exp.data, labels.names, spec.name)  # before any read
     runtime = site_runtime(exp, spec, labels)
     weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     set_weights(runtime.model, weights, source="the server")
@@ -58,18 +64,37 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
     client_app = ClientApp(mods=[central_dp_clipping_mod, fault_mod(fixed), *(mods or [])])
 
     @client_app.train()
+    @_no_data_in_errors
     def train(msg: Message, context: Context) -> Message:
         exp, rt, policy = _setup(msg, context, fixed)
         metrics = train_round(exp, rt, _round(msg), run_id=_job(msg, context), policy=policy)
         return _reply(msg, rt, metrics, ArrayRecord(exchanged_state(rt.model)))
 
     @client_app.evaluate()
+    @_no_data_in_errors
     def evaluate(msg: Message, context: Context) -> Message:
         exp, rt, policy = _setup(msg, context, fixed)
         metrics = evaluate_round(exp, rt, _round(msg), run_id=_job(msg, context), policy=policy)
         return _reply(msg, rt, metrics)
 
     return client_app
+
+
+def _no_data_in_errors(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """On a deployed site, any failure reaches Flower (and the coordinator) as a fixed code and the
+    config keys it named, never its text (client/public_errors.py); simulated sites keep it."""
+
+    @functools.wraps(handler)
+    def run(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as exc:
+            if not context.node_config.get("data-path"):
+                raise
+            site = str(context.node_config.get("site-name", "") or f"node-{context.node_id}")
+            raise public_failure(exc, site) from None
+
+    return run
 
 
 def _job(msg: Message, context: Context) -> str:

@@ -12,6 +12,8 @@
 #   CONFIDE_MAX_EPSILON        overrides the policy's max-epsilon (cumulative over all training)
 #   CONFIDE_MIN_NOISE_MULTIPLIER  overrides the policy's min-noise-multiplier
 #   CONFIDE_LEDGER_DIR         privacy ledger folder            (default /var/lib/confide/ledger)
+#   CONFIDE_TEXT_FIELD, CONFIDE_LABEL_FIELD, CONFIDE_LABELS, CONFIDE_LABELS_SHA256
+#                              pin the columns and label set a job may use (common/schema.py)
 #   CONFIDE_RUNTIME_PORT       loopback port of the SuperNode's Runtime API       (default 9094)
 #   CONFIDE_CREDENTIALS        mounted credentials folder  (default /run/confide/credentials):
 #                              ca.crt (verifies the coordinator), site.key (this site's SuperNode key),
@@ -35,6 +37,10 @@ node_config="site-name='$CONFIDE_SITE_NAME' data-path='$data' ledger-dir='$ledge
 [ -n "${CONFIDE_DATA_FORMAT:-}" ] && node_config+=" data-format='$CONFIDE_DATA_FORMAT'"
 [ -n "${CONFIDE_MAX_EPSILON:-}" ] && node_config+=" max-epsilon=$CONFIDE_MAX_EPSILON"
 [ -n "${CONFIDE_MIN_NOISE_MULTIPLIER:-}" ] && node_config+=" min-noise-multiplier=$CONFIDE_MIN_NOISE_MULTIPLIER"
+[ -n "${CONFIDE_TEXT_FIELD:-}" ] && node_config+=" text-field='$CONFIDE_TEXT_FIELD'"
+[ -n "${CONFIDE_LABEL_FIELD:-}" ] && node_config+=" label-field='$CONFIDE_LABEL_FIELD'"
+[ -n "${CONFIDE_LABELS:-}" ] && node_config+=" labels='$CONFIDE_LABELS'"
+[ -n "${CONFIDE_LABELS_SHA256:-}" ] && node_config+=" labels-sha256='$CONFIDE_LABELS_SHA256'"
 
 args=(--superlink "$CONFIDE_SUPERLINK" --host 127.0.0.1 --port "${CONFIDE_RUNTIME_PORT:-9094}" --node-config "$node_config")
 if [ "${CONFIDE_INSECURE:-0}" = "1" ]; then

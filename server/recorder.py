@@ -126,10 +126,15 @@ class RoundRecorder:
 
 
 _FLOWER_WRAP = re.compile(r"^Exception \w+ occurred\. Message: (.*?)'?>?$", re.DOTALL)
+_SUPERNODE_WRAP = re.compile(r"^<class '[\w.]+'>:<'(.*)'>$", re.DOTALL)
 
 
 def _unwrapped(reason: str) -> str:
-    """A ClientApp's error as the site said it, without Flower's "Exception ClientAppException
-    occurred. Message: ...'>" wrapping."""
-    match = _FLOWER_WRAP.match(reason.strip())
-    return match.group(1).strip() if match else reason
+    """A ClientApp's error as the site said it, without Flower's wrapping: "Exception
+    ClientAppException occurred. Message: ...'>" (simulation) or "<class '...'>:<'...'>" (SuperNode)."""
+    reason = reason.strip()
+    for wrap in (_FLOWER_WRAP, _SUPERNODE_WRAP):
+        match = wrap.match(reason)
+        if match:
+            return match.group(1).strip()
+    return reason

@@ -39,6 +39,7 @@ from common import config as config_mod
 from common.data import LabelSet
 from common.errors import ConfideError, ConfigError
 from common.privacy.policy import from_node_config as policy_from_node_config
+from common.schema import SchemaPins
 from common.site import SiteSpec, site_records
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy
@@ -518,6 +519,8 @@ def test_site_entrypoint_turns_settings_into_node_config_and_tls(tmp_path: Path)
         "CONFIDE_PRIVACY_POLICY": str(REPO / "docker" / "site-policy.json"),
         "CONFIDE_CREDENTIALS": str(creds),
         "CONFIDE_LEDGER_DIR": str(tmp_path / "ledger"),
+        "CONFIDE_LABEL_FIELD": "finding",
+        "CONFIDE_LABELS": "normal,pneumonia",
         "CONFIDE_LOG_DIR": str(tmp_path / "logs"),
     }
     code, args, out = entrypoint(tmp_path, "site-entrypoint.sh", "flower-supernode", **env)
@@ -533,6 +536,8 @@ def test_site_entrypoint_turns_settings_into_node_config_and_tls(tmp_path: Path)
     policy = policy_from_node_config(node_config, deployed=spec.deployed)
     assert policy.ledger_dir == str(tmp_path / "ledger") and policy.min_noise_multiplier == 0.7
     assert policy.max_epsilon == 3.0 and policy.allowed_modes == ("local",)  # env override, then the file
+    pins = SchemaPins.from_node_config(node_config)
+    assert (pins.label_field, pins.labels, pins.text_field) == ("finding", ("normal", "pneumonia"), "")
     assert "ARGS" in (tmp_path / "logs" / "supernode.log").read_text()
 
     code, args, out = entrypoint(tmp_path, "site-entrypoint.sh", "flower-supernode", **env, CONFIDE_INSECURE="1")
@@ -737,3 +742,30 @@ def test_a_job_whose_serverapp_is_killed_resumes_on_the_same_federation(federati
         entries = json.loads((federation.site_dir(site) / "ledger" / f"{site}.json").read_text())["entries"]
         rounds = sorted(e["round"] for e in entries if e.get("run") == job and e["kind"] == "dpsgd")
         assert set(rounds) == {1, 2, 3, 4} and len(rounds) - 4 <= 1, rounds
+
+
+@pytest.mark.slow
+def test_a_sites_data_error_leaves_no_record_content_on_the_coordinator(federation: Federation) -> None:
+    """Issue 13's attack on real processes: the job sets a label set the sites' files cannot match,
+    so each site's label check fails on its first record. The coordinator learns a code and the
+    config key only: its SuperLink log, the run's stream, metrics.jsonl and FAILED.txt hold no
+    record number, label value or site file path; each site's own log holds the full reason."""
+    for node in federation.node_ids.values():
+        wait_for("both sites online", lambda n=node: federation.nodes().get(n) == "online", 120, 2)
+    job = {"data.labels": "zebra,yak", "data.central_eval": "false", "strategy.min_sites": 2, "strategy.rounds": 1,
+           "privacy.mode": "local"}  # fmt: skip
+    run = federation.submit("leak", **job)
+    run.wait(timeout=300)
+    (folder,) = federation.run_folders("leak")
+    failed = (folder / "FAILED.txt").read_text()
+    assert "[data-error]" in failed and "data.labels" in failed, failed
+    coordinator = federation.root / "coordinator"
+    files = [p for p in coordinator.rglob("*") if p.is_file() and p.suffix in (".log", ".jsonl", ".txt")]
+    seen = "\n".join(
+        [federation.procs.log("run-leak"), federation.procs.log("superlink"), failed]
+        + [p.read_text(errors="replace") for p in files]
+    )
+    for private in ("train.npz", "(record", str(federation.root / "sites"), "label '0'", "label '1'", "label 0"):
+        assert private not in seen, private
+    for site in SITES:
+        assert "train.npz" in federation.procs.log(site)  # the full reason stays at the site
