@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from client.audit_log import audit_log_mod
 from client.experiment import experiment_of
 from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
@@ -59,9 +60,10 @@ def _reply(msg: Message, runtime: SiteRuntime, metrics: dict, arrays: ArrayRecor
 
 def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | None = None) -> ClientApp:
     """The ClientApp; ``fixed`` bypasses the run config (in-process simulations, tests);
-    ``mods`` are Flower ClientApp mods wrapped around every message. The central-DP clipping
-    mod is outermost, so it clips exactly the update that leaves the site."""
-    client_app = ClientApp(mods=[central_dp_clipping_mod, fault_mod(fixed), *(mods or [])])
+    ``mods`` are Flower ClientApp mods wrapped around every message. The audit-log mod is
+    outermost, so it records exactly what leaves the site (client/audit_log.py); inside it the
+    central-DP clipping mod clips the update after any other mod has run."""
+    client_app = ClientApp(mods=[audit_log_mod(fixed), central_dp_clipping_mod, fault_mod(fixed), *(mods or [])])
 
     @client_app.train()
     @_no_data_in_errors
