@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import config as config_mod
 from common.errors import ConfideError, ConfigError
 from simulations.local import simulate
 from tests.conftest import small_experiment
@@ -51,7 +52,10 @@ def test_dropout_drops_the_seeded_sites_and_the_run_goes_on() -> None:
 
 
 def test_a_crash_from_round_two_is_recorded_and_the_run_goes_on_above_min_sites() -> None:
-    rounds = rounds_of(simulate(three_sites(crash_site=1, crash_round=2)))
+    # ResNet-8 at lr 0.01 learns these 3 rounds with margin on any machine (0.83 measured; ResNet-18
+    # at 0.003 ended between 0.24 and 0.35 depending on the machine's float kernels)
+    exp = config_mod.replace(three_sites(crash_site=1, crash_round=2), **{"model.name": "resnet8", "train.lr": 0.01})
+    rounds = rounds_of(simulate(exp))
     assert [injected(r) for r in rounds] == [set(), {"site-1"}, {"site-1"}]
     assert [injected(r, "evaluate") for r in rounds] == [set(), {"site-1"}, {"site-1"}]
     assert rounds[-1]["central"]["accuracy"] > 0.3
@@ -93,8 +97,10 @@ def test_scaled_and_flipped_updates_stand_out_in_the_recorded_statistics(kind: s
 
 def test_a_label_flipped_site_scores_far_below_the_others_on_its_own_held_out_data() -> None:
     exp = small_experiment(**{"data.num_sites": 3, "strategy.min_sites": 2, "strategy.rounds": 3,
-                              "data.max_samples": 600, "train.lr": 0.003, "train.local_epochs": 2,
-                              "faults.label_flip_site": 2})  # fmt: skip
+                              "data.max_samples": 600, "train.lr": 0.01, "train.local_epochs": 2,
+                              "model.name": "resnet8", "faults.label_flip_site": 2})  # fmt: skip
+    # measured: the honest sites 0.875 each, the flipped one 0.125 (ResNet-18 at 0.003 left an
+    # honest site at 0.40 on one machine)
     last = rounds_of(simulate(exp))[-1]["sites"]
     held_out = {n: s["evaluate"]["accuracy"] for n, s in last.items()}
     assert held_out["site-2"] < 0.3 and min(held_out["site-0"], held_out["site-1"]) > 0.5, held_out

@@ -11,11 +11,6 @@ from common.privacy import randomness
 from common.privacy.randomness import StudySeedsForbidden, secret_generator, study_noise_seeds
 
 
-@pytest.fixture(autouse=True)
-def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(randomness, "_FORBIDDEN", False)
-
-
 def test_study_seeds_apply_in_a_simulation_process() -> None:
     with study_noise_seeds(lambda: 7):
         a = secret_generator().initial_seed()
