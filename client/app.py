@@ -20,6 +20,7 @@ from client.experiment import experiment_of
 from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
 from client.public_errors import public_failure
+from common import logs
 from common.config import ExperimentConfig
 from common.data import LabelSet
 from common.errors import ConfigError, PolicyRefused
@@ -34,6 +35,7 @@ from common.weights import exchanged_state, set_weights
 def _setup(
     msg: Message, context: Context, fixed: ExperimentConfig | None
 ) -> tuple[ExperimentConfig, SiteRuntime, SitePolicy]:
+    logs.setup()  # the site's own log: progress lines, the full reason of a failure
     spec = SiteSpec.from_node_config(context.node_config)
     if spec.deployed:  # a real site's DP noise comes from the OS's entropy, whatever else is loaded
         randomness.forbid_study_seeds()

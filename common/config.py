@@ -140,6 +140,9 @@ class TrainConfig:
     momentum: float = 0.9
     # Cap on optimizer steps per round (0: no cap, run local_epochs).
     max_steps: int = 0
+    # A site logs its progress within a round (steps, records/s, time left) at most this often
+    # (seconds; 0: never). Only in the site's own log.
+    progress_seconds: float = 30.0
     # torch intra-op threads per site process (0: torch's default).
     threads: int = 0
     # LP-FT (Kumar et al. 2022): the first N rounds train only the classification head (the encoder
@@ -171,6 +174,7 @@ class TrainConfig:
 
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _require(self.progress_seconds >= 0, "train.progress_seconds", "must be >= 0 seconds (0: no progress lines)")
         _require(self.threads >= 0, "train.threads", "must be >= 0")
         _require(self.head_only_rounds >= 0, "train.head_only_rounds", "must be >= 0")
         _require(self.augment_multiplicity >= 1, "train.augment_multiplicity", "must be >= 1")

@@ -24,6 +24,7 @@ from common.config import TrainConfig
 from common.device import autocast_dtype, model_device, on_model_device
 from common.errors import ConfigError
 from common.metrics import classification_scores
+from common.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,15 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def planned_steps(loader: DataLoader, cfg: TrainConfig) -> int:
+    """The optimizer steps a round will take (Poisson loaders: their expected batch count)."""
+    try:
+        steps = cfg.local_epochs * len(loader)
+    except TypeError:  # a loader without a length
+        return cfg.max_steps
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
 def train(
     model: nn.Module,
     loader: DataLoader,
@@ -159,6 +169,7 @@ def train(
     start = time.perf_counter()
     total_loss, seen, steps = 0.0, 0, 0
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+    progress = Progress(planned_steps(loader, cfg), cfg.progress_seconds)
     for _ in range(cfg.local_epochs):
         for batch in loader:
             if not isinstance(batch, dict):  # pragma: no cover - DP loaders give empty batches structure
@@ -183,6 +194,7 @@ def train(
             total_loss += float(loss.detach()) * n if n else 0.0
             seen += n
             steps += 1
+            progress.step(n)
             if cfg.max_steps and steps >= cfg.max_steps:
                 break
         if cfg.max_steps and steps >= cfg.max_steps:

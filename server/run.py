@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from common.errors import ConfideError
 from common.export import save_model, write_model_card
 from common.models import build_model, check_model_source
 from common.privacy import statement
+from common.progress import clock_text
 from common.rundir import RunDir, check_resumable, open_resumed
 from common.train import evaluate
 from common.weights import Weights, check_update, exchanged_state, get_weights, set_weights
@@ -141,9 +143,12 @@ def _run_rounds(
                     server_round, job, flat_config(exp), weights, checks.server_state(), selection.best, capture_rng()
                 )  # fmt: skip
             )
-        _print_round(line)
+        _print_round(
+            line, timing(time.monotonic() - started, server_round - first_round + 1, exp.strategy.rounds - server_round)
+        )
         return MetricRecord(metrics) if metrics else None
 
+    started = time.monotonic()
     if exp.strategy.final_model == "best_held_out" and not strategy_evaluates(exp):
         log.warning(
             "strategy.final_model=best_held_out: the sites release no held-out accuracy in this job "
@@ -225,7 +230,16 @@ def _central_loader(exp: ExperimentConfig, labels: LabelSet) -> DataLoader | Non
     return make_loader(dataset, exp.train.eval_batch_size, shuffle=False)
 
 
-def _print_round(line: dict[str, Any]) -> None:
+def timing(elapsed: float, rounds_done: int, rounds_left: int) -> str:
+    """ "elapsed 1m20s, ~3m10s left": this process's time so far and, from its mean round, the
+    rest of the run (round 0, the initial evaluation, counts as no round)."""
+    text = f"elapsed {clock_text(elapsed)}"
+    if rounds_done > 0 and rounds_left > 0:
+        text += f", ~{clock_text(elapsed / rounds_done * rounds_left)} left"
+    return text
+
+
+def _print_round(line: dict[str, Any], when: str = "") -> None:
     fed, cen = line["federated"], line["central"]
     parts = [f"[confide] round {line['round']}"]
     if cen:
@@ -239,6 +253,8 @@ def _print_round(line: dict[str, Any]) -> None:
         parts.append(f"max site epsilon {max(v['epsilon'] for v in privacy['sites'].values()):.3f}")
     if line["failures"]:
         parts.append(f"{len(line['failures'])} site failure(s)")
+    if when:
+        parts.append(when)
     print(" | ".join(parts), flush=True)
 
 

@@ -57,8 +57,12 @@ DEPLOYED = {"data-path": "{data}", "allowed-modes": "off", "require-ledger": "fa
 def test_the_label_field_attack_leaves_no_record_content_in_what_the_site_sends(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="client.public_errors"):
+    site_log = logging.getLogger("client.public_errors")  # Confide's loggers do not propagate (common/logs.py)
+    site_log.addHandler(caplog.handler)
+    try:
         sent, path = _attack(tmp_path, DEPLOYED)
+    finally:
+        site_log.removeHandler(caplog.handler)
     assert "[data-error]" in sent and "site 'h1'" in sent and "data.labels" in sent
     for private in (SECRET, "PATIENT", "1234", "record 0", path, "accounts.csv", "private"):
         assert private not in sent, (private, sent)

@@ -25,6 +25,7 @@ model correctly with a ``ConfigError`` naming the module.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -199,7 +200,11 @@ def make_private(
     found = engine_problems(model)
     if found[mode]:
         raise _refuse(mode, found)
-    engine = PrivacyEngine(accountant=accountant)
+    with warnings.catch_warnings():
+        # Opacus warns that its own secure RNG is off; the noise and the Poisson sampling come from
+        # ``noise_generator``, seeded from the OS's entropy (common/privacy/randomness.py).
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=accountant)
     out = engine.make_private(
         module=model,
         optimizer=optimizer,
