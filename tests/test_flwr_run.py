@@ -90,7 +90,7 @@ def test_flwr_run_local_simulation_with_override(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "[confide] run folder:" in output
-    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if (p / "config.yaml").is_file()]  # runs/ledgers aside
     assert run.name.split("-")[2:4] == ["cli", "run"] and not run.name.endswith(".incomplete")
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [0, 1]
