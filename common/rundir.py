@@ -133,14 +133,14 @@ def open_resumed(folder: Path, exp: ExperimentConfig, run_id: str) -> tuple[RunD
 def _read_lines(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    lines = []
-    for number, text in enumerate(path.read_text().splitlines(), 1):
+    lines, texts = [], path.read_text().splitlines()
+    for number, text in enumerate(texts, 1):
         if not text.strip():
             continue
         try:
             lines.append(json.loads(text))
         except json.JSONDecodeError:  # a line cut by the crash: only the last may be, and it is dropped
-            if number != len(path.read_text().splitlines()):
+            if number != len(texts):
                 raise ConfigError(f"resume: {path} line {number} is not JSON; the run's history is damaged") from None
     return lines
 
