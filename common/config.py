@@ -382,6 +382,64 @@ class FaultConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation (Flower's SecAgg+, server/secagg.py and client/app.py): the server learns
+    only the sum of the sampled sites' updates. Sites mask their quantised update with pairwise
+    and private masks; the masks cancel in the sum once enough sites reveal their shares."""
+
+    enabled: bool = False
+    # Each site secret-shares with this fraction of the round's sampled sites (1.0: all of them;
+    # Flower's num_shares as a fraction).
+    shares: float = 1.0
+    # Fraction of a site's shares needed to rebuild its secrets; the round survives as long as this
+    # many of each site's share-holders reply (Flower's reconstruction_threshold as a fraction).
+    threshold: float = 0.67
+    # Every element of a site's update (w_site - w_global, after DP noise) is clipped to
+    # [-clip_range, clip_range] and quantised to quantization_range levels over that interval.
+    clip_range: float = 1.0
+    quantization_range: int = 4194304
+
+    def __post_init__(self) -> None:
+        _require(0 < self.shares <= 1, "secagg.shares", "must be in (0, 1]")
+        _require(0 < self.threshold <= 1, "secagg.threshold", "must be in (0, 1]")
+        _require(self.clip_range > 0, "secagg.clip_range", "must be > 0")
+        _require(self.quantization_range >= 2**8, "secagg.quantization_range", "must be >= 256")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking (common/tracking.py): TensorBoard event files and MLflow runs, written by
+    the coordinator only (what it already holds: the config, per-round metrics, privacy figures)."""
+
+    tensorboard: bool = False
+    mlflow: bool = False
+    # MLflow tracking URI; "": a SQLite store in the output folder (output_dir/mlflow.db).
+    mlflow_uri: str = ""
+    # MLflow experiment name; "": the experiment's name.
+    mlflow_experiment: str = ""
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Compressed updates (common/compress.py): how weights travel between sites and coordinator.
+    Applied after DP noise, so it is post-processing and leaves epsilon unchanged."""
+
+    # "none" (float32), "fp16", "bf16" or "int8" (symmetric, one scale per tensor or per block).
+    quantize: Literal["none", "fp16", "bf16", "int8"] = "none"
+    # int8 only: elements per scale block (0: one scale per tensor).
+    block_size: int = 0
+    # Fraction of each update's elements a site sends (largest magnitudes; the rest is kept at the
+    # site and added to the next round's update: error feedback). 0: off (dense).
+    topk: float = 0.0
+    # Whether the coordinator's broadcast of the global model is quantised the same way.
+    broadcast: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.block_size >= 0, "transport.block_size", "must be >= 0 (0: one scale per tensor)")
+        _require(0 <= self.topk < 1, "transport.topk", "must be in [0, 1) (0: dense)")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole federated experiment."""
 
@@ -395,6 +453,9 @@ class ExperimentConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", "must not be empty")

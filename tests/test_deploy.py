@@ -618,6 +618,17 @@ def test_superlink_refuses_what_is_not_enrolled_or_not_tls(federation: Federatio
     assert federation.nodes() == before
 
 
+def start_time(pid: int) -> float:
+    """A process's start as wall-clock seconds, to the kernel's tick (10 ms). psutil's
+    ``create_time`` adds the start tick to /proc/stat's boot time, which is whole seconds, so it
+    reads up to a second early: a ClientApp started half a second after a file was written looked
+    older than the file (seen on CI). Here the boot instant comes from the same clock pair."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[19])  # field 22 of proc(5); fields[0] is field 3 (state)
+    booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return booted + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def clientapps(procs: Processes, site: str) -> set[int]:
     """Process ids of the ClientApp processes a site's SuperNode is running right now."""
     pids = set()
@@ -664,8 +675,8 @@ def test_two_sites_train_then_one_is_lost_mid_round_and_rejoins(federation: Fede
 
     def started(pid: int) -> bool:
         try:
-            return psutil.Process(pid).create_time() >= logged - 0.05
-        except psutil.NoSuchProcess:
+            return start_time(pid) >= logged - 0.05
+        except OSError:
             return False
 
     wait_for("site-b training round 3", lambda: any(map(started, clientapps(federation.procs, "site-b"))), 120, 0.2)
