@@ -17,13 +17,15 @@ Each line: ``v`` (format, 1), ``time`` (UTC, ISO 8601), ``run`` (Flower run id),
 ``round`` (the config's ``server-round``), ``type`` (Flower message type), ``site``, ``request``
 (the message id replied to), ``outcome`` (``sent`` or ``error``), ``tensors`` (record, name,
 shape, dtype of each), ``bytes`` (sum of the tensors' raw sizes: ``bytes_up`` in the run's
-``metrics.jsonl``), ``sha256`` (below; null without tensors), ``metrics`` (every scalar metric;
+``metrics.jsonl``; plus the bytes carried as config values, which under SecAgg+ are the keys,
+encrypted shares and the masked update), ``sha256`` (below; null without tensors), ``metrics`` (every scalar metric;
 a record other than ``metrics`` prefixes its keys with ``<record>.``), ``configs`` (the reply's
 config records), ``epsilon`` (the reply's ``epsilon`` metric, the site's cumulative ε after the
 round, else null), ``error`` (null, or ``type``, ``message``: the exception's text, which Flower
 forwards to the coordinator, ``refused``: a refusal by the site's policy, and ``detail``: the full
 reason a deployed site keeps to itself, from ``SiteFailure.detail`` in client/public_errors.py). Non-finite floats are
-written as the strings ``"nan"``, ``"inf"``, ``"-inf"``, bytes as hex strings.
+written as the strings ``"nan"``, ``"inf"``, ``"-inf"``, bytes as hex strings (longer than
+256 bytes: ``{"bytes": N, "sha256": H}``, so a masked update is identified, not copied).
 
 The payload hash (``sha256``), recomputable from what the server receives: SHA-256 over every
 tensor of every array record of the reply, in order of (record name, tensor name) (sorted by code
@@ -93,11 +95,28 @@ def payload_sha256(tensors: Tensors) -> str | None:
     return h.hexdigest() if any_tensor else None
 
 
+LONG_BYTES = 256
+
+
+def _config_bytes(configs: Mapping[str, Mapping[str, Any]] | None) -> int:
+    """Bytes carried as config values (SecAgg+'s keys, encrypted shares and masked vectors)."""
+    total = 0
+    for vals in (configs or {}).values():
+        for v in vals.values():
+            items = v if isinstance(v, list | tuple) else [v]
+            total += sum(len(x) for x in items if isinstance(x, bytes))
+    return total
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # "nan", "inf", "-inf"
-    if isinstance(value, bytes):
-        return value.hex()
+    if isinstance(value, bytes):  # a long one (SecAgg+'s masked vector) by its size and hash
+        return (
+            value.hex()
+            if len(value) <= LONG_BYTES
+            else {"bytes": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+        )
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
@@ -149,7 +168,8 @@ def build_record(
             for rec in sorted(tensors)
             for k, a in sorted(tensors[rec].items())
         ],
-        "bytes": int(sum(np.asarray(a).nbytes for rec in tensors.values() for a in rec.values())),
+        "bytes": int(sum(np.asarray(a).nbytes for rec in tensors.values() for a in rec.values()))
+        + _config_bytes(configs),
         "sha256": payload_sha256(tensors),
         "metrics": flat,
         "configs": {rec: {k: _jsonable(v) for k, v in vals.items()} for rec, vals in (configs or {}).items()},
@@ -206,10 +226,17 @@ def log_path(msg: Message, context: Context, fixed: ExperimentConfig | None) -> 
 
     spec = SiteSpec.from_node_config(context.node_config)
     policy = from_node_config(context.node_config, deployed=spec.deployed)
-    config = msg.content.config_records.get("config") or {}
+    config = _config_of(msg)
     job = str(config.get("job", "") or context.run_id)
     ledger = ledger_path(experiment_of(context, fixed), spec, policy, job if job.isdigit() else str(context.run_id))
     return ledger.with_name(ledger.name.removesuffix(".json") + SUFFIX), spec.name, job
+
+
+def _config_of(msg: Message) -> Mapping[str, Any]:
+    """The job's config record: ``config``, or ``fitins.config`` in SecAgg+'s masking stage (its
+    key-exchange and unmasking stages carry none: their job is the Flower run's)."""
+    records = msg.content.config_records
+    return records.get("config") or records.get("fitins.config") or {}
 
 
 def _numpy(record_name: str, name: str, array: Any) -> np.ndarray:
@@ -224,8 +251,10 @@ def audit_log_mod(fixed: ExperimentConfig | None = None) -> Mod:
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         path, site, job = log_path(msg, context, fixed)
-        config = msg.content.config_records.get("config") or {}
+        config = _config_of(msg)
         rnd = config.get("server-round")
+        if rnd is None and msg.metadata.group_id.isdigit():  # SecAgg+'s key and unmask stages
+            rnd = int(msg.metadata.group_id)
         common = {
             "run": int(context.run_id),
             "job": job,

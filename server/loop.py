@@ -17,6 +17,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.secagg import SecureAggregation, aggregate_secure, run_secure_round
+
 log = logging.getLogger(__name__)
 
 
@@ -31,17 +33,22 @@ def run_rounds(
     train_config: ConfigRecord,
     evaluate_config: ConfigRecord,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None],
+    secure: SecureAggregation | None = None,
 ) -> ArrayRecord:
     """Rounds ``first_round``..``num_rounds``; returns the final global arrays. With
-    ``first_round`` 1 the initial model is evaluated as round 0 first, as Flower does."""
+    ``first_round`` 1 the initial model is evaluated as round 0 first, as Flower does. With
+    ``secure``, training runs under SecAgg+ (server/secagg.py): the strategy gets only the sum."""
     if first_round == 1:
         evaluate_fn(0, arrays)
     for server_round in range(first_round, num_rounds + 1):
         log.info("[ROUND %s/%s]", server_round, num_rounds)
-        replies = grid.send_and_receive(
-            messages=strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout
-        )
-        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        if secure is not None:
+            result = run_secure_round(secure, grid, server_round, list(messages), arrays)
+            aggregated = aggregate_secure(strategy, server_round, result, arrays)
+        else:
+            replies = grid.send_and_receive(messages=messages, timeout=timeout)
+            aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
             arrays = aggregated
         replies = grid.send_and_receive(

@@ -110,17 +110,21 @@ class Compose:
     def __init__(self, deploy: Path, tmp: Path) -> None:
         self.deploy = deploy
         self.project = f"confide-test-{uuid.uuid4().hex[:8]}"
-        self.port = free_port()
+        self.port = free_port()  # the SuperLink itself: the admin's side
+        self.public_port = free_port()  # nginx: the sites' side, Fleet API only
         self.admin = tmp / "admin"
         self.admin.mkdir()
+        ca = deploy / "ca" / "ca.crt"
         (self.admin / "config.toml").write_text(
             f'[superlink]\ndefault = "confide"\n\n[superlink.confide]\naddress = "127.0.0.1:{self.port}"\n'
-            f'root-certificates = "{deploy / "ca" / "ca.crt"}"\n'
+            f'root-certificates = "{ca}"\n\n[superlink.public]\naddress = "127.0.0.1:{self.public_port}"\n'
+            f'root-certificates = "{ca}"\n'
         )
         self.env = podman_env(
             CONFIDE_DEPLOY_DIR=str(deploy),
             CONFIDE_TAG=TAG,
             CONFIDE_SUPERLINK_PORT=str(self.port),
+            CONFIDE_PUBLIC_PORT=str(self.public_port),
             CONFIDE_SITE_A_RUNTIME_PORT=str(free_port()),
             CONFIDE_SITE_B_RUNTIME_PORT=str(free_port()),
         )
@@ -163,11 +167,16 @@ def test_coordinator_and_two_site_containers_run_a_job(compose: Compose) -> None
     container serves TLS with site authentication, both site keys are enrolled with the Flower CLI,
     the site containers (non-root, read-only root filesystem and data, writable state and logs)
     join, and a DP ResNet job from the simulation YAML completes with both sites' metrics; the
-    run folder, each site's privacy ledger and the logs land on the mounted host folders."""
+    run folder, each site's privacy ledger and the logs land on the mounted host folders. The sites
+    reach the coordinator only through the compose file's nginx proxy (its access log shows their
+    Fleet calls), which refuses the Control API (key enrolment from the public port: 403)."""
     up = compose("up", "-d", "--no-build", "coordinator")
     assert up.returncode == 0, up.stdout + up.stderr
     ca = compose.deploy / "ca" / "ca.crt"
     wait_for("the coordinator's SuperLink", lambda: tls_handshake_ok(compose.port, ca), timeout=120)
+    wait_for("the coordinator's proxy", lambda: tls_handshake_ok(compose.public_port, ca), timeout=60)
+    refused = compose.flwr("supernode", "register", str(compose.deploy / "site-a" / "keys" / "site-a.pub"), "public")
+    assert refused.returncode != 0 and "403" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
     node_ids = {}
     for site in SITES:
         res = compose.flwr("supernode", "register", str(compose.deploy / site / "keys" / f"{site}.pub"), "confide",
@@ -196,6 +205,8 @@ def test_coordinator_and_two_site_containers_run_a_job(compose: Compose) -> None
         assert (compose.deploy / site / "state" / "ledger" / f"{site}.json").stat().st_uid == IMAGE_UID
         assert "Starting Flower SuperNode" in (compose.deploy / site / "logs" / "supernode.log").read_text()
     assert (compose.deploy / "coordinator" / "logs" / "superlink.log").stat().st_size > 0
+    access = (compose.deploy / "coordinator" / "logs" / "proxy-access.log").read_text()
+    assert "/v1/fleet/" in access  # the sites trained through the proxy, not the SuperLink's own port
 
     site = compose.container("site-a")
     assert podman("exec", site, "id", "-u").stdout.strip() == str(IMAGE_UID)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import psutil
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
@@ -780,3 +779,48 @@ def test_a_sites_data_error_leaves_no_record_content_on_the_coordinator(federati
         assert private not in seen, private
     for site in SITES:
         assert "train.npz" in federation.procs.log(site)  # the full reason stays at the site
+
+
+@pytest.mark.slow
+def test_secure_aggregation_with_local_dp_on_tls_supernodes(federation: Federation) -> None:
+    """SecAgg+ on real processes (TLS SuperLink, enrolled SuperNodes, each site its own file, each
+    site's policy: local DP only): a 2-round local-DP job with secagg.enabled completes with both
+    sites in every round; no training reply either site sent carries a tensor (its audit log,
+    written before sending: the update leaves only as the masked vector, recorded by size and
+    hash), and the masked vector's size is what the coordinator records as the site's bytes_up;
+    the coordinator records no per-site update statistic (it never saw an update) and each site's
+    ledger charges both rounds. The in-process checks that the sum equals plain FedAvg's, survives
+    a lost site and carries central DP's noise are tests/test_secagg.py."""
+    for node in federation.node_ids.values():
+        wait_for("both sites online", lambda n=node: federation.nodes().get(n) == "online", 120, 2)
+    job = {
+        "secagg.enabled": "true",
+        "privacy.mode": "local",
+        "strategy.min_sites": 2,
+        "strategy.fraction_evaluate": 0.0,
+        "strategy.round_timeout": 300,
+    }
+    run = federation.submit("secure", **job)
+    assert run.wait(timeout=600) == 0, federation.procs.log("run-secure")[-3000:]
+    (folder,) = federation.run_folders("secure")
+    failed = folder / "FAILED.txt"
+    assert not failed.exists(), failed.read_text() + "".join(federation.procs.log(s)[-3000:] for s in SITES)
+    lines = metrics(folder)
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    for line in lines[1:]:
+        assert line["failures"] == [] and set(line["sites"]) == set(SITES), line
+        assert "update_norm" not in str(line["sites"])  # the coordinator never saw an update to measure
+        assert all(line["sites"][site]["train"]["epsilon"] > 0 for site in SITES)
+    job_id = lines[1]["run_id"]
+    for site in SITES:
+        audit = [json.loads(x) for x in next((federation.site_dir(site) / "ledger").glob("*.audit.jsonl")).open()]
+        secure = [x for x in audit if x["run"] == int(job_id) and x["type"].startswith("train")]
+        assert len(secure) == 8 and all(x["tensors"] == [] and x["outcome"] == "sent" for x in secure)  # 4 stages
+        masked = [x for x in secure if "masked_params" in str(x["configs"])]
+        assert [x["round"] for x in masked] == [1, 2]
+        for entry, line in zip(masked, lines[1:], strict=True):
+            vectors = entry["configs"]["secaggplus_configs"]["masked_params"]  # one per tensor
+            assert any(isinstance(v, dict) and set(v) == {"bytes", "sha256"} for v in vectors)
+            assert entry["bytes"] == line["sites"][site]["train"]["bytes_up"]
+        ledger = json.loads((federation.site_dir(site) / "ledger" / f"{site}.json").read_text())
+        assert [e["round"] for e in ledger["entries"] if str(e.get("run")) == job_id] == [1, 2]
