@@ -31,8 +31,11 @@ from common.weights import Weights
 FORMAT = 2
 FILE = "checkpoint.pt"
 
-# Keys a resumed run may change: how long and where it runs, not what it computes.
-MAY_DIFFER = frozenset({"strategy.rounds", "strategy.round_timeout", "train.threads", "train.device", "output_dir"})
+# Keys a resumed run may change: how long and where it runs and what it logs, not what it computes.
+MAY_DIFFER = frozenset(
+    {"strategy.rounds", "strategy.round_timeout", "train.threads", "train.device", "output_dir"}
+    | {"tracking.tensorboard", "tracking.mlflow", "tracking.mlflow_uri", "tracking.mlflow_experiment"}
+)
 
 
 @dataclass

@@ -30,11 +30,13 @@ from common.models import build_model, check_model_source
 from common.privacy import statement
 from common.progress import clock_text
 from common.rundir import RunDir, check_resumable, open_resumed
+from common.tracking import Tracker
 from common.train import evaluate
 from common.weights import Weights, check_update, exchanged_state, get_weights, set_weights
 from server.central_dp import CentralDP
 from server.loop import run_rounds
 from server.recorder import RoundRecorder
+from server.secagg import secure_aggregation
 from server.strategy import build_strategy, sites_release_evaluation, to_weights
 
 log = logging.getLogger(__name__)
@@ -89,11 +91,15 @@ def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str, resume: Path 
             f"(job {checkpoint.job}; sites' privacy ledgers continue)",
             flush=True,
         )
+    tracker = Tracker()
     try:
-        return _run_rounds(grid, exp, labels, model, test_loader, run_dir, start)
+        tracker = Tracker.open(exp, run_dir.path, start[1] if start else (), resumed=start is not None)
+        return _run_rounds(grid, exp, labels, model, test_loader, run_dir, start, tracker)
     except ConfideError as exc:
         run_dir.fail(str(exc))
         raise
+    finally:
+        tracker.close()  # the MLflow run ends FINISHED only after tracker.finish, else FAILED
 
 
 def _run_rounds(
@@ -104,6 +110,7 @@ def _run_rounds(
     test_loader: DataLoader | None,
     run_dir: RunDir,
     start: tuple[Checkpoint, list[dict[str, Any]]] | None,
+    tracker: Tracker,
 ) -> RunSummary:
     recorder = RoundRecorder(run_dir.metrics, run_id=run_dir.run_id)
     initial = get_weights(model)
@@ -136,6 +143,7 @@ def _run_rounds(
             recorder.begin(0, bytes_down=0)
         privacy = central.ledger.as_record(job, server_round, *central.last) if central else None
         line = recorder.close(metrics, privacy)
+        tracker.log_round(line)
         selection.offer(server_round, line, weights)
         if server_round > 0:  # after the round's line: a round logged but not checkpointed is redone
             run_dir.save_checkpoint(
@@ -165,6 +173,7 @@ def _run_rounds(
         train_config=ConfigRecord({"labels": list(labels.names), JOB_KEY: job}),
         evaluate_config=ConfigRecord({"labels": list(labels.names), JOB_KEY: job}),
         evaluate_fn=server_evaluate,
+        secure=secure_aggregation(exp),
     )
     exported_round, exported = selection.choice(exp.strategy.rounds, to_weights(final_arrays))
     set_weights(model, exported, source="the exported global model")
@@ -179,6 +188,7 @@ def _run_rounds(
     write_model_card(
         run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines, selection.describe(), recorder.history
     )
+    tracker.finish(run_dir.path)  # before the folder's rename: TensorBoard reopens its file by name
     path = run_dir.finish()
     _print_summary(recorder.history, path, privacy_lines)
     print(f"[confide] exported model: {selection.describe()}", flush=True)

@@ -28,6 +28,7 @@ import yaml
 
 from common import config as config_mod
 from common import logs
+from common import tracking as tracking_mod
 from common.errors import ConfideError
 from simulations.cellstore import FAILED, RESULT, atomic_write, cell_dir, load_result, record_failure
 from simulations.determinism import seeded_sites
@@ -46,7 +47,7 @@ def run_cell(sweep: Sweep, cell: Cell, out: Path, ray_address: str | None = None
         shutil.rmtree(runs)  # an earlier attempt that did not finish
     (folder / FAILED).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    exp = config_mod.replace(cell.exp, output_dir=str(runs.resolve()))
+    exp = tracked(config_mod.replace(cell.exp, output_dir=str(runs.resolve())), sweep, out)
     atomic_write(folder / "cell.yaml", yaml.safe_dump({"axes": cell.axes, "experiment": config_mod.to_dict(exp)}))
     mods = [seeded_sites(exp.seed)] if sweep.deterministic_sites else []
     start = time.perf_counter()
@@ -65,6 +66,20 @@ def run_cell(sweep: Sweep, cell: Cell, out: Path, ray_address: str | None = None
     result = with_audit(result, audit_run(run, sweep.audit, out / "references"))
     atomic_write(folder / RESULT, json.dumps(result, indent=1))
     return result
+
+
+def tracked(exp: config_mod.ExperimentConfig, sweep: Sweep, out: Path) -> config_mod.ExperimentConfig:
+    """With ``tracking.mlflow`` on, every cell of the sweep is a run in one MLflow experiment (the
+    sweep's name) in one store (``<out>/mlflow.db`` unless ``tracking.mlflow_uri`` names one)."""
+    if not exp.tracking.mlflow:
+        return exp
+    return config_mod.replace(
+        exp,
+        **{
+            "tracking.mlflow_uri": exp.tracking.mlflow_uri or tracking_mod.sqlite_uri(out / tracking_mod.DEFAULT_DB),
+            "tracking.mlflow_experiment": exp.tracking.mlflow_experiment or sweep.name,
+        },
+    )
 
 
 def reaudit_cell(sweep: Sweep, cell: Cell, out: Path) -> dict[str, Any] | None:

@@ -38,7 +38,8 @@ from typing import IO, Any, NoReturn
 from common import config as config_mod
 from common import logs
 from common.errors import ConfideError
-from simulations.cell import reaudit_cell, run_cell
+from common.tracking import prepare_store
+from simulations.cell import reaudit_cell, run_cell, tracked
 from simulations.cellstore import (
     CELL_LOG,
     FAILED,
@@ -81,6 +82,8 @@ def run_sweep(
     write_plan(sweep, out, command)
     todo = [c for c in sweep.cells if load_result(cell_dir(out, c.id), c.id) is None]
     todo_ids = {c.id for c in todo}
+    if todo:  # the MLflow store and experiment exist before any cell (parallel ones) opens them
+        prepare_store(tracked(todo[0].exp, sweep, out))
     n = len(sweep.cells)
     where = f" on the Ray cluster at {cluster.address} ({cluster.describe()})" if cluster else ""
     echo(f"[sweep] {sweep.name}: {n} cells, {n - len(todo)} already done, {len(todo)} to run -> {out}{where}")

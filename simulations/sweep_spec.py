@@ -142,9 +142,9 @@ def _cell(sweep: Sweep, base: Any, base_dir: Path, values: dict[str, Any]) -> Ce
 
 
 def cell_id(exp: ExperimentConfig, settings: dict[str, Any]) -> str:
-    """A stable id: the hash of the resolved config (not its name or output folder) and study settings."""
+    """A stable id: the hash of the resolved config (not its name, output folder or tracking) and study settings."""
     cfg = config_mod.to_dict(exp)
-    for key in ("name", "output_dir"):
+    for key in ("name", "output_dir", "tracking"):  # tracking: what is logged, not what is computed
         cfg.pop(key)
     cfg["train"].pop("threads")  # does not change results: simulate() runs one thread per site
     blob = json.dumps({"experiment": cfg, "study": settings}, sort_keys=True, default=str)
