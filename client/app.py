@@ -16,10 +16,12 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from client.audit_log import audit_log_mod
+from client.compress_mod import compress_mod
 from client.experiment import experiment_of
 from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
 from client.public_errors import public_failure
+from client.secagg import secagg_mod
 from common import logs
 from common.config import ExperimentConfig
 from common.data import LabelSet
@@ -65,7 +67,16 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
     ``mods`` are Flower ClientApp mods wrapped around every message. The audit-log mod is
     outermost, so it records exactly what leaves the site (client/audit_log.py); inside it the
     central-DP clipping mod clips the update after any other mod has run."""
-    client_app = ClientApp(mods=[audit_log_mod(fixed), central_dp_clipping_mod, fault_mod(fixed), *(mods or [])])
+    client_app = ClientApp(
+        mods=[
+            audit_log_mod(fixed),
+            secagg_mod,
+            compress_mod(fixed),
+            central_dp_clipping_mod,
+            fault_mod(fixed),
+            *(mods or []),
+        ]
+    )
 
     @client_app.train()
     @_no_data_in_errors

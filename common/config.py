@@ -376,9 +376,10 @@ class FaultConfig:
 
     @property
     def active(self) -> bool:
-        return bool(self.dropout or self.straggler_delay) or max(
-            self.crash_site, self.corrupt_site, self.label_flip_site
-        ) >= 0
+        return (
+            bool(self.dropout or self.straggler_delay)
+            or max(self.crash_site, self.corrupt_site, self.label_flip_site) >= 0
+        )
 
 
 @dataclass(frozen=True)
@@ -396,7 +397,7 @@ class SecAggConfig:
     threshold: float = 0.67
     # Every element of a site's update (w_site - w_global, after DP noise) is clipped to
     # [-clip_range, clip_range] and quantised to quantization_range levels over that interval.
-    clip_range: float = 1.0
+    clip_range: float = 8.0
     quantization_range: int = 4194304
 
     def __post_init__(self) -> None:
@@ -437,6 +438,16 @@ class TransportConfig:
     def __post_init__(self) -> None:
         _require(self.block_size >= 0, "transport.block_size", "must be >= 0 (0: one scale per tensor)")
         _require(0 <= self.topk < 1, "transport.topk", "must be in [0, 1) (0: dense)")
+        _require(
+            self.block_size == 0 or self.quantize == "int8",
+            "transport.block_size",
+            f"is for transport.quantize=int8 (got '{self.quantize}'); leave it 0",
+        )
+        _require(
+            not self.broadcast or self.quantize != "none",
+            "transport.broadcast",
+            "quantises the global model as transport.quantize says; set transport.quantize (fp16, bf16 or int8)",
+        )
 
 
 @dataclass(frozen=True)
@@ -456,6 +467,9 @@ class ExperimentConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+
+    def _check_secagg(self) -> None:
+        _secagg_checks(self)
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", "must not be empty")
@@ -511,6 +525,8 @@ class ExperimentConfig:
                 "loss-weighted step; use fedavg, fedprox or a server optimizer "
                 f"({', '.join(SERVER_OPTIMIZERS)})",
             )
+        if self.secagg.enabled:
+            self._check_secagg()
         if st.name == "qfedavg" and self.privacy.mode != "off":
             _require(
                 self.privacy.site_metrics == "exact",
@@ -518,6 +534,39 @@ class ExperimentConfig:
                 "'qfedavg' weights sites by their training loss, which DP sites release only with "
                 "privacy.site_metrics 'exact' (unprotected); use another strategy or set it",
             )
+
+
+def _secagg_checks(exp: ExperimentConfig) -> None:
+    """What secure aggregation rules out: the coordinator sees only the sum of the updates."""
+    st = exp.strategy
+    _require(
+        st.name not in ROBUST and st.name != "qfedavg",
+        "strategy.name",
+        f"'{st.name}' needs each site's update (a median, trimmed mean, selection or loss weighting); under "
+        "secagg.enabled the coordinator sees only their sum: use fedavg, fedprox or a server optimizer "
+        f"({', '.join(SERVER_OPTIMIZERS)})",
+    )
+    _require(
+        st.min_sites >= 2,
+        "strategy.min_sites",
+        "must be >= 2 under secagg.enabled (a sum of one update is that update)",
+    )
+    _require(
+        st.reject_norm_ratio == 0,
+        "strategy.reject_norm_ratio",
+        "must be 0 under secagg.enabled: the coordinator never sees an update's norm",
+    )
+    _require(
+        exp.privacy.mode != "central" or exp.privacy.clip_side == "client",
+        "privacy.clip_side",
+        "must be 'client' with privacy.mode 'central' under secagg.enabled: the coordinator cannot clip "
+        "updates it never sees",
+    )
+    _require(
+        exp.transport.quantize == "none" and exp.transport.topk == 0,
+        "transport.quantize",
+        "must be 'none' (and transport.topk 0) under secagg.enabled: SecAgg+ quantises the update itself",
+    )
 
 
 def _require(ok: bool, key: str, why: str) -> None:

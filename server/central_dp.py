@@ -68,7 +68,8 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        current = {k: v.numpy() for k, v in self.current_arrays.items()}
+        # the model the sites were sent: with a quantised broadcast, what they decoded (common/compress.py)
+        current = self.base.broadcast or {k: v.numpy() for k, v in self.current_arrays.items()}
         check = self._check_clipped(current) if self.client_side else None
         accepted = self.base.accept_train(server_round, replies, extra_check=check)
         for msg in accepted:

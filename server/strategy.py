@@ -22,7 +22,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from common.config import ROBUST, ExperimentConfig, StrategyConfig
+from common import compress
+from common.config import ROBUST, ExperimentConfig, StrategyConfig, TransportConfig
 from common.errors import ConfideError, UpdateError
 from common.metrics import summarize_sites
 from common.update_stats import outliers, update_statistics
@@ -67,6 +68,7 @@ class ConfideChecks:
         uniform: bool = False,
         evaluate: bool = True,
         buffers: frozenset[str] = frozenset(),
+        transport: TransportConfig | None = None,
         **flower_kwargs: Any,
     ) -> None:
         fraction_evaluate = cfg.fraction_evaluate if evaluate else 0.0
@@ -90,6 +92,12 @@ class ConfideChecks:
         # when it pushes them, so a reply (or its absence) is matched to the node it went to.
         self.sent: dict[str, list[Message]] = {}
         self.global_arrays: Weights | None = None  # the model this round started from
+        # Compressed updates (common/compress.py): replies are decoded against global_arrays; with
+        # transport.broadcast the sites get the global model quantised, and the decoded broadcast
+        # (``broadcast``) is the round's model on both sides.
+        self.transport = transport or TransportConfig()
+        self.broadcast: Weights | None = None
+        self.dense = frozenset(set(buffers) & set(reference))  # statistics: never sparsified (top-k)
         integers = {k for k, v in reference.items() if not np.issubdtype(v.dtype, np.floating)}
         self.statistics = frozenset(integers | (set() if cfg.name in ROBUST else set(buffers) & set(reference)))
         self.not_weights = frozenset(integers | (set(buffers) & set(reference)))  # left out of update statistics
@@ -97,16 +105,31 @@ class ConfideChecks:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.recorder.begin(server_round, bytes_down=arrays.count_bytes())
+        sent, arrays = self._quantised(arrays)
+        if self.transport.topk > 0 and self.dense:  # the sites send these dense (client/compress_mod.py)
+            config[compress.DENSE_KEY] = sorted(self.dense)
+        self.recorder.begin(server_round, bytes_down=sent.count_bytes())
         self.global_arrays = {k: v.numpy() for k, v in arrays.items()}
-        self.sent["train"] = list(super().configure_train(server_round, arrays, config, grid))
+        self.broadcast = self.global_arrays if sent is not arrays else None
+        self.sent["train"] = _carrying(list(super().configure_train(server_round, arrays, config, grid)), sent, arrays)
         return self.sent["train"]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.sent["evaluate"] = list(super().configure_evaluate(server_round, arrays, config, grid))
+        sent, arrays = self._quantised(arrays)
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self.sent["evaluate"] = _carrying(messages, sent, arrays)
         return self.sent["evaluate"]
+
+    def _quantised(self, arrays: ArrayRecord) -> tuple[ArrayRecord, ArrayRecord]:
+        """(what the sites are sent, the model they decode from it): ``arrays`` twice unless
+        transport.broadcast quantises the global model."""
+        if not compress.compresses_broadcast(self.transport):
+            return arrays, arrays
+        encoded = compress.encode_weights({k: v.numpy() for k, v in arrays.items()}, self.transport)
+        decoded = compress.decode_weights(encoded, self.transport, "the coordinator")
+        return _record(encoded), _record(decoded)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -124,6 +147,7 @@ class ConfideChecks:
         replies = list(replies)
         sent = self._destinations("train")
         valid: dict[str, tuple[Message, Weights]] = {}
+        received: dict[str, int] = {}  # bytes of each valid update as it arrived (compressed or not)
         for msg in replies:
             name = site_name(msg, self.names, sent.get(msg.metadata.reply_to_message_id))
             if msg.has_error():
@@ -131,7 +155,8 @@ class ConfideChecks:
                 continue
             try:
                 record = _only_array_record(msg, name)
-                weights = to_weights(record)
+                payload = to_weights(record)
+                weights = self._decoded(payload, name)
                 check_update(self.reference, weights, f"site '{name}'")
                 _check_weight(msg, name)
                 if extra_check is not None:
@@ -139,8 +164,11 @@ class ConfideChecks:
             except UpdateError as exc:
                 self.recorder.site_failed(name, "train", str(exc))
                 continue
+            if weights is not payload:  # the strategy aggregates the decoded weights
+                msg.content[next(iter(msg.content.array_records))] = _record(weights)
             valid[name] = (msg, weights)
-        accepted = self._screen(valid)
+            received[name] = num_bytes(payload)
+        accepted = self._screen(valid, received)
         self._record_silent("train", sent, replies)
         self.recorder.train_finished()
         if len(accepted) < self.cfg.min_sites:
@@ -151,7 +179,16 @@ class ConfideChecks:
             )
         return accepted
 
-    def _screen(self, valid: dict[str, tuple[Message, Weights]]) -> list[Message]:
+    def _decoded(self, payload: Weights, name: str) -> Weights:
+        """A site's weights: its payload itself, or, with compressed updates, the model this round
+        started from plus the update the payload encodes (UpdateError if it is malformed)."""
+        if not compress.active(self.transport):
+            return payload
+        if self.global_arrays is None:
+            raise ConfideError("a compressed update arrived before any model was sent (configure_train)")
+        return compress.decode_update(payload, self.global_arrays, self.transport, f"site '{name}'", self.dense)
+
+    def _screen(self, valid: dict[str, tuple[Message, Weights]], received: dict[str, int]) -> list[Message]:
         """Record every valid update with its statistics (norm, norm over the round's median,
         cosine to the median update); exclude those the norm rule (strategy.reject_norm_ratio) flags."""
         reference = self.global_arrays if self.global_arrays is not None else self.reference
@@ -159,12 +196,12 @@ class ConfideChecks:
         rejected = outliers(stats, self.cfg.reject_norm_ratio)
         accepted: list[Message] = []
         self.accepted_names = []
-        for name, (msg, weights) in valid.items():
+        for name, (msg, _) in valid.items():
             if name in rejected:
                 self.recorder.site_failed(name, "train", rejected[name])
                 continue
             metrics = {**_only_metrics(msg), **stats.get(name, {})}
-            self.recorder.site_trained(name, metrics, bytes_up=num_bytes(weights))
+            self.recorder.site_trained(name, metrics, bytes_up=received[name])
             accepted.append(msg)
             self.accepted_names.append(name)
         return accepted
@@ -178,9 +215,7 @@ class ConfideChecks:
         arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
         return self._in_model_dtypes(arrays, aside), metrics
 
-    def mean_train(
-        self, server_round: int, accepted: list[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def mean_train(self, server_round: int, accepted: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The plain (FedAvg) mean of the accepted updates, whatever the strategy: what central DP
         noises before the strategy's own server step (``server_step``)."""
         self._weigh(accepted)
@@ -314,7 +349,6 @@ def confide_class(base: type[FedAvg]) -> type:
     return type(f"Confide{base.__name__}", (ConfideChecks, base), {})
 
 
-
 def build_strategy(
     exp: ExperimentConfig,
     reference: Weights,
@@ -331,13 +365,29 @@ def build_strategy(
     evaluate = sites_release_evaluation(exp)
     cls = confide_class(CLASSES[cfg.name])
     central = p.mode == "central"
-    base = cls(cfg, reference, recorder, uniform=central, evaluate=evaluate, buffers=buffers, **strategy_kwargs(exp))
+    base = cls(cfg, reference, recorder, uniform=central, evaluate=evaluate, buffers=buffers,
+               transport=exp.transport, **strategy_kwargs(exp))  # fmt: skip
     log.info("strategy: %s", describe(exp))
     if p.mode != "central":
         return base
     from server.central_dp import CentralDP
 
     return CentralDP(base, exp, run_id)
+
+
+def _record(weights: Weights) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()})
+
+
+def _carrying(messages: list[Message], sent: ArrayRecord, model: ArrayRecord) -> list[Message]:
+    """``messages`` (built around ``model``) carrying ``sent`` instead, where that is another record
+    (the quantised broadcast); as they are otherwise."""
+    if sent is model:
+        return messages
+    for msg in messages:
+        for key in list(msg.content.array_records):
+            msg.content[key] = sent
+    return messages
 
 
 def _only_array_record(msg: Message, name: str) -> ArrayRecord:

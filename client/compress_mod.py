@@ -1,0 +1,97 @@
+"""The site's side of compressed updates (the ``transport`` config section, common/compress.py).
+
+``compress_mod(fixed)`` is a ClientApp mod that sits inside the audit-log mod (which records the
+compressed bytes that actually leave) and outside the central-DP clipping mod (so it compresses
+the update after clipping and after any DP noise: post-processing, epsilon unchanged). Per message:
+- an incoming model the coordinator quantised (``transport.broadcast``) is decoded before the
+  app (and the clipping mod) sees it, so the site trains from, and its update is measured
+  against, exactly what the coordinator decodes too;
+- a training reply's weights become the encoded update (its weights minus the model received).
+  With top-k, what the payload leaves out is the site's residual, kept in the ClientApp
+  ``Context.state`` (per node and run) and added to the next round's update (error feedback).
+  With client-side clipping the decoded update stays within the clipping norm.
+It does nothing when the experiment's transport is the default (float32, dense).
+"""
+
+from __future__ import annotations
+
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+from client.experiment import experiment_of
+from common import compress
+from common.config import ExperimentConfig, TransportConfig
+from common.errors import ConfigError
+from common.privacy.central import CLIENT_CLIPPING_KEY
+from common.weights import Weights
+
+RESIDUAL_KEY = "transport.residual"  # the site's error-feedback residual in Context.state
+
+
+def compress_mod(fixed: ExperimentConfig | None = None) -> Mod:
+    """The mod the ClientApp always installs; it passes every message through unless the
+    experiment (``fixed``, or the one the run config names) compresses updates."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        exp = experiment_of(context, fixed)
+        t = exp.transport
+        if not compress.active(t):
+            return call_next(msg, context)
+        if exp.secagg.enabled:
+            raise ConfigError(
+                "transport compression cannot be combined with secagg.enabled (masking needs the dense update)"
+            )
+        if compress.compresses_broadcast(t):
+            _decode_broadcast(msg, t)
+        if not msg.metadata.message_type.startswith("train"):
+            return call_next(msg, context)
+        received = {k: v.numpy() for k, v in _only_arrays(msg).items()}
+        reply = call_next(msg, context)
+        if reply.has_error() or len(reply.content.array_records) != 1:
+            return reply
+        key, record = next(iter(reply.content.array_records.items()))
+        new = {k: v.numpy() for k, v in record.items()}
+        config = _config(msg)
+        dense = frozenset(str(k) for k in config.get(compress.DENSE_KEY, []))
+        payload, residual = compress.encode_update(new, received, t, _residual(context), _clipping_norm(config), dense)
+        if t.topk > 0:
+            context.state[RESIDUAL_KEY] = _record(residual)
+        reply.content[key] = _record(payload)
+        return reply
+
+    return mod
+
+
+def _decode_broadcast(msg: Message, t: TransportConfig) -> None:
+    for key, record in list(msg.content.array_records.items()):
+        msg.content[key] = _record(compress.decode_weights({k: v.numpy() for k, v in record.items()}, t, "the server"))
+
+
+def _only_arrays(msg: Message) -> ArrayRecord:
+    records = list(msg.content.array_records.values())
+    if len(records) != 1:
+        raise ConfigError(f"a training message carries {len(records)} weight records; compressed updates need 1")
+    return records[0]
+
+
+def _residual(context: Context) -> Weights | None:
+    record = context.state.array_records.get(RESIDUAL_KEY)
+    return None if record is None else {k: v.numpy() for k, v in record.items()}
+
+
+def _config(msg: Message) -> dict:
+    configs = list(msg.content.config_records.values())
+    return dict(configs[0]) if len(configs) == 1 else {}
+
+
+def _clipping_norm(config: dict) -> float | None:
+    """The clipping norm the coordinator asked this site to clip its update to (client-side
+    clipping under central DP), else None."""
+    if not config.get(CLIENT_CLIPPING_KEY) or KEY_CLIPPING_NORM not in config:
+        return None
+    return float(config[KEY_CLIPPING_NORM])  # type: ignore[arg-type]
+
+
+def _record(weights: Weights) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in weights.items()})
