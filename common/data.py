@@ -12,14 +12,19 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.config import BUILTIN_SOURCES, DataConfig, resolve_path
 from common.errors import DataError
 
+if TYPE_CHECKING:
+    import datasets
+
 log = logging.getLogger(__name__)
 
+TABLE_SOURCES = ("csv", "json", "jsonl", "parquet")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 BUILTIN_TEST_FRACTION = 0.2
 BUILTIN_TEST_SEED = 1234
@@ -113,6 +118,20 @@ def read_test(cfg: DataConfig) -> Unlabelled | None:
     return None
 
 
+def read_column(cfg: DataConfig, field: str, key: str = "--id-field") -> list[str]:
+    """One column of a table file (``data.source`` csv/json/jsonl/parquet at ``data.path``) as text,
+    in file order: e.g. the record ids the scorer writes beside its predictions. ``key`` names
+    where ``field`` came from, for error messages."""
+    if cfg.source not in TABLE_SOURCES:
+        raise DataError(f"{key} '{field}': only table files ({', '.join(TABLE_SOURCES)}) have named columns")
+    path = str(resolve_path(cfg.path))
+    _require_file(path, "config key 'data.path'")
+    ds = _load_table(path, cfg.source)
+    if field not in ds.column_names:
+        raise DataError(f"{path}: column '{field}' ({key}) not found; columns are: {', '.join(ds.column_names)}")
+    return ["" if v is None else str(v) for v in ds[field]]
+
+
 def label_set(cfg: DataConfig, train: Unlabelled | None = None) -> LabelSet:
     """The configured label set, or one derived from the training records."""
     if cfg.labels:
@@ -170,7 +189,7 @@ def _read(cfg: DataConfig, path: str, split: str, key: str) -> Unlabelled:
     if cfg.source == "synthetic_images":
         return _synthetic_images(split)
     file = resolve_path(path)
-    if cfg.source in ("csv", "json", "jsonl", "parquet"):
+    if cfg.source in TABLE_SOURCES:
         return _read_table(str(file), cfg.source, cfg.text_field, cfg.label_field, key)
     if cfg.source == "npz":
         return _read_npz(str(file), split, cfg.image_size, key)
@@ -187,19 +206,8 @@ def _head(records: Unlabelled, n: int) -> Unlabelled:
 
 @functools.lru_cache(maxsize=16)
 def _read_table(path: str, source: str, text_field: str, label_field: str, key: str) -> Unlabelled:
-    import datasets
-
     _require_file(path, key)
-    builder = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}[source]
-    datasets.disable_progress_bars()
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(logging.CRITICAL)  # its "Failed to read file" line: the reason below
-    try:
-        ds = datasets.load_dataset(builder, data_files=path, split="train")
-    except Exception as exc:  # the loaders raise many types for unreadable files
-        raise DataError(f"cannot read {path} as {source}: {_load_reason(exc)}") from None
-    finally:
-        datasets.logging.set_verbosity(verbosity)
+    ds = _load_table(path, source)
     for key, column in (("data.text_field", text_field), ("data.label_field", label_field)):
         if column not in ds.column_names:
             raise DataError(
@@ -213,6 +221,22 @@ def _read_table(path: str, source: str, text_field: str, label_field: str, key: 
         raise DataError(f"{path}: record {bad} has an empty or non-text '{text_field}' value")
     labels = [_label_str(v, path, i) for i, v in enumerate(ds[label_field])]
     return Unlabelled(labels, texts=tuple(texts))
+
+
+def _load_table(path: str, source: str) -> datasets.Dataset:
+    """A table file through Hugging Face ``datasets``; an unreadable one raises DataError."""
+    import datasets
+
+    builder = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}[source]
+    datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(logging.CRITICAL)  # its "Failed to read file" line: the reason below
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train")
+    except Exception as exc:  # the loaders raise many types for unreadable files
+        raise DataError(f"cannot read {path} as {source}: {_load_reason(exc)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 @functools.lru_cache(maxsize=8)

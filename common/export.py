@@ -4,11 +4,14 @@
   ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it.
 - resnet: ``model.pt`` (a torch state_dict) beside ``confide.yaml``, which holds the
   model config and labels needed to rebuild the torchvision network.
-Both folders carry ``confide.yaml`` so ``load_model`` and the scorer can rebuild them.
+Both folders carry ``confide.yaml`` so ``load_model`` and the scorer can rebuild them. It records
+only the model fields of the exported family (``family_fields``): a reader fills the other
+family's fields with their defaults.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,13 @@ from common.data import LabelSet
 from common.errors import ConfideError
 from common.models import build_model, checkpoint_path, load_tokenizer, merged, use_pooling
 
+log = logging.getLogger(__name__)
+
 META = "confide.yaml"
 RESNET_WEIGHTS = "model.pt"
+# ModelConfig fields that only one model family reads; an export leaves out the other family's.
+BERT_ONLY = ("checkpoint", "max_length", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "pooling", "head_init")
+RESNET_ONLY = ("in_channels", "small_input", "weights", "norm")
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,16 @@ def save_model(model: nn.Module, exp: ExperimentConfig, labels: LabelSet, folder
         load_tokenizer(checkpoint_path(exp.model)).save_pretrained(folder)
     else:
         torch.save(model.state_dict(), folder / RESNET_WEIGHTS)
-    meta = {"model": config_mod.to_dict(exp.model), "labels": list(labels.names), "experiment": config_mod.to_dict(exp)}
+    model_fields = family_fields(exp.model)
+    experiment = {**config_mod.to_dict(exp), "model": model_fields}
+    meta = {"model": model_fields, "labels": list(labels.names), "experiment": experiment}
     (folder / META).write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def family_fields(cfg: ModelConfig) -> dict[str, Any]:
+    """The model config as exported: without the fields only the other model family reads."""
+    other = RESNET_ONLY if cfg.is_text else BERT_ONLY
+    return {k: v for k, v in config_mod.to_dict(cfg).items() if k not in other}
 
 
 def load_model(folder: Path) -> SavedModel:
@@ -55,18 +71,51 @@ def load_model(folder: Path) -> SavedModel:
         raise ConfideError(f"not a Confide model folder (no {META}): {folder}")
     meta = yaml.safe_load(meta_path.read_text())
     labels = LabelSet(tuple(meta["labels"]))
-    exp = config_mod.load(None, config_mod.flatten(meta["experiment"]))
+    exp = config_mod.load(None, config_mod.flatten(meta["experiment"]))  # absent fields: defaults
     if exp.model.is_text:
-        from transformers import AutoModelForSequenceClassification
-
-        model = use_pooling(AutoModelForSequenceClassification.from_pretrained(folder), exp.model.pooling)
+        model = use_pooling(_load_pretrained(folder, exp.model.pooling), exp.model.pooling)
         model_cfg = config_mod.replace(exp, **{"model.checkpoint": str(folder)}).model
     else:
+        # model.pt replaces every tensor: the run's starting weights file is not needed (nor read).
+        exp = config_mod.replace(exp, **{"model.weights": ""})
         model = build_model(exp, len(labels))
         model.load_state_dict(torch.load(folder / RESNET_WEIGHTS, map_location="cpu", weights_only=True))
         model_cfg = exp.model
     model.eval()
     return SavedModel(model=model, model_cfg=model_cfg, labels=labels, experiment=meta["experiment"])
+
+
+def _load_pretrained(folder: Path, pooling: str) -> nn.Module:
+    """The exported sequence classifier, without transformers' load report for the tensors an export
+    leaves out on purpose (the [CLS] pooler under mean pooling); any other missing, unexpected or
+    resized tensor is still reported (a warning)."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()  # its load report: _report_loading below says what matters
+    transformers.logging.disable_progress_bar()  # a local folder's "Loading weights" bar
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
+    _report_loading(folder, info, expected_missing=".pooler." if pooling == "mean" else "")
+    return model
+
+
+def _report_loading(folder: Path, info: dict[str, Any], expected_missing: str = "") -> None:
+    """Warn about every tensor the load did not match, but for missing ones whose name contains
+    ``expected_missing`` (e.g. '.pooler.': the mean-pooled export has no pooler weights)."""
+    kinds = {"missing_keys": "missing", "unexpected_keys": "unexpected", "mismatched_keys": "of another shape"}
+    for kind, what in kinds.items():
+        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or [])
+        if kind == "missing_keys" and expected_missing:
+            keys = [k for k in keys if expected_missing not in f".{k}"]
+        if keys:
+            shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+            log.warning("%s: %d tensor(s) %s in the exported model: %s", folder, len(keys), what, shown)
 
 
 def write_model_card(
@@ -110,14 +159,8 @@ def write_model_card(
         "",
         "## Metrics of the exported model",
         "",
-        "| scope | accuracy | macro-F1 | loss | records |",
-        "|---|---|---|---|---|",
+        *_final_metrics(final),
     ]
-    for scope, m in final.items():
-        lines.append(
-            f"| {scope} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | "
-            f"{_f(m.get('loss'))} | {_n(m.get('num_examples'))} |"
-        )
     lines += [
         "",
         "## Per-site held-out metrics (last round)",
@@ -126,12 +169,26 @@ def write_model_card(
         "|---|---|---|---|",
     ]
     for name, m in sorted(sites.items()):
-        lines.append(
-            f"| {name} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | {_n(m.get('num_examples'))} |"
-        )
+        lines.append(f"| {name} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | {_n(m.get('num_examples'))} |")
     lines += ["", "## Sites that failed or refused (by round)", ""]
     lines += [f"- round {rnd}: `{f['site']}` in {f['phase']}: {f['reason']}" for rnd, f in failures] or ["- none"]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _final_metrics(final: dict[str, Any]) -> list[str]:
+    """The exported model's metrics table; a ROC AUC column when a scope has one (two classes)."""
+    auc = any("roc_auc" in m for m in final.values())
+    lines = [
+        "| scope | accuracy | macro-F1 | " + ("ROC AUC | " if auc else "") + "loss | records |",
+        "|---|---|---|---|---|" + ("---|" if auc else ""),
+    ]
+    for scope, m in final.items():
+        lines.append(
+            f"| {scope} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | "
+            + (f"{_f(m.get('roc_auc'))} | " if auc else "")
+            + f"{_f(m.get('loss'))} | {_n(m.get('num_examples'))} |"
+        )
+    return lines
 
 
 def _f(v: Any) -> str:

@@ -1,4 +1,4 @@
-"""Metrics: classification scores, weighted means, per-site tables, the JSONL round log."""
+"""Metrics: classification scores, ROC AUC, weighted means, per-site tables, the JSONL round log."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, num_labels: in
     return acc, f1
 
 
+def binary_roc_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """ROC AUC of a two-class task, scoring each record by its probability of the second label
+    (class 1); None (not NaN) for more than two classes or when ``y_true`` holds only one class."""
+    from sklearn.metrics import roc_auc_score
+
+    if probabilities.ndim != 2 or probabilities.shape[1] != 2 or len(np.unique(y_true)) != 2:
+        return None
+    return float(roc_auc_score(y_true, probabilities[:, 1]))
+
+
 def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
     total = float(sum(weights))
     if total <= 0:
@@ -31,25 +41,38 @@ def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
     return float(sum(v * w for v, w in zip(values, weights)) / total)
 
 
+# Privacy figures: a site-weighted mean of them guarantees nothing, so the aggregate over sites is
+# the worst site's value under the same key (the largest epsilon and delta, the smallest noise).
+PRIVACY_MAX = ("epsilon", "epsilon_run", "delta")
+PRIVACY_MIN = ("noise_multiplier",)
+
+
 def summarize_sites(per_site: Mapping[str, Mapping[str, float]], weight_key: str = "num_examples") -> dict[str, float]:
-    """Weighted mean of every metric across sites, plus the worst site's accuracy and F1."""
+    """Weighted mean of every metric across sites, plus the worst site's accuracy and F1. Privacy
+    figures are never averaged: ``epsilon``, ``epsilon_run`` and ``delta`` are the maximum over
+    sites, ``noise_multiplier`` the minimum (``PRIVACY_MAX``, ``PRIVACY_MIN``)."""
     if not per_site:
         return {}
-    weights = [float(m.get(weight_key, 0.0)) for m in per_site.values()]
-    keys = sorted({k for m in per_site.values() for k in m if k != weight_key})
-    out = {
-        k: weighted_mean([float(m[k]) for m in per_site.values()], weights)
-        for k in keys
-        if all(k in m for m in per_site.values())
-    }
+    sites = list(per_site.values())
+    weights = [float(m.get(weight_key, 0.0)) for m in sites]
+    keys = sorted({k for m in sites for k in m if k != weight_key and all(k in s for s in sites)})
+    out = {k: _site_aggregate(k, [float(m[k]) for m in sites], weights) for k in keys}
     out[weight_key] = float(sum(weights))
     for k in ("num_examples", "num_examples_noisy"):  # counts add up
-        if k != weight_key and all(k in m for m in per_site.values()):
-            out[k] = float(sum(float(m[k]) for m in per_site.values()))
+        if k != weight_key and k in keys:
+            out[k] = float(sum(float(m[k]) for m in sites))
     for k in ("accuracy", "macro_f1"):
-        if all(k in m for m in per_site.values()):
-            out[f"worst_{k}"] = float(min(m[k] for m in per_site.values()))
+        if k in keys:
+            out[f"worst_{k}"] = float(min(m[k] for m in sites))
     return out
+
+
+def _site_aggregate(key: str, values: list[float], weights: list[float]) -> float:
+    if key in PRIVACY_MAX:
+        return max(values)
+    if key in PRIVACY_MIN:
+        return min(values)
+    return weighted_mean(values, weights)
 
 
 class JsonlLog:

@@ -1,7 +1,7 @@
 """Local training and evaluation loops: pure torch, no federation or DP code.
 
 ``train`` runs the configured local epochs (or max_steps) and returns plain numbers;
-``evaluate`` returns loss, accuracy and macro-F1 over a loader.
+``evaluate`` returns loss, accuracy and macro-F1 over a loader (and ROC AUC for two classes).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from common.batches import Batch
 from common.config import TrainConfig
 from common.device import autocast_dtype, model_device, on_model_device
 from common.errors import ConfigError
-from common.metrics import classification_scores
+from common.metrics import binary_roc_auc, classification_scores
 from common.progress import Progress
 
 
@@ -44,9 +44,10 @@ class EvalResult:
     accuracy: float
     macro_f1: float
     num_examples: int
+    roc_auc: float | None = None  # two-class tasks whose evaluated records hold both classes
 
     def as_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+        return {k: float(v) for k, v in asdict(self).items() if v is not None}
 
 
 def logits(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -230,23 +231,40 @@ class WeightAverage:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, float]:
-    """(predicted classes, true labels, mean cross-entropy) over the loader."""
+def predict_logits(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, float]:
+    """(logits (N, classes), true labels, mean cross-entropy) over the loader."""
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    preds, trues, total = [], [], 0.0
+    outs, trues, total = [], [], 0.0
     for batch in loader:
         batch = on_model_device(batch, model)
         out = logits(model, batch).float()
         total += float(loss_fn(out, batch["labels"]))
-        preds.append(out.argmax(dim=-1).cpu().numpy())
+        outs.append(out.cpu().numpy())
         trues.append(batch["labels"].cpu().numpy())
-    y_pred = np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
+    y_logits = np.concatenate(outs) if outs else np.empty((0, 0), dtype=np.float32)
     y_true = np.concatenate(trues) if trues else np.empty(0, dtype=np.int64)
-    return y_pred, y_true, total / max(len(y_true), 1)
+    return y_logits, y_true, total / max(len(y_true), 1)
+
+
+def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, float]:
+    """(predicted classes, true labels, mean cross-entropy) over the loader."""
+    y_logits, y_true, loss = predict_logits(model, loader)
+    return classes(y_logits), y_true, loss
 
 
 def evaluate(model: nn.Module, loader: DataLoader, num_labels: int) -> EvalResult:
-    y_pred, y_true, loss = predict(model, loader)
-    acc, f1 = classification_scores(y_true, y_pred, num_labels)
-    return EvalResult(loss=loss, accuracy=acc, macro_f1=f1, num_examples=len(y_true))
+    y_logits, y_true, loss = predict_logits(model, loader)
+    acc, f1 = classification_scores(y_true, classes(y_logits), num_labels)
+    auc = binary_roc_auc(y_true, probabilities(y_logits)) if num_labels == 2 else None
+    return EvalResult(loss=loss, accuracy=acc, macro_f1=f1, num_examples=len(y_true), roc_auc=auc)
+
+
+def classes(y_logits: np.ndarray) -> np.ndarray:
+    """The predicted class of each row of logits."""
+    return y_logits.argmax(axis=-1).astype(np.int64) if y_logits.size else np.empty(0, dtype=np.int64)
+
+
+def probabilities(y_logits: np.ndarray) -> np.ndarray:
+    """Softmax of each row of logits: per-class probabilities that sum to 1."""
+    return torch.softmax(torch.from_numpy(y_logits).double(), dim=-1).numpy() if y_logits.size else y_logits

@@ -1,4 +1,5 @@
-"""Training loop learns on tiny data; evaluation reports accuracy/F1/loss correctly."""
+"""Training loop learns on tiny data; evaluation reports accuracy/F1/loss (and ROC AUC for two
+classes) correctly."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import copy
 
 import numpy as np
 import torch
+from torch import nn
 
 from common import config as config_mod
 from common.batches import make_dataset, make_loader
@@ -56,6 +58,46 @@ def test_scores_and_site_summary() -> None:
     assert acc == 0.75 and abs(f1 - (2 / 3 + 0.8) / 2) < 1e-9
     summary = summarize_sites({"a": {"accuracy": 1.0, "num_examples": 30}, "b": {"accuracy": 0.5, "num_examples": 10}})
     assert summary["accuracy"] == 0.875 and summary["worst_accuracy"] == 0.5 and summary["num_examples"] == 40
+
+
+class MeanBrightness(nn.Module):
+    """A stand-in classifier: logits (0, mean pixel), so the second class's probability rises with
+    an image's brightness (and ranks images as their pixel values do)."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.classes = classes
+        self.unused = nn.Parameter(torch.zeros(1))  # a device to put batches on
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1).mean(1, keepdim=True)
+        return torch.cat([torch.zeros_like(s), s, torch.zeros(len(s), self.classes - 2)], dim=1)
+
+
+def flat_images(levels: list[int], labels: list[int]) -> RawData:
+    images = np.array(levels, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 8, 8), np.uint8)
+    return RawData(labels=np.array(labels, dtype=np.int64), images=images)
+
+
+def test_evaluate_reports_roc_auc_for_two_classes() -> None:
+    """Images of brightness 10, 40 (class 0) and 35, 80 (class 1), scored by brightness: 3 of the
+    4 (positive, negative) pairs rank right (35 < 40 does not), so roc_auc = 0.75; accuracy and
+    F1 are unchanged by it, and as_dict (metrics.jsonl's ``central``) carries it."""
+    exp = config_mod.load(None)
+    loader = make_loader(make_dataset(flat_images([10, 40, 35, 80], [0, 0, 1, 1]), exp.model), 2, shuffle=False)
+    result = evaluate(MeanBrightness(), loader, 2)
+    assert result.roc_auc == 0.75 and result.as_dict()["roc_auc"] == 0.75
+    assert result.num_examples == 4
+
+
+def test_evaluate_leaves_roc_auc_out_for_one_class_or_more_labels() -> None:
+    """One class in the evaluated records, or three labels: no roc_auc key at all (never NaN)."""
+    exp = config_mod.load(None)
+    one_class = make_loader(make_dataset(flat_images([10, 40], [1, 1]), exp.model), 2, shuffle=False)
+    assert evaluate(MeanBrightness(), one_class, 2).roc_auc is None
+    assert "roc_auc" not in evaluate(MeanBrightness(), one_class, 2).as_dict()
+    three = make_loader(make_dataset(flat_images([10, 40, 90], [0, 1, 2]), exp.model), 3, shuffle=False)
+    assert "roc_auc" not in evaluate(MeanBrightness(3), three, 3).as_dict()
 
 
 def test_head_lr_gives_the_head_its_own_learning_rate() -> None:
@@ -178,6 +220,7 @@ def test_ema_decay_ends_the_round_at_the_moving_average_of_the_iterates() -> Non
     exp = config_mod.load(None, {"train.optimizer": "sgd", "train.momentum": 0.0, "train.lr": 0.3,
                                  "train.batch_size": 4, "train.local_epochs": 3, "train.ema_decay": 0.5})  # fmt: skip
     data = [(x[i], y[i]) for i in range(len(y))]
+
     def collate(b: list) -> dict[str, torch.Tensor]:
         return {"pixel_values": torch.stack([r[0] for r in b]), "labels": torch.stack([r[1] for r in b])}
 
