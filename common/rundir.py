@@ -26,6 +26,8 @@ INCOMPLETE = ".incomplete"
 FAILED = "FAILED.txt"
 RESUMES = "resumes.jsonl"
 
+_OPEN: set[RunDir] = set()  # the folders this process is writing (record_stop finds them)
+
 
 class RunDir:
     def __init__(self, exp: ExperimentConfig, run_id: str, resume: Path | None = None) -> None:
@@ -39,6 +41,7 @@ class RunDir:
             self.path = resume
             self.final = resume.with_name(resume.name.removesuffix(INCOMPLETE))
             self.metrics = JsonlLog(self.path / "metrics.jsonl")
+            _OPEN.add(self)
             return
         base = resolve_path(exp.output_dir)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -49,6 +52,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=False)
         config_mod.dump(exp, self.path / "config.yaml")
         self.metrics = JsonlLog(self.path / "metrics.jsonl")
+        _OPEN.add(self)
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write the checkpoint (common/checkpoint.py) in the background (the next round need not
@@ -66,6 +70,7 @@ class RunDir:
         self.wait_for_checkpoint()
         self._writer.shutdown()
         os.replace(self.path, self.final)
+        _OPEN.discard(self)
         self.path = self.final
         self.metrics = JsonlLog(self.final / "metrics.jsonl")
         return self.final
@@ -74,6 +79,20 @@ class RunDir:
         """Record why the run stopped; the folder keeps its '.incomplete' name."""
         self._writer.shutdown(wait=True)
         (self.path / FAILED).write_text(reason.rstrip() + "\n")
+        _OPEN.discard(self)
+
+
+def record_stop(reason: str) -> list[Path]:
+    """Say in FAILED.txt of every run folder this process is still writing why it stops (a
+    signal); return those folders. Does not wait for a checkpoint being written: the previous one
+    stays in place until a complete new one replaces it, so the folder stays resumable."""
+    stopped = []
+    for run_dir in list(_OPEN):
+        if run_dir.path.is_dir() and run_dir.path.name.endswith(INCOMPLETE):
+            (run_dir.path / FAILED).write_text(reason.rstrip() + "\n")
+            stopped.append(run_dir.path)
+        _OPEN.discard(run_dir)
+    return stopped
 
 
 def check_resumable(folder: Path, exp: ExperimentConfig) -> tuple[Checkpoint, list[dict]]:

@@ -4,6 +4,10 @@ benchmarks and sweeps; ``flwr run .`` remains the user-facing way to run a job.
 
     python -m simulations.local simulations/configs/default.yaml --set train.lr=0.01
     python -m simulations.local simulations/configs/default.yaml --ray-address HEAD_IP:6379
+    python -m simulations.local simulations/configs/default.yaml --verbose   # Flower's and Ray's lines too
+
+Ctrl-C stops the simulation; the run folder keeps its ``.incomplete`` name, says why in FAILED.txt
+and can be continued with ``--resume``.
 
 Without ``--ray-address`` (or ``RAY_ADDRESS``) each simulation starts a private Ray instance and
 stops it at the end; with it, the simulation attaches to that running cluster and leaves it
@@ -14,14 +18,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from common import config as config_mod
-from common import logs
+from common import logs, stopping
 from common.config import ExperimentConfig
 from common.errors import ConfideError
 from common.rundir import INCOMPLETE, failure_of
@@ -62,7 +68,9 @@ def simulate(
     before = _runs(exp)
     # "local": a private instance even if a `ray start` on this machine left an address file
     # that a bare ray.init() would silently attach to.
-    init_args = {"logging_level": "ERROR", "log_to_driver": True} | ({} if cluster else {"address": "local"})
+    init_args = {"logging_level": "INFO" if logs.verbose() else "ERROR", "log_to_driver": True} | (
+        {} if cluster else {"address": "local"}
+    )
     with attached(cluster, max_actors=exp.data.num_sites) if cluster else nullcontext():
         run_simulation(
             server_app=create_server_app(exp, resume=resume),
@@ -113,6 +121,22 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
+
+def _stopped(signum: int) -> NoReturn:
+    """Ctrl-C or SIGTERM: FAILED.txt in the run folder, this process's Ray processes ended
+    (common/stopping.py), then exit at once: Flower's ServerApp thread would block a normal exit."""
+    folders = stopping.stop(signum)
+    hint = f"; continue it with --resume {folders[-1]}" if folders else ""
+    print(f"confide: stopped by {signal.Signals(signum).name}{hint}", file=sys.stderr, flush=True)
+    if not folders:
+        stopping.end_descendants()
+    sys.stdout.flush()
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", help="experiment YAML file")
@@ -138,8 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         help="attach to this running Ray cluster (its head's address, or 'auto') instead of starting a "
         "private Ray instance; it is left running. Default: $RAY_ADDRESS if set (docs/cluster.md)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"keep Flower's, Ray's and the libraries' own lines in the terminal (= {logs.VERBOSE_ENV}=1)",
+    )
     args = parser.parse_args(argv)
+    if args.verbose:  # in the environment: Ray's workers, started later, inherit it
+        os.environ[logs.VERBOSE_ENV] = "1"
     logs.setup()
+    signal.signal(signal.SIGTERM, _interrupt)  # kill: stop as Ctrl-C does
     try:
         exp = config_mod.load(args.experiment, parse_sets(args.set))
         path = simulate(
@@ -152,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfideError as exc:
         print(f"confide: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        _stopped(exc.args[0] if exc.args else signal.SIGINT)
     print(f"run folder: {path}")
     return 0
 
