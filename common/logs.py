@@ -55,6 +55,8 @@ def setup(level: int = logging.INFO) -> None:
     logging.getLogger("flwr").propagate = False
     if not (verbose() or _flower_verbose()):
         quiet_libraries()
+    else:  # everything back, also after an earlier quiet setup in this process
+        _loud_flower()
 
 
 def _flower_verbose() -> bool:
@@ -88,6 +90,15 @@ def _quiet_flower() -> None:
     console_handler.setLevel(logging.WARNING)
     if not any(isinstance(f, _DropFlowerNoise) for f in console_handler.filters):
         console_handler.addFilter(_DropFlowerNoise())
+
+
+def _loud_flower() -> None:
+    from flwr.common.logger import console_handler
+
+    for noise in [f for f in console_handler.filters if isinstance(f, _DropFlowerNoise)]:
+        console_handler.removeFilter(noise)
+    if console_handler.level > logging.INFO:
+        console_handler.setLevel(logging.INFO)
 
 
 def _quiet_transformers() -> None:

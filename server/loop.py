@@ -41,7 +41,7 @@ def run_rounds(
     if first_round == 1:
         evaluate_fn(0, arrays)
     for server_round in range(first_round, num_rounds + 1):
-        log.info("[ROUND %s/%s]", server_round, num_rounds)
+        log.debug("[ROUND %s/%s]", server_round, num_rounds)
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
         if secure is not None:
             result = run_secure_round(secure, grid, server_round, list(messages), arrays)

@@ -61,7 +61,7 @@ def simulate(
 
     address = ray_address_from(ray_address)
     cluster = probe_cluster(address) if address else None  # a wrong address stops here, in seconds
-    preflight(exp, resume)  # a bad data file, label or run folder stops here, before Ray starts
+    exp = preflight(exp, resume)  # a bad data file, label or run folder stops here, before Ray starts
 
     if exp.train.threads == 0 and threads_per_site:
         exp = config_mod.replace(exp, **{"train.threads": threads_per_site})

@@ -47,3 +47,12 @@ def small_experiment(**overrides: object) -> config_mod.ExperimentConfig:
     }
     base.update({k: v for k, v in overrides.items()})
     return config_mod.load(None, base)
+
+
+@pytest.fixture(autouse=True)
+def no_open_run_folders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run folders this process is writing (common/rundir.py, which a stop signal marks): each
+    test starts with none, whatever earlier tests left open."""
+    from common import rundir
+
+    monkeypatch.setattr(rundir, "_OPEN", set())

@@ -173,8 +173,12 @@ def test_coordinator_and_two_site_containers_run_a_job(compose: Compose) -> None
     up = compose("up", "-d", "--no-build", "coordinator")
     assert up.returncode == 0, up.stdout + up.stderr
     ca = compose.deploy / "ca" / "ca.crt"
-    wait_for("the coordinator's SuperLink", lambda: tls_handshake_ok(compose.port, ca), timeout=120)
-    wait_for("the coordinator's proxy", lambda: tls_handshake_ok(compose.public_port, ca), timeout=60)
+    try:
+        wait_for("the coordinator's SuperLink", lambda: tls_handshake_ok(compose.port, ca), timeout=120)
+        wait_for("the coordinator's proxy", lambda: tls_handshake_ok(compose.public_port, ca), timeout=60)
+    except AssertionError as exc:
+        logs = podman("logs", compose.container("coordinator"), check=False)
+        raise AssertionError(f"{exc}\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}") from None
     refused = compose.flwr("supernode", "register", str(compose.deploy / "site-a" / "keys" / "site-a.pub"), "public")
     assert refused.returncode != 0 and "403" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
     node_ids = {}
