@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_bad_overrides_are_refused_in_one_line(overrides: str, message: str) -> 
 
 def test_the_script_side_prints_sites_then_the_run_config(project_root: Path) -> None:
     env = {**os.environ, "CONFIDE_ROOT": str(project_root)}
-    cmd = [".venv/bin/python", "-m", "simulations.run_local", "prepare", DEFAULT, "data.label_field=label"]
+    cmd = [sys.executable, "-m", "simulations.run_local", "prepare", DEFAULT, "data.label_field=label"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     sites, run_config = proc.stdout.splitlines()
     assert proc.returncode == 0 and sites == "3" and "data.label_field='label'" in run_config
