@@ -5,7 +5,7 @@ partition, local training, DP-SGD with its ledger, augmentation, EMA); the probe
 sites' weights by record count and scores the global model on the central test set after every
 round. It leaves out what Flower adds (transport, update checks, strategies other than FedAvg,
 site sampling), so it is for choosing a recipe quickly, not a result: the tables in
-docs/benchmarks.md come from the real simulation (benchmarks/strategies.py, simulations/sweep.py).
+docs/benchmarks.md come from the real simulation (benchmarks/strategies.py, simulations/study/sweep.py).
 
     python -m benchmarks.fedavg_probe simulations/configs/hospital_resnet_pneumonia.yaml \
         --set privacy.mode=local --set privacy.target_epsilon=8 --set train.augment=crop

@@ -336,8 +336,15 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows)
 
 
+def _prog(default: str) -> str:
+    """`confide audit-log` when called through the `confide` command, else the default name."""
+    return sys.argv[0] if sys.argv[0].startswith("confide ") else default
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="confide-site-audit", description="A site's audit log of what it sent.")
+    parser = argparse.ArgumentParser(
+        prog=_prog("confide-site-audit"), description="A site's audit log of what it sent."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="print a site's audit log (<site>.audit.jsonl) as a table")
     show.add_argument("log", type=Path)

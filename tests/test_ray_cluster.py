@@ -36,12 +36,12 @@ import pytest
 
 from common.errors import ConfideError
 from common.rundir import INCOMPLETE
-from simulations.cellstore import CELL_LOG, RESULT, cell_dir, failure_of, load_result
 from simulations.local import simulate
 from simulations.ray_cluster import RayCluster, _worker_env, probe_cluster, ray_address_from
-from simulations.sweep import main as sweep_main
-from simulations.sweep import run_sweep
-from simulations.sweep_spec import load_sweep
+from simulations.study.cellstore import CELL_LOG, RESULT, cell_dir, failure_of, load_result
+from simulations.study.sweep import main as sweep_main
+from simulations.study.sweep import run_sweep
+from simulations.study.sweep_spec import load_sweep
 from tests.conftest import REPO, small_experiment
 
 TINY_SWEEP = {
@@ -142,7 +142,7 @@ def test_parallel_sweep_needs_a_reachable_cluster(tmp_path: Path, no_ray_address
 def test_failed_parallel_cells_are_recorded_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The parent sees a cluster (stubbed); each cell's process probes for itself, finds none and fails."""
     address = f"127.0.0.1:{free_port()}"
-    monkeypatch.setattr("simulations.sweep.probe_cluster", lambda a: RayCluster(a, ({"CPU": 4.0},)))
+    monkeypatch.setattr("simulations.study.sweep.probe_cluster", lambda a: RayCluster(a, ({"CPU": 4.0},)))
     file, out = tmp_path / "tiny.yaml", tmp_path / "out"
     file.write_text(json.dumps(TINY_SWEEP))
     sweep = load_sweep(file)
@@ -284,7 +284,7 @@ def test_parallel_sweep_runs_both_cells_at_once_on_the_cluster_and_leaves_it_run
     file.write_text(json.dumps(TINY_SWEEP))
     sweep = load_sweep(file)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"CONFIDE_ROOT": str(tmp_path)}
-    cmd = [sys.executable, "-m", "simulations.sweep", str(file), "--out", str(out), "--no-report"]
+    cmd = [sys.executable, "-m", "simulations.study.sweep", str(file), "--out", str(out), "--no-report"]
     cmd += ["--ray-address", ray_cluster.address, "--parallel", "2"]
     before = jobs(ray_cluster.address)
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

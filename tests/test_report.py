@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations.cellstore import PLAN, RESULT, atomic_write, cell_dir
-from simulations.report import build_report, main
-from simulations.results import read_csv
+from simulations.study.cellstore import PLAN, RESULT, atomic_write, cell_dir
+from simulations.study.report import build_report, main
+from simulations.study.results import read_csv
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -103,7 +103,7 @@ def make_sweep_folder(out: Path, missing: int = 0) -> list[str]:
     plan = {
         "name": "fake",
         "source": "fake.yaml",
-        "command": "python -m simulations.sweep fake.yaml",
+        "command": "python -m simulations.study.sweep fake.yaml",
         "grid": {"privacy.target_epsilon": [2.0, "inf"], "data.num_sites": [2, 3], "seed": [0, 1]},
         "fixed": {},
         "privacy_axis": "privacy.target_epsilon",

@@ -24,8 +24,8 @@ from common import config as config_mod
 from common.errors import ConfigError
 from server.secagg import SecureAggregation
 from server.strategy import ConfideChecks
-from simulations.determinism import seeded_sites
 from simulations.local import simulate
+from simulations.study.determinism import seeded_sites
 
 pytestmark = pytest.mark.slow
 

@@ -31,12 +31,12 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from simulations.cell import with_audit
-from simulations.cellstore import RESULT, atomic_write, cell_dir, load_result
 from simulations.run_summary import summarize_run
-from simulations.sweep import main as sweep_main
-from simulations.sweep import reaudit_sweep, run_sweep
-from simulations.sweep_spec import build_sweep, load_sweep
+from simulations.study.cell import with_audit
+from simulations.study.cellstore import RESULT, atomic_write, cell_dir, load_result
+from simulations.study.sweep import main as sweep_main
+from simulations.study.sweep import reaudit_sweep, run_sweep
+from simulations.study.sweep_spec import build_sweep, load_sweep
 from tests.conftest import REPO
 from tests.test_report import assert_rendered_with_plots, needs_chromium, screenshot
 
@@ -190,8 +190,8 @@ def test_nonmembers_come_from_held_out_training_records_and_never_train_a_refere
     from common import config as config_mod
     from common.data import LabelSet
     from common.site import SiteSpec, site_records
-    from simulations.study_audit import _nonmember_pool, _population
-    from simulations.sweep_spec import AuditSettings
+    from simulations.study.study_audit import _nonmember_pool, _population
+    from simulations.study.sweep_spec import AuditSettings
 
     def fingerprints(raw) -> set[bytes]:
         return {img.tobytes() for img in raw.images}
@@ -236,7 +236,7 @@ def interrupted_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     sweep = load_sweep(file)
     first = cell_dir(out, sweep.cells[0].id) / RESULT
     env = {**os.environ, "CONFIDE_ROOT": str(root)}
-    cmd = [sys.executable, "-m", "simulations.sweep", str(file), "--out", str(out), "--no-report"]
+    cmd = [sys.executable, "-m", "simulations.study.sweep", str(file), "--out", str(out), "--no-report"]
     log_file = root / "first-run.log"
     with log_file.open("w") as log_fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_fh, stderr=subprocess.STDOUT)

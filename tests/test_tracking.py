@@ -14,9 +14,9 @@ import yaml
 
 from common import config as config_mod
 from common import tracking
-from simulations.cell import tracked
 from simulations.local import simulate
-from simulations.sweep_spec import load_sweep
+from simulations.study.cell import tracked
+from simulations.study.sweep_spec import load_sweep
 
 TINY = {
     "model.name": "resnet8",

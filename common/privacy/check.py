@@ -63,7 +63,10 @@ def rebuilt_history(exp: config_mod.ExperimentConfig, records: int) -> HistoryEn
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m common.privacy.check", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog=sys.argv[0] if sys.argv[0].startswith("confide ") else "python -m common.privacy.check",
+        description=__doc__.splitlines()[0],
+    )
     ap.add_argument("ledger", type=Path)
     ap.add_argument("--delta", type=float, default=0.0, help="delta (default: min(1e-5, 1/(10 n)) with --records)")
     ap.add_argument("--records", type=int, default=0, help="n: the site's training records (or number of sites)")

@@ -43,7 +43,7 @@ def secret_generator() -> torch.Generator:
 @contextmanager
 def study_noise_seeds(seeds: Callable[[], int]) -> Iterator[None]:
     """Simulated studies only: DP noise and sampling seeds from ``seeds``. Voids the DP guarantee
-    against anyone who knows the seed; only simulations/determinism.py's mod enters it (it is not
+    against anyone who knows the seed; only simulations/study/determinism.py's mod enters it (it is not
     in the app bundle sent to sites), and a deployed site's process refuses it."""
     if _FORBIDDEN:
         raise StudySeedsForbidden("study noise seeds cannot be used in a deployed site's process")

@@ -26,8 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from simulations.results import Study  # noqa: E402
-from simulations.sweep_spec import EPSILON_KEY  # noqa: E402
+from simulations.study.results import Study  # noqa: E402
+from simulations.study.sweep_spec import EPSILON_KEY  # noqa: E402
 
 DPI = 80
 NAMES = {

@@ -1,6 +1,6 @@
 """A sweep's report: tables, plots and one self-contained HTML page, from its output folder.
 
-    python -m simulations.report runs/sweeps/<name>
+    python -m simulations.study.report runs/sweeps/<name>
 
 Reads the sweep's plan (``sweep.json``) and every finished cell's ``result.json``; writes
 ``results.csv/.json`` (one row per cell), ``summary.csv/.json/.md`` (mean and spread over seeds),
@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from common.errors import ConfideError
-from simulations.cellstore import PLAN
-from simulations.html_report import markdown_summary, render
-from simulations.plots import make_plots
-from simulations.results import cell_rows, load_study, summary_rows, write_table
+from simulations.study.cellstore import PLAN
+from simulations.study.html_report import markdown_summary, render
+from simulations.study.plots import make_plots
+from simulations.study.results import cell_rows, load_study, summary_rows, write_table
 
 
 def build_report(out: Path) -> Path:

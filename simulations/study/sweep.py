@@ -1,6 +1,6 @@
 """Privacy-utility sweeps: run every cell of a sweep file as a simulation, then report.
 
-    python -m simulations.sweep simulations/sweeps/pneumonia.yaml [--out DIR] [--set KEY=VALUE ...]
+    python -m simulations.study.sweep simulations/sweeps/pneumonia.yaml [--out DIR] [--set KEY=VALUE ...]
         [--grid 'KEY=[V1,V2]' ...] [--reaudit] [--no-report] [--ray-address HOST:PORT [--parallel N]]
 
 Each cell is one simulated federated run plus a membership-inference audit of its final model
@@ -10,7 +10,7 @@ whose result already exists are skipped, so rerunning the same command after an 
 (e.g. a reduced budget) and ``--grid`` replaces an axis's values; such cells get other ids than
 the full-budget ones, so both can live in one output folder. ``--reaudit`` only redoes the audit
 of finished cells from their saved run folders (after a change to the audit), without simulating
-again. At the end the table, plots and HTML report are written (``python -m simulations.report
+again. At the end the table, plots and HTML report are written (``python -m simulations.study.report
 DIR`` redoes that alone).
 
 ``--ray-address`` (or ``RAY_ADDRESS``) runs every cell's simulation on that running Ray cluster
@@ -39,8 +39,10 @@ from common import config as config_mod
 from common import logs
 from common.errors import ConfideError
 from common.tracking import prepare_store
-from simulations.cell import reaudit_cell, run_cell, tracked
-from simulations.cellstore import (
+from simulations.local import parse_sets
+from simulations.ray_cluster import RayCluster, probe_cluster, ray_address_from
+from simulations.study.cell import reaudit_cell, run_cell, tracked
+from simulations.study.cellstore import (
     CELL_LOG,
     FAILED,
     PLAN,
@@ -50,11 +52,9 @@ from simulations.cellstore import (
     load_result,
     record_failure,
 )
-from simulations.local import parse_sets
-from simulations.ray_cluster import RayCluster, probe_cluster, ray_address_from
-from simulations.sweep_spec import Cell, Sweep, load_sweep
+from simulations.study.sweep_spec import Cell, Sweep, load_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_sweep(
@@ -92,7 +92,7 @@ def run_sweep(
     else:
         failed = _run_sequential(sweep, out, todo_ids, cluster.address if cluster else None, echo)
     if report:
-        from simulations.report import build_report
+        from simulations.study.report import build_report
 
         path = build_report(out)
         echo(f"[sweep] report: {path}")
@@ -133,7 +133,7 @@ def _run_sequential(
 
 @dataclass
 class _Job:
-    """A cell running in its own process (``python -m simulations.cell``)."""
+    """A cell running in its own process (``python -m simulations.study.cell``)."""
 
     head: str
     cell: Cell
@@ -212,7 +212,7 @@ def _start_cell(sweep: Sweep, cell: Cell, out: Path, address: str, head: str, si
     (folder / FAILED).unlink(missing_ok=True)  # a stale reason must not pass for this attempt's
     log = (folder / CELL_LOG).open("wb")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    cmd = [sys.executable, "-m", "simulations.cell", "--ray-address", address]
+    cmd = [sys.executable, "-m", "simulations.study.cell", "--ray-address", address]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
     assert proc.stdin is not None
     try:
@@ -362,11 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load_sweep(args.sweep, parse_sets(args.set), parse_sets(args.grid))
         out = args.out or default_out(sweep)
-        command = "python -m simulations.sweep " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        command = "python -m simulations.study.sweep " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         if args.reaudit:
             print(f"[sweep] {reaudit_sweep(sweep, out)} cell(s) re-audited: {out}")
             if not args.no_report:
-                from simulations.report import build_report
+                from simulations.study.report import build_report
 
                 print(f"[sweep] report: {build_report(out)}")
             return 0

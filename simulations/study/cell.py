@@ -5,7 +5,7 @@ cleared before the cell runs again, so a cell's folder only ever holds the run i
 describes.
 
 A parallel sweep (``--parallel``, on a Ray cluster) runs each cell in its own process,
-``python -m simulations.cell --ray-address HOST:PORT``, which reads the sweep, the cell and the
+``python -m simulations.study.cell --ray-address HOST:PORT``, which reads the sweep, the cell and the
 output folder pickled on stdin: Flower's ``run_simulation`` holds process-wide Ray state, so one
 process is one Ray driver, one simulation at a time.
 """
@@ -30,12 +30,12 @@ from common import config as config_mod
 from common import logs
 from common import tracking as tracking_mod
 from common.errors import ConfideError
-from simulations.cellstore import FAILED, RESULT, atomic_write, cell_dir, load_result, record_failure
-from simulations.determinism import seeded_sites
 from simulations.local import simulate
 from simulations.run_summary import summarize_run
-from simulations.study_audit import audit_run
-from simulations.sweep_spec import Cell, Sweep
+from simulations.study.cellstore import FAILED, RESULT, atomic_write, cell_dir, load_result, record_failure
+from simulations.study.determinism import seeded_sites
+from simulations.study.study_audit import audit_run
+from simulations.study.sweep_spec import Cell, Sweep
 
 
 def run_cell(sweep: Sweep, cell: Cell, out: Path, ray_address: str | None = None) -> dict[str, Any]:

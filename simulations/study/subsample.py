@@ -4,7 +4,7 @@
 (BANKING77's train.csv is: its first 1,200 rows hold 9 of the 77 intents). This writes k
 records per label, seeded and shuffled, to a new file outside the repository:
 
-    python -m simulations.subsample ../shared/datasets/banking77/train.csv category 16 \
+    python -m simulations.study.subsample ../shared/datasets/banking77/train.csv category 16 \
         /tmp/confide-study/banking77-train-16pc.csv
 """
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from simulations.results import Study
+from simulations.study.results import Study
 
 SUMMARY_METRICS = (
     ("final_accuracy", "test acc"),

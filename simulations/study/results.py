@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulations.cellstore import cell_dir, load_result
+from simulations.study.cellstore import cell_dir, load_result
 
 CONTEXT = (
     "data.source",

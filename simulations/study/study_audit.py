@@ -39,7 +39,7 @@ from common.models import build_model
 from common.partition import partition_indices
 from common.site import SiteSpec, site_records
 from common.train import train
-from simulations.sweep_spec import AuditSettings
+from simulations.study.sweep_spec import AuditSettings
 
 log = logging.getLogger(__name__)
 

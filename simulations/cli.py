@@ -1,0 +1,70 @@
+"""``confide``: one command with subcommands, beside the single-purpose ones it dispatches to.
+
+    confide run simulations/configs/default.yaml --set train.lr=0.01   # = python -m simulations.local
+    confide score runs/<run>/model test.csv --out predictions.csv       # = confide-score
+    confide sweep simulations/sweeps/pneumonia.yaml                     # = python -m simulations.study.sweep
+    confide report runs/sweeps/<name>                                   # = python -m simulations.study.report
+    confide audit-log show /var/lib/confide/ledger/<site>.audit.jsonl   # = confide-site-audit
+    confide check-ledger <ledger.json> --records <n>                    # = python -m common.privacy.check
+
+Each subcommand is the same code as the command on its right, with the same options
+(``confide <subcommand> --help``); a deployed job still runs through ``flwr run`` (README).
+A subcommand's module is imported only when it is called, so ``confide --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class Subcommand(NamedTuple):
+    module: str  # has main(argv: list[str] | None) -> int
+    summary: str
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "run": Subcommand("simulations.local", "run an experiment as a local multi-site simulation"),
+    "score": Subcommand("simulations.score", "score a CSV/JSONL/NPZ file with an exported model"),
+    "sweep": Subcommand("simulations.study.sweep", "run a privacy-utility sweep (resumable, one cell per run)"),
+    "report": Subcommand("simulations.study.report", "rebuild a sweep's tables, plots and HTML report"),
+    "audit-log": Subcommand("client.audit_log", "show a site's audit log of what it sent"),
+    "check-ledger": Subcommand("common.privacy.check", "recompute a privacy ledger's epsilon independently"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    listing = "\n".join(f"  {name:<13} {cmd.summary}" for name, cmd in SUBCOMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="confide",
+        usage="confide <subcommand> [options]",
+        description=f"Confide: federated fine-tuning with differential privacy.\n\nsubcommands:\n{listing}",
+        epilog="confide <subcommand> --help shows that subcommand's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        _parser().print_help()
+        return 2
+    if argv[0] in ("-h", "--help"):
+        _parser().print_help()
+        return 0
+    if argv[0] not in SUBCOMMANDS:
+        known = ", ".join(SUBCOMMANDS)
+        print(f"confide: unknown subcommand {argv[0]!r} (one of: {known}; confide --help)", file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(SUBCOMMANDS[name].module)
+    sys.argv[0] = f"confide {name}"  # argparse's prog: usage lines read "confide run ..."
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
