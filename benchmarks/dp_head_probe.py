@@ -32,6 +32,7 @@ from benchmarks._util import save, table
 from common import config as config_mod
 from common.data import LabelSet, label_set, read_test, read_train
 from common.partition import partition_indices
+from common.privacy.accounting import calibrate
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "simulations/configs/bank_bert_banking77.yaml"
@@ -83,8 +84,6 @@ def federated_dp_head(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Test accuracy of the final global head, and the largest site noise multiplier."""
-    from opacus.accountants.utils import get_noise_multiplier
-
     g = torch.Generator().manual_seed(seed)
     x, y = torch.tensor(f["x_train"]), torch.tensor(f["y_train"])
     w, b = torch.tensor(f["w0"]).clone(), torch.tensor(f["b0"]).clone()
@@ -96,8 +95,7 @@ def federated_dp_head(
         if np.isinf(epsilon):
             sigmas.append(0.0)
             continue
-        kw = {"target_epsilon": epsilon, "target_delta": delta, "sample_rate": batch / n, "steps": steps}
-        sigmas.append(get_noise_multiplier(**kw, accountant="prv"))
+        sigmas.append(calibrate(epsilon, delta, sample_rate=batch / n, steps=steps, kind="prv"))
     for _ in range(rounds):
         heads = []
         for ids, sigma in zip(parts, sigmas, strict=True):

@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks._util import read_rounds, save, table
 from benchmarks.compression import subset
 from common import config as config_mod
-from common import logs
+from server.flower_runtime import setup_logging
 from simulations.local import simulate
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     args = parser.parse_args()
-    logs.setup()
+    setup_logging()
     results = []
     for setup in args.setups:
         if setup.startswith("banking77") and not (BANKING77 / "train.csv").is_file():

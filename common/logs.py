@@ -1,8 +1,8 @@
-"""Logging for Confide's own modules, kept apart from Flower's handlers (no double lines).
+"""Logging for Confide's own modules, kept apart from the libraries' handlers (no double lines).
 
-By default the terminal carries Confide's lines and errors: Flower's INFO lines, its notices
-about its own defaults and deprecations, Ray's tips, transformers' progress bars and the
-libraries' deprecation warnings are left out. ``CONFIDE_VERBOSE=1`` (``--verbose`` on
+By default the terminal carries Confide's lines and errors: Ray's tips, transformers' progress
+bars and the libraries' deprecation warnings are left out (Flower's own console is handled by
+server/flower_runtime.py, which calls ``setup``: common/ never imports flwr). ``CONFIDE_VERBOSE=1`` (``--verbose`` on
 ``python -m simulations.local``) keeps all of it. Set in a driver before Ray starts, the variable
 reaches the Ray workers that run the sites, which call ``setup`` too. Under ``flwr run`` the
 ServerApp runs in a process the SuperLink starts, which does not see the caller's environment:
@@ -20,12 +20,6 @@ import warnings
 PACKAGES = ("common", "server", "client", "simulations", "benchmarks")
 VERBOSE_ENV = "CONFIDE_VERBOSE"
 
-# Flower WARNING lines about Flower's own defaults or Confide's deliberate choices, not the run.
-FLOWER_NOISE = (
-    "Since flwr 1.32, default simulated SuperNodes",
-    "DEPRECATED FEATURE: The `run_simulation` function",
-    "fraction_evaluate is set to 0.0",
-)
 # (category, message regex, module regex) for warnings.filterwarnings; "" matches anything.
 WARNING_NOISE: tuple[tuple[type[Warning], str, str], ...] = (
     (FutureWarning, "Tip: In future versions of Ray", ""),
@@ -40,7 +34,9 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def setup(level: int = logging.INFO) -> None:
+def setup(level: int = logging.INFO, *, loud: bool | None = None) -> None:
+    """Confide's loggers print ``[confide] ...`` lines once; unless ``loud`` (default: ``verbose()``),
+    the libraries' routine lines are left out."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[confide] %(levelname)s %(name)s: %(message)s"))
     for name in PACKAGES:
@@ -50,55 +46,15 @@ def setup(level: int = logging.INFO) -> None:
             logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False
-    # Opacus calls logging.basicConfig on import: Flower's records would print twice (and its
-    # DEBUG ones once) through the root handler. Flower has its own console handler.
-    logging.getLogger("flwr").propagate = False
-    if not (verbose() or _flower_verbose()):
+    if not (verbose() if loud is None else loud):
         quiet_libraries()
-    else:  # everything back, also after an earlier quiet setup in this process
-        _loud_flower()
-
-
-def _flower_verbose() -> bool:
-    """Flower's own verbose switch (``--federation-config "verbose=true"``) set its console to DEBUG."""
-    try:
-        from flwr.common.logger import console_handler
-    except ImportError:  # pragma: no cover - Flower is a dependency
-        return False
-    return console_handler.level < logging.INFO
-
-
-class _DropFlowerNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(noise in message for noise in FLOWER_NOISE)
 
 
 def quiet_libraries() -> None:
     """Leave the libraries' routine lines out of the terminal (warnings and errors stay)."""
-    _quiet_flower()
     for category, message, module in WARNING_NOISE:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
     _quiet_transformers()
-
-
-def _quiet_flower() -> None:
-    try:
-        from flwr.common.logger import console_handler
-    except ImportError:  # pragma: no cover - Flower is a dependency
-        return
-    console_handler.setLevel(logging.WARNING)
-    if not any(isinstance(f, _DropFlowerNoise) for f in console_handler.filters):
-        console_handler.addFilter(_DropFlowerNoise())
-
-
-def _loud_flower() -> None:
-    from flwr.common.logger import console_handler
-
-    for noise in [f for f in console_handler.filters if isinstance(f, _DropFlowerNoise)]:
-        console_handler.removeFilter(noise)
-    if console_handler.level > logging.INFO:
-        console_handler.setLevel(logging.INFO)
 
 
 def _quiet_transformers() -> None:

@@ -3,7 +3,8 @@
 ``flwr stop <run-id>`` makes the SuperLink refuse the run's next heartbeat, and Flower's
 simulation process then raises SIGINT in itself; its signal handler runs Flower's exit handlers
 and exits. ``kill`` sends SIGTERM, Ctrl-C SIGINT. Either way the coordinator's thread is cut off
-mid-round, so the reason is written here, from the exit path: FAILED.txt in the run folder
+mid-round, so the reason is written here, from the exit path (Flower's exit handlers call ``stop``:
+server/flower_runtime.py): FAILED.txt in the run folder
 (common/rundir.py), which keeps its ``.incomplete`` name and its last checkpoint (resumable).
 
 The private Ray instance a simulation started is made of this process's child processes (GCS,
@@ -25,7 +26,6 @@ _HOW = {
     signal.SIGINT: "Ctrl-C or `flwr stop`",
     signal.SIGTERM: "kill or a process manager",
 }
-_installed = False
 
 
 def reason(signum: int | None) -> str:
@@ -83,26 +83,3 @@ def _signal_all(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def install_flower_exit_handler() -> None:
-    """Run ``stop`` from Flower's exit path (its handler for SIGINT/SIGTERM in the simulation and
-    ServerApp processes), once per process."""
-    global _installed
-    if _installed:
-        return
-    from flwr.supercore.exit import add_exit_handler
-
-    add_exit_handler(lambda: stop(_flower_signal()), run_before_force_exit=True)
-    _installed = True
-
-
-def _flower_signal() -> int | None:
-    """The signal Flower's handler is exiting on: its ``signalnum`` argument, found up the stack
-    (Flower passes only an exit code to exit handlers)."""
-    frame = sys._getframe()
-    while frame is not None:
-        if frame.f_code.co_name == "graceful_exit_handler" and "signalnum" in frame.f_locals:
-            return int(frame.f_locals["signalnum"])
-        frame = frame.f_back
-    return None

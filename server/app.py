@@ -7,9 +7,9 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common import logs, stopping
 from common.config import RESUME_KEY, ExperimentConfig, load_from_run_config, resolve_path
 from common.errors import ConfideError, RunFailed
+from server import flower_runtime
 from server.run import run_experiment
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -22,8 +22,8 @@ def create_server_app(fixed: ExperimentConfig | None = None, resume: Path | None
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        logs.setup()
-        stopping.install_flower_exit_handler()  # `flwr stop`, kill: FAILED.txt says so (common/stopping.py)
+        flower_runtime.setup_logging()
+        flower_runtime.install_exit_handler()  # `flwr stop`, kill: FAILED.txt says so (common/stopping.py)
         try:
             exp = fixed or load_from_run_config(context.run_config, APP_DIR)
             folder = str(context.run_config.get(RESUME_KEY, "") or "") if fixed is None else ""

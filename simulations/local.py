@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose:  # in the environment: Ray's workers, started later, inherit it
         os.environ[logs.VERBOSE_ENV] = "1"
-    logs.setup()
+    from server.flower_runtime import setup_logging  # flwr is imported once a run starts
+
+    setup_logging()
     signal.signal(signal.SIGTERM, _interrupt)  # kill: stop as Ctrl-C does
     try:
         exp = config_mod.load(args.experiment, parse_sets(args.set))

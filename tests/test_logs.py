@@ -1,4 +1,5 @@
-"""The terminal: Confide's lines by default, the libraries' lines back with the verbose switch."""
+"""The terminal: Confide's lines by default, the libraries' lines back with the verbose switch
+(common/logs.py; Flower's console: server/flower_runtime.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from flwr.common.logger import console_handler
 
 from common import logs
+from server import flower_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.num_sites=2", "strategy.min_sites=2", "data.max_samples=400", "train.batch_size=32"]
@@ -38,7 +40,7 @@ def flower_record(message: str, level: int = logging.INFO) -> logging.LogRecord:
 def test_quiet_by_default_drops_flower_info_and_its_notices(flower_console, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
     console_handler.setLevel(logging.INFO)
-    logs.setup()
+    flower_runtime.setup_logging()
     assert console_handler.level == logging.WARNING
     assert not console_handler.filter(flower_record("Since flwr 1.32, default simulated SuperNodes changed", 30))
     assert console_handler.filter(flower_record("a real Flower warning", logging.WARNING))
@@ -57,7 +59,7 @@ def test_verbose_keeps_everything(flower_console, monkeypatch, how: str) -> None
     else:  # flwr run --federation-config "verbose=true": Flower set its console to DEBUG
         monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
         console_handler.setLevel(logging.DEBUG)
-    logs.setup()
+    flower_runtime.setup_logging()
     assert console_handler.level <= logging.INFO
     assert console_handler.filter(flower_record("Since flwr 1.32, default simulated SuperNodes changed", 30))
 

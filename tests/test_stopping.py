@@ -13,6 +13,7 @@ import pytest
 
 from common import rundir, stopping
 from common.rundir import FAILED, RunDir, failure_of
+from server import flower_runtime
 from tests.conftest import small_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,10 +42,10 @@ def test_reason_names_the_signal() -> None:
 
 def test_the_signal_is_read_from_flowers_handler_frame() -> None:
     def graceful_exit_handler(signalnum: int, _frame: object) -> int | None:  # Flower's name
-        return stopping._flower_signal()
+        return flower_runtime.flower_signal()
 
     assert graceful_exit_handler(signal.SIGTERM, None) == signal.SIGTERM
-    assert stopping._flower_signal() is None
+    assert flower_runtime.flower_signal() is None
 
 
 def fake_proc(root: Path, parents: dict[int, int]) -> Path:

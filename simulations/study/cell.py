@@ -27,7 +27,6 @@ from typing import Any
 import yaml
 
 from common import config as config_mod
-from common import logs
 from common import tracking as tracking_mod
 from common.errors import ConfideError
 from simulations.local import simulate
@@ -109,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C reaches the whole sweep: leave at once (a cell is done only once its result is written)
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
     sweep, cell, out = pickle.load(sys.stdin.buffer)
-    logs.setup()
+    from server.flower_runtime import setup_logging
+
+    setup_logging()
     try:
         run_cell(sweep, cell, out, ray_address=args.ray_address)
     except ConfideError as exc:

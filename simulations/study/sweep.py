@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from common import config as config_mod
-from common import logs
 from common.errors import ConfideError
 from common.tracking import prepare_store
 from simulations.local import parse_sets
@@ -358,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         "cluster's CPUs hold (sites x cpus_per_site each)",
     )
     args = parser.parse_args(argv)
-    logs.setup()
+    from server.flower_runtime import setup_logging
+
+    setup_logging()
     try:
         sweep = load_sweep(args.sweep, parse_sets(args.set), parse_sets(args.grid))
         out = args.out or default_out(sweep)
