@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks._util import read_rounds, save, table
 from common import config as config_mod
-from common import logs
+from server.flower_runtime import setup_logging
 from simulations.local import simulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def main() -> None:
         help="extra override for both runs, e.g. strategy.rounds=5",
     )
     args = parser.parse_args()
-    logs.setup()
+    setup_logging()
     if not (REPO / TASKS[args.task][1]).exists():
         sys.exit(f"dataset not found: {REPO / TASKS[args.task][1]}")
     from simulations.local import parse_sets

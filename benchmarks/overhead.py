@@ -17,7 +17,7 @@ import statistics
 
 from benchmarks._util import read_rounds, save, table
 from common import config as config_mod
-from common import logs
+from server.flower_runtime import setup_logging
 from simulations.local import simulate
 
 SETUPS = {
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    logs.setup()
+    setup_logging()
     results = [run(m, args.rounds) for m in args.models]
     path = save("overhead", {"results": results})
     print(

@@ -66,10 +66,10 @@ def overrides(num_sites: int, rounds: int, steps: int) -> dict[str, Any]:
 def child(num_sites: int, rounds: int, steps: int) -> int:
     """One simulation in this process (the process tree the parent measures)."""
     from common import config as config_mod
-    from common import logs
+    from server.flower_runtime import setup_logging
     from simulations.local import simulate
 
-    logs.setup()
+    setup_logging()
     path = simulate(config_mod.load(None, overrides(num_sites, rounds, steps)), cpus_per_site=1.0, threads_per_site=1)
     print(f"SCALE_RUN_FOLDER {path}", flush=True)
     return 0

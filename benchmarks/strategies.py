@@ -25,8 +25,8 @@ from typing import Any
 
 from benchmarks._util import RESULTS, machine, read_rounds, table
 from common import config as config_mod
-from common import logs
 from common.errors import ConfideError
+from server.flower_runtime import setup_logging
 from simulations.local import parse_sets, simulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--out", default="", help="results file (default: benchmarks/results/strategies-<task>-*.json)")
     args = parser.parse_args(argv)
-    logs.setup()
+    setup_logging()
     try:
         extra = parse_sets(args.set)
         exp = config_mod.load(REPO / TASKS[args.task], extra)

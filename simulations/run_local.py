@@ -33,6 +33,10 @@ from common.errors import ConfideError
 # Flower's own pattern for --run-config (flwr.common.config.parse_config_args).
 PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 PATH_KEYS = ("experiment", "output_dir", config.RESUME_KEY)
+# File paths in the experiment (YAML or override) that a local SuperLink started from another
+# folder would resolve against its own: passed absolute. model.checkpoint only when it is a local
+# folder (it may also name a model by its hub name).
+FILE_KEYS = ("data.path", "data.test_path", "model.weights", "model.checkpoint")
 
 
 def control_port() -> str:
@@ -87,7 +91,7 @@ def prepare(experiment: str, overrides: str) -> Prepared:
 
     pairs = [(key, toml_value(value)) for key, value in split_pairs(overrides)]
     given = dict(pairs)
-    text = " ".join(f"{k}={v}" for k, v in pairs if k not in PATH_KEYS)
+    text = " ".join(f"{k}={v}" for k, v in pairs if k not in PATH_KEYS + FILE_KEYS)
     try:
         parsed = parse_config_args([text]) if text else {}
     except Exception as exc:  # click.ClickException or ValueError: one line, with the quoting shown
@@ -95,11 +99,19 @@ def prepare(experiment: str, overrides: str) -> Prepared:
             f"overrides {overrides!r} are not Flower run-config pairs ({exc}); string values need quotes: "
             "\"data.label_field='label' train.lr=0.01\""
         ) from None
-    if "output_dir" in given:
-        parsed["output_dir"] = unquote(given["output_dir"])
+    for key in ("output_dir", *FILE_KEYS):
+        if key in given:
+            parsed[key] = unquote(given[key])
     experiment = unquote(given.get("experiment", quote(experiment)))
     exp = config.load(experiment, parsed)
     paths = {"experiment": Path(experiment).resolve(), "output_dir": config.resolve_path(exp.output_dir)}
+    files = {"data.path": exp.data.path, "data.test_path": exp.data.test_path, "model.weights": exp.model.weights,
+             "model.checkpoint": exp.model.checkpoint}  # fmt: skip
+    for key, value in files.items():
+        if value and (key != "model.checkpoint" or config.resolve_path(value).exists()):
+            paths[key] = config.resolve_path(value)  # as this checkout reads it, whichever SuperLink runs the job
+        elif key in given:
+            paths[key] = value
     resume = unquote(given.get(config.RESUME_KEY, "''"))
     if resume:  # the folder checked against the experiment before any Flower process starts
         from server.run import preflight

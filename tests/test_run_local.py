@@ -102,3 +102,18 @@ def test_another_users_superlink_is_refused(tmp_path: Path) -> None:
     link = SuperLink(4242, os.getuid() + 1, None, None)
     code, line = check_superlink([link], tmp_path, tmp_path, os.getuid())
     assert code == 1 and "pid 4242" in line and "belongs to user" in line
+
+
+def test_file_paths_in_the_experiment_and_overrides_are_passed_absolute(project_root: Path) -> None:
+    """A SuperLink started in another folder resolves relative paths against that folder; the run config
+    carries them as this checkout reads them ($CONFIDE_ROOT, else the working directory)."""
+    (project_root / "ckpt").mkdir()
+    bert = str(REPO / "simulations/configs/bank_bert_banking77.yaml")
+    parsed = parse_config_args([prepare(bert, "data.test_path=held/out.csv model.checkpoint=ckpt").run_config])
+    assert parsed["data.path"] == str((project_root / "../shared/datasets/banking77/train.csv").resolve())  # the YAML's
+    assert parsed["data.test_path"] == str(project_root / "held" / "out.csv")  # an override's
+    assert parsed["model.checkpoint"] == str(project_root / "ckpt")  # a local folder
+    hub_name = parse_config_args([prepare(bert, "").run_config])
+    assert "model.checkpoint" not in hub_name  # all-MiniLM-L6-v2 is not a folder here: left as the YAML has it
+    resnet = parse_config_args([prepare(DEFAULT, "model.weights=w/resnet18.pt").run_config])
+    assert resnet["model.weights"] == str(project_root / "w" / "resnet18.pt")
