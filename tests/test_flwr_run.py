@@ -128,6 +128,17 @@ def _descendants(pid: int) -> list[int]:
         return []
 
 
+def _live_cmdline(pid: int) -> str:
+    """The command line of a running (not zombie) process, else ""."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return "" if proc.status() == psutil.STATUS_ZOMBIE else " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _kill_all(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -203,3 +214,54 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_sites_ledgers_continu
                 accountant.step(noise_multiplier=e["noise_multiplier"], sample_rate=e["sample_rate"])
         reported = lines[5]["privacy"]["sites"][site]
         assert reported["epsilon"] == pytest.approx(accountant.get_epsilon(reported["delta"]), rel=1e-6)
+
+
+def test_flwr_stop_records_why_keeps_the_run_resumable_and_ends_its_processes(tmp_path: Path) -> None:
+    """`flwr stop <run-id>` on a running job (local SuperLink, simulation engine in its own process):
+    Flower raises SIGINT in the simulation process, Confide's exit handler (server/flower_runtime.py)
+    writes the reason to FAILED.txt, the folder keeps its `.incomplete` name and checkpoint (resumable),
+    Flower records the run stopped, and no process of the run is left under the SuperLink."""
+    if port_in_use(LOCAL_CONTROL_PORT):
+        pytest.skip("a local Flower SuperLink is already running on 127.0.0.1:39093; stop it to run this test")
+    flwr = str(Path(sys.executable).parent / "flwr")
+    config = "data.num_sites=2 strategy.rounds=6 data.max_samples=300 model.name='resnet8' faults.straggler_delay=3"
+    cmd = [flwr, "run", str(REPO), "--stream", "--federation-config", "num-supernodes=2", "--run-config", config]
+    env, home, runs = flwr_env(tmp_path), tmp_path / "flwr-home", tmp_path / "runs"
+    job = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # rounds 0 and 1 logged: round 2 is under way
+            logs = list(runs.glob("*/metrics.jsonl"))
+            if logs and len(logs[0].read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run never reached round 2")
+        (folder,) = list(runs.glob("*.incomplete"))
+        run_id = folder.name.removesuffix(".incomplete").rsplit("-", 1)[1]
+        stop = subprocess.run([flwr, "stop", run_id], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        deadline = time.monotonic() + 60
+        while not (folder / "FAILED.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (folder / "FAILED.txt").exists(), "no FAILED.txt after flwr stop"
+        reason = (folder / "FAILED.txt").read_text()
+        assert "stopped by signal SIGINT (Ctrl-C or `flwr stop`)" in reason and "resumable" in reason, reason
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            left = [c for link in superlinks_under(home) for p in _descendants(link) if (c := _live_cmdline(p))]
+            left = [c for c in left if "flower-superexec" not in c]  # the SuperLink's own executor stays
+            if not left:
+                break
+            time.sleep(0.5)
+        assert not left, [c[:120] for c in left]
+        assert (folder / "checkpoint.pt").exists() and len((folder / "metrics.jsonl").read_text().splitlines()) < 7
+        listed = subprocess.run([flwr, "ls", "--run-id", run_id], env=env, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+        assert "stopped" in listed.stdout, listed.stdout
+    finally:
+        job.kill()
+        job.communicate(timeout=30)
+        for pid in superlinks_under(home):
+            _kill_all([*_descendants(pid), pid])
