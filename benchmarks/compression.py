@@ -8,7 +8,8 @@ factor below float32, and the final-round central test accuracy with its differe
 Tasks: ``digits`` (the default image job: ResNet-18 on scikit-learn's digits, 3 IID sites);
 ``banking77-lora`` (the shipped BANKING77 job, all-MiniLM-L6-v2 with LoRA r=8; what travels is the
 head and the adapters); ``banking77-full`` (the same with every weight trained and exchanged: no
-LoRA, AdamW 1e-4 on the encoder, 5e-2 on the head). BANKING77 runs use a reduced budget: every
+LoRA, AdamW 1e-4 on the encoder, 5e-2 on the head); ``banking77-lora-r4`` (LoRA r=4: half the
+adapter bytes, with int8 the ≥ 1,000× row). BANKING77 runs use a reduced budget: every
 ``--every``-th training query (all 77 intents) and ``--rounds`` rounds; the full test split.
 
     python -m benchmarks.compression --tasks digits,banking77-lora,banking77-full
