@@ -80,6 +80,10 @@ def test_topk_keeps_exactly_the_k_largest_magnitudes() -> None:
     assert parts[compress.IDX].tolist() == [1, 2, 5] and parts[""].tolist() == [-5.0, 3.0, 4.0]
     assert compress.decode_tensor(parts, x.shape, T(topk=0.5)).tolist() == [0, -5.0, 3.0, 0, 0, 4.0]
     assert compress.topk_count(1000, 0.01) == 10 and compress.topk_count(5, 0.01) == 1
+    # a fraction that does not divide the size rounds up: at least that share of the update is sent
+    assert compress.topk_count(10, 0.25) == 3 and compress.topk_count(7, 0.5) == 4
+    parts = compress.encode_tensor(x, T(topk=0.4))  # ceil(0.4 * 6) = ceil(2.4) = 3, not 2
+    assert parts[compress.IDX].tolist() == [1, 2, 5]
 
 
 def test_error_feedback_sends_over_rounds_what_the_updates_sum_to() -> None:
