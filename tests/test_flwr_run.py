@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_deploy import wait_for
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,6 +141,19 @@ def _live_cmdline(pid: int) -> str:
         return ""
 
 
+def _run_processes(home: Path) -> list[str]:
+    """Command lines of the live processes under the SuperLinks of this Flower home, except the
+    SuperLink's own executor (flower-superexec), which outlives every run."""
+    live = [c for link in superlinks_under(home) for p in _descendants(link) if (c := _live_cmdline(p))]
+    return [c for c in live if "flower-superexec" not in c]
+
+
+def _logged_rounds(runs: Path) -> int:
+    """Rounds in the first run folder's metrics.jsonl (round 0 is the initial evaluation); 0 before it exists."""
+    logs = list(runs.glob("*/metrics.jsonl"))
+    return len(logs[0].read_text().splitlines()) if logs else 0
+
+
 def _kill_all(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -172,14 +187,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_sites_ledgers_continu
     runs = tmp_path / "runs"
     first = subprocess.Popen(base + [config], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # rounds 0, 1 and 2 logged: round 3 is under way
-            logs = list(runs.glob("*/metrics.jsonl"))
-            if logs and len(logs[0].read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the first run never reached round 3")
+        # rounds 0, 1 and 2 logged: round 3 is under way
+        wait_for("the first run to reach round 3", lambda: _logged_rounds(runs) >= 3, 300, 0.2)
         under = [psutil.Process(pid) for link in superlinks_under(home) for pid in _descendants(link)]
         (simulation,) = [p.pid for p in under if "flwr-simulation" in " ".join(p.cmdline())]
         _kill_all([simulation, *_descendants(simulation)])  # the coordinator's process and its Ray workers
@@ -229,33 +238,19 @@ def test_flwr_stop_records_why_keeps_the_run_resumable_and_ends_its_processes(tm
     env, home, runs = flwr_env(tmp_path), tmp_path / "flwr-home", tmp_path / "runs"
     job = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # rounds 0 and 1 logged: round 2 is under way
-            logs = list(runs.glob("*/metrics.jsonl"))
-            if logs and len(logs[0].read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run never reached round 2")
+        # rounds 0 and 1 logged: round 2 is under way
+        wait_for("the run to reach round 2", lambda: _logged_rounds(runs) >= 2, 300, 0.2)
         (folder,) = list(runs.glob("*.incomplete"))
         run_id = folder.name.removesuffix(".incomplete").rsplit("-", 1)[1]
         stop = subprocess.run([flwr, "stop", run_id], env=env, cwd=tmp_path, capture_output=True, text=True,
                               timeout=60)  # fmt: skip
         assert stop.returncode == 0, stop.stdout + stop.stderr
-        deadline = time.monotonic() + 60
-        while not (folder / "FAILED.txt").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert (folder / "FAILED.txt").exists(), "no FAILED.txt after flwr stop"
+        wait_for("FAILED.txt after flwr stop", (folder / "FAILED.txt").exists, 60, 0.2)
         reason = (folder / "FAILED.txt").read_text()
         assert "stopped by signal SIGINT (Ctrl-C or `flwr stop`)" in reason and "resumable" in reason, reason
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            left = [c for link in superlinks_under(home) for p in _descendants(link) if (c := _live_cmdline(p))]
-            left = [c for c in left if "flower-superexec" not in c]  # the SuperLink's own executor stays
-            if not left:
-                break
-            time.sleep(0.5)
-        assert not left, [c[:120] for c in left]
+        with contextlib.suppress(AssertionError):  # the assertion below names what is left
+            wait_for("the run's processes to end", lambda: not _run_processes(home), 30)
+        assert not (left := _run_processes(home)), [c[:120] for c in left]
         assert (folder / "checkpoint.pt").exists() and len((folder / "metrics.jsonl").read_text().splitlines()) < 7
         listed = subprocess.run([flwr, "ls", "--run-id", run_id], env=env, cwd=tmp_path, capture_output=True,
                                 text=True, timeout=60)  # fmt: skip
