@@ -14,11 +14,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 # ignores it and weights every site equally (server/central_dp.py).
 WEIGHT_KEY = "weight"
 SITE_KEY = "site"
+# How a site's own error starts (client/public_errors.py, client/app.py): "site 'NAME' ..." or
+# "[policy-refused] site 'NAME': ...", inside Flower's wrapping of the exception.
+ERROR_SITE = re.compile(r"site '([A-Za-z0-9_.@ -]{1,100})'")
 
 
 def to_weights(record: ArrayRecord) -> Weights:
@@ -53,6 +58,11 @@ def site_name(msg: Message, known: dict[int, str], node: int | None = None) -> s
     node = msg.metadata.src_node_id if node is None else node
     if not msg.has_error() and SITE_KEY in msg.content.config_records:
         known[node] = str(msg.content.config_records[SITE_KEY].get("name", "")) or f"node-{node}"
+    elif msg.has_error() and node not in known and msg.metadata.src_node_id != SUPERLINK_NODE_ID:
+        # A site that fails before its first reply (a refusal in round 1) names itself in its error.
+        named = ERROR_SITE.search(str(msg.error.reason))
+        if named:
+            known[node] = named.group(1)
     return known.get(node, f"node-{node}")
 
 

@@ -6,6 +6,8 @@
     confide report runs/sweeps/<name>                                   # = python -m simulations.study.report
     confide audit-log show /var/lib/confide/ledger/<site>.audit.jsonl   # = confide-site-audit
     confide check-ledger <ledger.json> --records <n>                    # = python -m common.privacy.check
+    confide submit . confide --run-config "..."   # = flwr run --stream, exits 1 unless the job completed
+    confide site-status                           # = python -m client.site_status (at a site)
 
 Each subcommand is the same code as the command on its right, with the same options
 (``confide <subcommand> --help``); a deployed job still runs through ``flwr run`` (README).
@@ -33,6 +35,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "report": Subcommand("simulations.study.report", "rebuild a sweep's tables, plots and HTML report"),
     "audit-log": Subcommand("client.audit_log", "show a site's audit log of what it sent"),
     "check-ledger": Subcommand("common.privacy.check", "recompute a privacy ledger's epsilon independently"),
+    "submit": Subcommand("simulations.submit", "submit a job (flwr run --stream); exit 1 unless it completed"),
+    "site-status": Subcommand("client.site_status", "a site's policy, privacy budget left and last messages sent"),
 }
 
 
@@ -61,7 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"confide: unknown subcommand {argv[0]!r} (one of: {known}; confide --help)", file=sys.stderr)
         return 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(SUBCOMMANDS[name].module)
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name].module)
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith(("simulations", "client", "common", "server")):
+            raise
+        # The site image ships the site's tools only (no study or simulation code).
+        print(f"confide: '{name}' is not part of this installation ({exc.name} is absent)", file=sys.stderr)
+        return 2
     sys.argv[0] = f"confide {name}"  # argparse's prog: usage lines read "confide run ..."
     return int(module.main(rest) or 0)
 
