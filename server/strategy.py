@@ -79,6 +79,7 @@ class ConfideChecks:
         evaluate: bool = True,
         buffers: frozenset[str] = frozenset(),
         transport: TransportConfig | None = None,
+        clip_norm: float | None = None,
         **flower_kwargs: Any,
     ) -> None:
         fraction_evaluate = cfg.fraction_evaluate if evaluate else 0.0
@@ -94,6 +95,9 @@ class ConfideChecks:
         )
         self.cfg = cfg
         self.uniform = uniform
+        # Central DP clips every update to this norm before aggregating it (server/central_dp.py):
+        # the update statistics are computed on the clipped updates too, never on what arrived.
+        self.clip_norm = clip_norm
         self.accepted_names: list[str] = []
         self.reference = {k: np.zeros(v.shape, v.dtype) for k, v in reference.items()}
         self.recorder = recorder
@@ -200,9 +204,11 @@ class ConfideChecks:
 
     def _screen(self, valid: dict[str, tuple[Message, Weights]], received: dict[str, int]) -> list[Message]:
         """Record every valid update with its statistics (norm, norm over the round's median,
-        cosine to the median update); exclude those the norm rule (strategy.reject_norm_ratio) flags."""
+        cosine to the median update; of the clipped update under central DP); exclude those the norm
+        rule (strategy.reject_norm_ratio) flags."""
         reference = self.global_arrays if self.global_arrays is not None else self.reference
-        stats = update_statistics(reference, {n: w for n, (_, w) in valid.items()}, skip=self.not_weights)
+        updates = {n: w for n, (_, w) in valid.items()}
+        stats = update_statistics(reference, updates, skip=self.not_weights, clip_norm=self.clip_norm)
         rejected = outliers(stats, self.cfg.reject_norm_ratio)
         accepted: list[Message] = []
         self.accepted_names = []
@@ -376,7 +382,8 @@ def build_strategy(
     cls = confide_class(CLASSES[cfg.name])
     central = p.mode == "central"
     base = cls(cfg, reference, recorder, uniform=central, evaluate=evaluate, buffers=buffers,
-               transport=exp.transport, **strategy_kwargs(exp))  # fmt: skip
+               transport=exp.transport, clip_norm=p.clipping_norm if central else None,
+               **strategy_kwargs(exp))  # fmt: skip
     log.info("strategy: %s", describe(exp))
     if p.mode != "central":
         return base

@@ -1,8 +1,9 @@
 """common/privacy/release.py: what leaves a site beside its weights.
 
-Proves: 'withhold' sends weight 1 and nothing computed from records; 'exact' sends the true
-values; 'noisy' evaluation releases count, accuracy and loss whose noise has the standard deviation
-the ledger is charged for (sigma * sqrt(3) on the count, measured over many releases), and with
+Proves: 'withhold' sends weight 1 and nothing computed from records (no step count or training
+time either: at batch size 1 the steps are the record count); 'exact' sends the true values;
+'noisy' evaluation releases count, accuracy and loss whose noise has the standard deviation the
+ledger is charged for (sigma * sqrt(3) on the count, measured over many releases), and with
 tiny noise equals the values computed by hand (per-record loss clipped at LOSS_CAP).
 """
 
@@ -41,15 +42,22 @@ def privacy(**kw: object) -> config_mod.PrivacyConfig:
 
 
 def test_train_metrics_per_level() -> None:
-    result = TrainResult(loss=0.7, num_examples=40, steps=4, seconds=1.0)
+    """At batch size 1 a round's step count is the record count (40 steps for 40 records), and the
+    training time grows with it: under DP they leave the site only where the count itself does
+    (``exact``); without DP everything is exact."""
+    result = TrainResult(loss=0.7, num_examples=40, steps=40, seconds=1.0)
+    counts = {"train_loss", "num-examples", "train_steps", "train_seconds"}
     withheld = release.train_metrics(privacy(), 40, result)
-    assert withheld["weight"] == 1.0 and not {"train_loss", "num-examples"} & set(withheld)
+    assert withheld == {"weight": 1.0}
+    central = release.train_metrics(privacy(**{"privacy.mode": "central"}), 40, result)
+    assert central == {"weight": 1.0}
     exact = release.train_metrics(privacy(**{"privacy.site_metrics": "exact"}), 40, result)
     assert exact["num-examples"] == 40 and exact["train_loss"] == 0.7 and exact["weight"] == 40
+    assert exact["train_steps"] == 40 and exact["train_seconds"] == 1.0
     off = release.train_metrics(config_mod.load(None, {}).privacy, 40, result)
-    assert off["num-examples"] == 40  # no DP: no guarantee claimed, all exact
+    assert off["num-examples"] == 40 and off["train_steps"] == 40  # no DP: no guarantee claimed, all exact
     noisy = release.train_metrics(privacy(**{"privacy.site_metrics": "noisy"}), 40, result)
-    assert "num-examples" not in noisy and "train_loss" not in noisy and noisy["weight"] >= 1.0
+    assert not counts & set(noisy) and set(noisy) == {"weight"} and noisy["weight"] >= 1.0
 
 
 def test_noisy_evaluation_matches_hand_values_and_its_noise_is_what_is_charged() -> None:

@@ -2,10 +2,12 @@
 
 ``privacy.site_metrics`` (capped by the site policy's ``site-metrics``):
 - ``withhold``: nothing computed from records: the aggregation weight is 1 (uniform FedAvg), no
-  training loss, no clip fraction, no held-out evaluation (the server does not ask for it);
+  training loss, no clip fraction, no held-out evaluation (the server does not ask for it), no
+  step count or training time (both grow with the record count: at batch size 1 the steps are n);
 - ``noisy``: the training-record count (the FedAvg weight) and the held-out count, accuracy and
   loss, each through a Gaussian mechanism whose cost is charged to the site's ledger (so it is part
-  of the site's epsilon); training loss and clip fraction are withheld (no accounted mechanism);
+  of the site's epsilon); training loss, clip fraction, step count and training time are withheld
+  (no accounted mechanism);
 - ``exact``: all of them, exactly, outside the DP guarantee (the privacy statement says so).
 Without DP (privacy.mode off) everything is released exactly: no guarantee is claimed.
 
@@ -48,14 +50,20 @@ def _gauss(std: float) -> float:
 
 
 def train_metrics(cfg: PrivacyConfig, n: int, result: TrainResult) -> dict[str, float]:
-    """The training reply's metrics. Under ``noisy`` the caller has reserved ``release_entry(cfg, 'count')``."""
+    """The training reply's metrics. Under ``noisy`` the caller has reserved ``release_entry(cfg, 'count')``.
+    The step count and training time are released only where the record count is (``exact``)."""
     how = level(cfg)
-    out: dict[str, float] = {"train_steps": float(result.steps), "train_seconds": result.seconds}
     if how == "exact":
-        return {**out, "weight": float(n), "num-examples": float(n), "train_loss": result.loss}
+        return {
+            "weight": float(n),
+            "num-examples": float(n),
+            "train_loss": result.loss,
+            "train_steps": float(result.steps),
+            "train_seconds": result.seconds,
+        }
     if how == "noisy":
-        return {**out, "weight": max(1.0, n + _gauss(cfg.release_noise_multiplier))}
-    return {**out, "weight": 1.0}
+        return {"weight": max(1.0, n + _gauss(cfg.release_noise_multiplier))}
+    return {"weight": 1.0}
 
 
 @torch.no_grad()

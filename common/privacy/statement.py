@@ -1,7 +1,9 @@
 """The privacy statement every run writes: ``privacy.json`` beside ``MODEL_CARD.md`` and the card's
 privacy section. It says what is protected (the unit and the adjacency), at what (epsilon, delta)
 per site with the accountant, what else left the sites and how it was protected, what is not
-protected, and how to check each number (common/privacy/check.py)."""
+protected, where the label set came from, every quantity the run's metrics.jsonl and model card
+may hold with its protection (common/privacy/inventory.py), and how to check each number
+(common/privacy/check.py)."""
 
 from __future__ import annotations
 
@@ -11,45 +13,66 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ExperimentConfig
+from common.privacy import inventory
 from common.privacy.release import EVAL_SENSITIVITY, LOSS_CAP, level
 
 CHECK_COMMAND = "python -m common.privacy.check"
 
-_RELEASES = {
-    "withhold": [
-        "aggregation weight: 1 for every site (uniform FedAvg); no record count is sent",
-        "no training loss, no clip fraction, no held-out evaluation (the server does not ask for it)",
-    ],
-    "noisy": [
-        "training-record count (the FedAvg weight): Gaussian noise, sensitivity 1, noise multiplier "
-        "privacy.release_noise_multiplier, charged to the site's ledger (inside epsilon)",
-        f"held-out count, accuracy and loss (per-record loss clipped to {LOSS_CAP:g}): one Gaussian mechanism, "
-        f"L2 sensitivity {EVAL_SENSITIVITY:.3f}, charged to the site's ledger (inside epsilon)",
-        "no training loss, no clip fraction (withheld: no accounted mechanism)",
-    ],
-    "exact": [
-        "training-record count, training loss, fraction of per-sample gradients clipped, held-out count, "
-        "loss, accuracy and macro-F1: exact, NOT protected by epsilon",
-    ],
-}
 
-_ALWAYS = [
+def _releases(mode: str, how: str) -> list[str]:
+    """What a DP site's replies carry beside its weights, at release level ``how`` (release.py)."""
+    if how == "withhold":
+        return [
+            "aggregation weight: 1 for every site (uniform FedAvg); no record count, step count or training time "
+            "is sent",
+            "no training loss, no clip fraction, no held-out evaluation (the server does not ask for it)",
+        ]
+    ledger = (
+        "charged to the site's ledger (inside epsilon)"
+        if mode == "local"
+        else "charged to the site's own record-level ledger (not part of the site-level epsilon above)"
+    )
+    if how == "noisy":
+        return [
+            "training-record count (the FedAvg weight): Gaussian noise, sensitivity 1, noise multiplier "
+            f"privacy.release_noise_multiplier, {ledger}",
+            f"held-out count, accuracy and loss (per-record loss clipped to {LOSS_CAP:g}): one Gaussian mechanism, "
+            f"L2 sensitivity {EVAL_SENSITIVITY:.3f}, {ledger}",
+            "no training loss, no clip fraction, no step count, no training time (withheld: no accounted mechanism)",
+        ]
+    clipped = ", fraction of per-sample gradients clipped" if mode == "local" else ""
+    return [
+        f"training-record count, training loss, step count, training time{clipped}, held-out count, loss, accuracy "
+        "and macro-F1: exact, NOT protected by epsilon",
+    ]
+
+
+_DP_PARAMETERS = (
     "DP parameters of every round (noise multiplier, clipping norm, sample rate = 1/ceil(n/B), steps, delta, "
     "epsilon): functions of the configuration and of the record count n, which they reveal to within one "
-    "batch (n is treated as public, as in every DP-SGD deployment)",
-    "training wall time per round (reveals roughly the amount of data processed)",
+    "batch (n is treated as public, as in every DP-SGD deployment)"
+)
+_ALWAYS = [
     "the site's name, and whether it answered or refused (with the rule it named)",
+    "when its reply arrives: the coordinator records each round's wall time and training-phase time, which grow "
+    "with the slowest site's amount of data (no site sends its step count or training time under DP unless "
+    "privacy.site_metrics is exact)",
 ]
+_CENTRAL_STATISTICS = (
+    "the coordinator's statistics of each site's clipped update (norm, never above C; norm over the round's "
+    "median; cosine to the median update), written to metrics.jsonl"
+)
 
 
 def build(exp: ExperimentConfig, privacy: dict[str, Any]) -> dict[str, Any]:
     mode = privacy.get("mode", "off")
     p = exp.privacy
-    out: dict[str, Any] = {"mode": mode}
+    out: dict[str, Any] = {"mode": mode, "labels": inventory.labels_text(exp)}
     if mode == "off":
         out.update(
             protected="nothing: no differential privacy; the weights carry no formal guarantee",
-            released_besides_weights=["all site metrics, exactly (record counts, losses, accuracies)"],
+            released_besides_weights=["all site metrics, exactly (record counts, losses, accuracies, steps, times)"],
+            inventory=inventory.for_run(exp),
         )
         return out
     if mode == "local":
@@ -75,17 +98,25 @@ def build(exp: ExperimentConfig, privacy: dict[str, Any]) -> dict[str, Any]:
     if mode == "central":
         out["central"] = {k: v for k, v in privacy.items() if k not in ("sites", "mode")}
     out["epsilon_max"] = max((v["epsilon"] for v in out["sites"].values()), default=0.0)
-    out["released_besides_weights"] = _RELEASES[level(p)] + _ALWAYS
+    out["released_besides_weights"] = (
+        _releases(mode, level(p)) + ([_DP_PARAMETERS] if mode == "local" else [_CENTRAL_STATISTICS]) + _ALWAYS
+    )
     out["not_protected"] = [
         "anything released exactly above",
         "membership of a site in the federation, and its data's distribution as far as the model reveals it "
         "within (epsilon, delta)",
-        "a site's records against a coordinator that sees clipped updates (central mode) before noise",
+        "the round and training-phase times the coordinator measures (the slowest site's amount of data)",
     ]
+    if mode == "central":
+        out["not_protected"].append(
+            "a site's records against the coordinator, which sees each clipped update before noise (and the "
+            "statistics of it in metrics.jsonl)"
+        )
     out["check"] = (
         f"{CHECK_COMMAND} <ledger.json> --config <run>/config.yaml --records <n>: recomputes epsilon from the "
         "ledger and from a history built from the config, with an independent accountant where installed"
     )
+    out["inventory"] = inventory.for_run(exp)
     return out
 
 
@@ -97,9 +128,10 @@ def write(folder: Path, exp: ExperimentConfig, privacy: dict[str, Any]) -> dict[
 
 def lines(data: dict[str, Any]) -> list[str]:
     """The statement in words (model card, end-of-run summary)."""
+    labels = f"Label set: {data.get('labels', 'not stated')}."
     if data["mode"] == "off":
         return ["No differential privacy: the weights carry no formal privacy guarantee; site metrics were "
-                "released exactly."]  # fmt: skip
+                "released exactly.", labels]  # fmt: skip
     out = [f"Unit of privacy: {data['unit_of_privacy']}; adjacency: {data['adjacency']}.",
            f"Mechanism: {data['mechanism']}; accountant: {data['accountant']}."]  # fmt: skip
     for name, v in sorted(data["sites"].items()):
@@ -109,7 +141,7 @@ def lines(data: dict[str, Any]) -> list[str]:
         )
     out += [f"Released beside the weights: {r}." for r in data["released_besides_weights"]]
     out += [f"Not protected: {r}." for r in data["not_protected"]]
-    out.append(f"Check: {data['check']}.")
+    out += [labels, f"Check: {data['check']}."]
     return out
 
 
