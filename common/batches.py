@@ -2,7 +2,8 @@
 
 Images: uint8 (N, C, H, W) -> float tensors scaled to [-1, 1], channels matched to the
 model (gray <-> RGB). Text: tokenized once, padded per batch (dynamic padding).
-Every batch is a dict with ``labels`` plus ``pixel_values`` or the tokenizer's fields.
+Every batch is a dict with ``labels`` plus ``pixel_values``, the tokenizer's fields, or ``features``
+(``model.name: linear``: fixed features, ``common.features``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class TextSet(Dataset):
 
 
 def make_dataset(raw: RawData, cfg: ModelConfig) -> Dataset:
+    if cfg.name == "linear":  # fixed features, computed once here (common/features/)
+        from common.features import FeatureSet
+
+        return FeatureSet(raw, cfg)
     return TextSet(raw, cfg) if cfg.is_text else ImageSet(raw, cfg.in_channels)
 
 
@@ -89,7 +94,7 @@ def make_loader(
     """Batches of ``dataset``. ``drop_single``: leave out a last batch of exactly one record
     (BatchNorm cannot normalise a batch of one in training mode; shuffled, so a different
     record is left out each epoch)."""
-    collate: Any = dataset.collate if isinstance(dataset, TextSet) else _collate_images
+    collate: Any = getattr(dataset, "collate", _collate_images)  # TextSet, FeatureSet: their own
     if shuffle and generator is None:
         generator = torch.Generator().manual_seed(seed)
     drop_last = drop_single and len(dataset) % batch_size == 1 and len(dataset) > 1  # type: ignore[arg-type]

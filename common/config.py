@@ -22,7 +22,10 @@ import yaml
 
 from common.errors import ConfigError
 
-ModelName = Literal["bert", "resnet18", "resnet34", "resnet50", "resnet8", "resnet20"]
+ModelName = Literal["bert", "resnet18", "resnet34", "resnet50", "resnet8", "resnet20", "linear"]
+# model.name "linear": fixed features, each computed at the site from its own records (common/features/).
+TEXT_FEATURES = ("ngrams", "encoder")
+IMAGE_FEATURES = ("pixels", "scatter")
 DataSource = Literal[
     "digits", "synthetic_text", "synthetic_images", "csv", "json", "jsonl", "parquet", "imagefolder", "npz"
 ]
@@ -65,6 +68,17 @@ class ModelConfig:
     # a zero-shot classifier before any training (label names are public: no privacy cost;
     # common/head_init.py). Needs data.labels to be names, not codes.
     head_init: Literal["random", "label_names"] = "random"
+    # linear: a linear classifier on fixed features that every site computes from its own records and
+    # never sends (only the linear layer is trained and exchanged). "pixels" (scaled to [-1, 1]),
+    # "scatter" (a wavelet scattering transform), "ngrams" (hashed word and character n-grams, no
+    # vocabulary), "encoder" (model.checkpoint frozen, mean-pooled over tokens), or text features
+    # joined with "+", e.g. "encoder+ngrams" (common/features/).
+    features: str = "pixels"
+    # linear + ngrams: the number of hash buckets (the layer's input width for the n-grams).
+    hash_dim: int = 4096
+    # linear + pixels/scatter: the side of the square images the features read (data.image_size
+    # resizes images of another size).
+    image_size: int = 28
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 8, "model.max_length", "must be >= 8")
@@ -76,10 +90,30 @@ class ModelConfig:
         _require(self.pooling == "cls" or self.name == "bert", "model.pooling", "'mean' is for model.name 'bert'")
         bert_only = "'label_names' is for model.name 'bert'"
         _require(self.head_init == "random" or self.name == "bert", "model.head_init", bert_only)
+        if self.name == "linear":
+            parts = self.feature_names
+            known = TEXT_FEATURES + IMAGE_FEATURES
+            bad = [p for p in parts if p not in known]
+            if bad:
+                _require(False, "model.features", f"names an unknown feature {bad[0]!r} (known: {', '.join(known)})")
+            _require(len(set(parts)) == len(parts), "model.features", f"{self.features!r} names a feature twice")
+            _require(
+                all(p in TEXT_FEATURES for p in parts) or len(parts) == 1,
+                "model.features",
+                f"{self.features!r}: only text features combine ({' and '.join(TEXT_FEATURES)})",
+            )
+            _require(self.hash_dim >= 16, "model.hash_dim", "must be >= 16")
+            _require(self.image_size >= 8, "model.image_size", "must be >= 8")
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """model.features split at '+' (linear)."""
+        return tuple(p.strip() for p in self.features.split("+"))
 
     @property
     def is_text(self) -> bool:
-        return self.name == "bert"
+        """Whether the model reads text (a BERT, or a linear model on text features)."""
+        return self.name == "bert" or (self.name == "linear" and self.feature_names[0] in TEXT_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -508,6 +542,12 @@ class ExperimentConfig:
             self.train.augment == "none" or not self.model.is_text,
             "train.augment",
             f"'{self.train.augment}' is image augmentation; model '{self.model.name}' reads text (use 'none')",
+        )
+        _require(
+            self.train.augment == "none" or self.model.name != "linear",
+            "train.augment",
+            f"'{self.train.augment}' augments images in training; model 'linear' reads features computed once "
+            "per site (use 'none')",
         )
         _require(
             not (self.privacy.local and self.train.augment_multiplicity > 1)

@@ -45,7 +45,7 @@ class SavedModel:
 
 def save_model(model: nn.Module, exp: ExperimentConfig, labels: LabelSet, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    if exp.model.is_text:
+    if exp.model.name == "bert":  # a Hugging Face folder; every other model is a state_dict file
         model = merged(model)
         model.config.id2label = dict(enumerate(labels.names))
         model.config.label2id = {n: i for i, n in enumerate(labels.names)}
@@ -72,7 +72,7 @@ def load_model(folder: Path) -> SavedModel:
     meta = yaml.safe_load(meta_path.read_text())
     labels = LabelSet(tuple(meta["labels"]))
     exp = config_mod.load(None, config_mod.flatten(meta["experiment"]))  # absent fields: defaults
-    if exp.model.is_text:
+    if exp.model.name == "bert":
         model = use_pooling(_load_pretrained(folder, exp.model.pooling), exp.model.pooling)
         model_cfg = config_mod.replace(exp, **{"model.checkpoint": str(folder)}).model
     else:

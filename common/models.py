@@ -7,6 +7,8 @@
 - ``resnet8/20``: CIFAR-style ResNets for small images (8-32 px) with GroupNorm and
   weight-standardized convolutions, trained from scratch, e.g. under DP-SGD
   (``common.resnet_small``); optional weights from a file.
+- ``linear``: a linear classifier on fixed features computed at each site (``model.features``:
+  pixels, wavelet scattering, hashed n-grams, frozen-encoder embeddings; ``common.features``).
 
 The server and every site call this with the same config and label count, so their
 state_dict keys and shapes match; the head is seeded so even initial weights agree.
@@ -63,7 +65,7 @@ def build_model(exp: ExperimentConfig, num_labels: int) -> nn.Module:
     surgery = exp.privacy.local or exp.model.norm == "group"
     # A weights file is loaded AFTER the BatchNorm -> GroupNorm surgery: loaded before, every norm
     # layer's affine weight and bias would be replaced by the new GroupNorm's fresh ones.
-    late_weights = surgery and not exp.model.is_text and bool(exp.model.weights)
+    late_weights = surgery and exp.model.name.startswith("resnet") and bool(exp.model.weights)
     cfg = dataclasses.replace(exp.model, weights="") if late_weights else exp.model
     model = create_model(cfg, num_labels, seed=exp.seed)
     if exp.model.head_init == "label_names" and exp.data.labels:  # the server always knows them
@@ -218,6 +220,41 @@ def use_pooling(model: nn.Module, pooling: str) -> nn.Module:
     return model
 
 
+# --------------------------------------------------------------------------- linear
+
+
+class LinearOutput:
+    """What the linear model returns: its ``logits``, read like a Hugging Face classifier's output."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+
+class LinearModel(nn.Module):
+    """Multinomial logistic regression on fixed features (``model.features``): one linear layer, the
+    only trained and exchanged tensors. The features are computed from records at the site
+    (``common.features.FeatureSet``), so batches carry ``features``."""
+
+    def __init__(self, width: int, num_labels: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(width, num_labels)
+        # Zero weights: the convex problem's usual start (uniform predictions), the same everywhere.
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, features: torch.Tensor) -> LinearOutput:
+        return LinearOutput(self.classifier(features))
+
+
+@register("linear")
+def _linear(cfg: ModelConfig, num_labels: int) -> nn.Module:
+    from common.features import width
+
+    model = LinearModel(width(cfg), num_labels)
+    log.info("linear: %s features (%d wide), %d labels", cfg.features, model.classifier.in_features, num_labels)
+    return model
+
+
 # --------------------------------------------------------------------------- ResNet
 
 
@@ -319,10 +356,11 @@ def check_model_source(exp: ExperimentConfig) -> None:
             f"config key 'data.labels' has one label, {exp.data.labels[0]!r}; a classifier needs at least 2"
         )
     cfg = exp.model
-    if cfg.weights and not cfg.is_text:
+    if cfg.weights and cfg.name.startswith("resnet"):
         read_state_dict(resolve_path(cfg.weights))
-    if not cfg.is_text or cfg.checkpoint == MINILM:
-        if cfg.is_text:
+    reads_checkpoint = cfg.name == "bert" or (cfg.name == "linear" and "encoder" in cfg.feature_names)
+    if not reads_checkpoint or cfg.checkpoint == MINILM:
+        if reads_checkpoint:
             checkpoint_path(cfg)  # the bundled package is installed
         return
     local = resolve_path(cfg.checkpoint)

@@ -22,7 +22,7 @@ def same_keys_and_shapes(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_registry_lists_all_families() -> None:
-    assert available() == ["bert", "resnet18", "resnet20", "resnet34", "resnet50", "resnet8"]
+    assert available() == ["bert", "linear", "resnet18", "resnet20", "resnet34", "resnet50", "resnet8"]
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
