@@ -44,7 +44,7 @@ def _setup(
     policy = policy_from_node_config(context.node_config, deployed=spec.deployed)
     exp = experiment_of(context, fixed)
     try:
-        policy.check_job(exp.privacy)
+        policy.check_job(exp.privacy, secure_aggregation=exp.secagg.enabled)
     except PolicyRefused as exc:  # the coordinator may not know this site's name yet: say it
         raise PolicyRefused(f"site '{spec.name}': {exc}") from None
     labels = LabelSet(tuple(exp.data.labels) or tuple(msg.content["config"]["labels"]))

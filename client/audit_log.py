@@ -4,7 +4,7 @@
 records exactly what leaves the site (after central-DP clipping and any other mod). Per message it
 appends one JSON line to ``<site>.audit.jsonl`` in the folder of the site's privacy ledger
 (``common.site.ledger_path``: the policy's ``ledger-dir`` for a deployed site, else
-``<output_dir>/ledgers/<job>/`` in simulation), then returns the reply. The line is written with
+the data set's folder under the Confide state folder in simulation), then returns the reply. The line is written with
 one ``write`` on a file opened ``O_APPEND`` under an exclusive ``flock`` and ``fsync``'d before
 the reply is returned; the file is opened before the site does any work, so an unwritable log
 refuses the message before anything is trained or spent, and a failed write stops the reply (the
@@ -228,7 +228,7 @@ def log_path(msg: Message, context: Context, fixed: ExperimentConfig | None) -> 
     policy = from_node_config(context.node_config, deployed=spec.deployed)
     config = _config_of(msg)
     job = str(config.get("job", "") or context.run_id)
-    ledger = ledger_path(experiment_of(context, fixed), spec, policy, job if job.isdigit() else str(context.run_id))
+    ledger = ledger_path(experiment_of(context, fixed), spec, policy)
     return ledger.with_name(ledger.name.removesuffix(".json") + SUFFIX), spec.name, job
 
 

@@ -141,6 +141,10 @@ class DataConfig:
     # Use only the first N training records (0: all). For quick runs and tests.
     max_samples: int = 0
     central_eval: bool = True
+    # Set by the coordinator when it derived data.labels from the pooled training records (a
+    # simulation convenience): the label set is then a release about the records that no epsilon
+    # covers, and privacy.json says so. Declared labels (the job's, public) leave it False.
+    labels_from_records: bool = False
 
     def __post_init__(self) -> None:
         _require(self.num_sites >= 1, "data.num_sites", "must be >= 1")
@@ -254,9 +258,18 @@ class PrivacyConfig:
     clip_side: Literal["server", "client"] = "server"
     clipping: Literal["fixed", "adaptive"] = "fixed"
     clipping_norm: float = 1.0
-    # Where the server's site-level (central) privacy ledger lives; "" = <output_dir>/ledgers/central.
-    # Runs that share it share the sites' cumulative site-level epsilon.
+    # Where the coordinator's site-level (central) privacy ledger lives; "" = central.json in the
+    # simulation ledger folder (privacy.ledger_dir). Runs that share it share the sites' cumulative
+    # site-level epsilon.
     central_ledger: str = ""
+    # The coordinator's cap on any site's cumulative site-level epsilon in its central ledger
+    # (0: none): a job that would take a site past it is refused before it starts.
+    central_max_epsilon: float = 0.0
+    # Simulation only: the folder where simulated sites (and the coordinator) keep their privacy
+    # ledgers, one sub-folder per data set; "" = $CONFIDE_STATE_DIR/ledgers, else
+    # ~/.local/state/confide/ledgers. Never the run folder, so resumes, reruns and sweeps on the
+    # same data compose. A deployed site's ledger is its own policy's ledger-dir, never the job's.
+    ledger_dir: str = ""
 
     # What sites release beside their weights under DP (a site's policy caps it): "withhold"
     # (nothing derived from records: no loss, accuracy, clip fraction or exact count), "noisy"
@@ -279,6 +292,7 @@ class PrivacyConfig:
         )
         _require(self.release_noise_multiplier > 0, "privacy.release_noise_multiplier", "must be > 0")
         _require(self.max_physical_batch_size >= 0, "privacy.max_physical_batch_size", "must be >= 0")
+        _require(self.central_max_epsilon >= 0, "privacy.central_max_epsilon", "must be >= 0 (0: no cap)")
         if self.mode != "off" and self.target_epsilon == 0:
             _require(
                 self.noise_multiplier > 0,

@@ -96,6 +96,23 @@ class Unlabelled:
     def with_labels(self, labels: LabelSet, where: str) -> RawData:
         return RawData(labels.encode(self.raw_labels, where), self.texts, self.images)
 
+    def within(self, labels: LabelSet) -> tuple[Unlabelled, int]:
+        """The records whose label is in ``labels``, and how many were left out. A site answers a job
+        the same way whatever labels its records carry: a record outside the job's set is dropped
+        locally, never refused (a refusal would tell the coordinator that such a record exists)."""
+        known = set(labels.names)
+        keep = [i for i, v in enumerate(self.raw_labels) if v in known]
+        if len(keep) == len(self.raw_labels):
+            return self, 0
+        return (
+            Unlabelled(
+                raw_labels=[self.raw_labels[i] for i in keep],
+                texts=tuple(self.texts[i] for i in keep) if self.texts is not None else None,
+                images=self.images[np.asarray(keep, dtype=np.int64)] if self.images is not None else None,
+            ),
+            len(self.raw_labels) - len(keep),
+        )
+
 
 # --------------------------------------------------------------------------- public API
 

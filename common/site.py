@@ -31,6 +31,7 @@ from common.errors import ConfigError, DataError
 from common.models import build_model
 from common.partition import partition_of, train_val_split
 from common.privacy import release
+from common.privacy.ledger_home import simulated_ledger
 from common.privacy.policy import SIMULATION, SitePolicy
 from common.train import head_only, train
 
@@ -141,7 +142,13 @@ def _model(exp: ExperimentConfig, labels: LabelSet) -> nn.Module:
 def site_records(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet):  # -> (RawData, RawData)
     """The site's (train, held-out) records."""
     if spec.data_path:
-        raw = read_train(_site_data_config(exp, spec), spec.data_path).with_labels(labels, where=spec.data_path)
+        records, dropped = read_train(_site_data_config(exp, spec), spec.data_path).within(labels)
+        if dropped:  # the site's own log only: nothing of it is sent
+            log.warning(
+                "site %s: %d record(s) of %s carry a label outside the job's label set and were left out",
+                spec.name, dropped, spec.data_path,
+            )  # fmt: skip
+        raw = records.with_labels(labels, where=spec.data_path)
         split_seed = exp.seed
     else:
         assert spec.partition_id is not None and spec.num_partitions is not None
@@ -190,12 +197,16 @@ def _opt_int(cfg: Mapping[str, Any], key: str) -> int | None:
     return int(value)
 
 
-def ledger_path(exp: ExperimentConfig, spec: SiteSpec, policy: SitePolicy, run_id: str) -> Path:
-    """The site's privacy ledger: in its policy's ledger folder (persistent across runs); a
-    simulated site without one keeps a ledger per run beside the run's outputs."""
+def ledger_path(exp: ExperimentConfig, spec: SiteSpec, policy: SitePolicy) -> Path:
+    """The site's privacy ledger, which follows the site and its data, never the run: its policy's
+    ledger folder, else one per data set under the Confide state folder (common/privacy/ledger_home.py).
+    A deployed site never takes the folder from the job (``privacy.ledger_dir`` is simulation-only)."""
     if policy.ledger_dir:
         return resolve_path(policy.ledger_dir) / f"{_safe(spec.name)}.json"
-    return resolve_path(exp.output_dir) / "ledgers" / run_id / f"{_safe(spec.name)}.json"
+    if spec.deployed:
+        own = dataclasses.replace(exp, privacy=dataclasses.replace(exp.privacy, ledger_dir=""))
+        return simulated_ledger(own, spec.name, spec.data_path)
+    return simulated_ledger(exp, spec.name)
 
 
 def train_round(
@@ -218,9 +229,12 @@ def _train_round(
             rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round,
             drop_single=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in rt.model.modules()),
         )  # fmt: skip
-        result = train(rt.model, loader, exp.train, proximal_mu=exp.strategy.local_proximal_mu, augment=augment)
+        entries = [central_entry(exp)] if exp.privacy.mode == "central" else []
         if release.level(exp.privacy) == "noisy":  # never without DP
-            _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "count")])
+            entries.append(release.release_entry(exp.privacy, "count"))
+        if entries:  # before training: a round past the site's cap is refused, nothing computed
+            _charge(exp, rt, policy, run_id, server_round, entries, what="answer this round")
+        result = train(rt.model, loader, exp.train, proximal_mu=exp.strategy.local_proximal_mu, augment=augment)
         return release.train_metrics(exp.privacy, n, result)
     from common.privacy.dpsgd import train_private
     from common.privacy.ledger import Ledger
@@ -232,7 +246,7 @@ def _train_round(
         exp.train,
         exp.privacy,
         rounds=exp.strategy.rounds,
-        ledger=Ledger.open(ledger_path(exp, rt.spec, policy, run_id)),
+        ledger=Ledger.open(ledger_path(exp, rt.spec, policy)),
         policy=policy,
         site=rt.spec.name,
         run=run_id,
@@ -256,17 +270,33 @@ def evaluate_round(
     return release.evaluation_metrics(exp.privacy, rt.model, loader, len(rt.labels))
 
 
+def central_entry(exp: ExperimentConfig) -> dict:
+    """The site's own record of answering a central-DP round: the coordinator's Gaussian mechanism
+    on the sum of clipped updates (noise multiplier sigma, no amplification by site sampling), as the
+    coordinator's ledger composes it. Protecting the whole site's contribution protects each of its
+    records, so it composes with the site's record-level entries in one ledger."""
+    from common.privacy.central import central_plan
+
+    return {"noise_multiplier": central_plan(exp).noise_multiplier, "sample_rate": 1.0, "steps": 1, "kind": "central"}
+
+
 def _charge(
-    exp: ExperimentConfig, rt: SiteRuntime, policy: SitePolicy, run_id: str, server_round: int, entries: list[dict]
+    exp: ExperimentConfig,
+    rt: SiteRuntime,
+    policy: SitePolicy,
+    run_id: str,
+    server_round: int,
+    entries: list[dict],
+    what: str = "release metrics",
 ) -> None:
-    """Charge a metric release to the site's ledger (refused past the policy's cap)."""
+    """Charge a release to the site's ledger (refused past the policy's cap)."""
     from common.privacy.dpsgd import charge, site_delta
     from common.privacy.ledger import Ledger
 
     n = len(rt.train_set)
     tags = {"run": run_id, "round": server_round, "delta": site_delta(exp.privacy, n)}
-    ledger = Ledger(ledger_path(exp, rt.spec, policy, run_id))  # reserve() reads it under the lock
-    charge(ledger, exp.privacy, policy, n, rt.spec.name, [{**e, **tags} for e in entries])
+    ledger = Ledger(ledger_path(exp, rt.spec, policy))  # reserve() reads it under the lock
+    charge(ledger, exp.privacy, policy, n, rt.spec.name, [{**e, **tags} for e in entries], what)
 
 
 def _safe(name: str) -> str:

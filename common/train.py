@@ -150,6 +150,7 @@ def train(
     step_hook: Callable[[Batch], None] | None = None,
     proximal_mu: float = 0.0,
     augment: Callable[[Batch], Batch] | None = None,
+    empty_step: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Run local training; returns the mean training loss over the steps taken (without any
     proximal term, which ``proximal_mu`` > 0 adds to the objective: FedProx).
@@ -159,6 +160,8 @@ def train(
     maps each batch of records to the batch trained on (common/augment.py: K augmented copies per
     record); counts are of records. With ``train.ema_decay`` > 0 the model ends the round holding
     the exponential moving average of its weights over the round's steps (``WeightAverage``).
+    ``empty_step`` replaces the forward, backward and step for an empty (Poisson) batch: DP-SGD's
+    noise-only step, which some layers (GroupNorm, per-sample convolution gradients) cannot run.
     """
     optimizer = optimizer or make_optimizer(model, cfg, proximal_mu)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -177,6 +180,15 @@ def train(
                 raise TypeError(f"training batch is a {type(batch).__name__}, not a dict of tensors")
             batch = on_model_device(batch, model)
             n = int(batch["labels"].shape[0])  # 0 for an empty Poisson batch: a noise-only DP step
+            if n == 0 and empty_step is not None:
+                empty_step()
+                steps += 1
+                if ema is not None:
+                    ema.update()
+                progress.step(0)
+                if cfg.max_steps and steps >= cfg.max_steps:
+                    break
+                continue
             if augment is not None:
                 batch = augment(batch)
             optimizer.zero_grad(set_to_none=True)

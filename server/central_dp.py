@@ -50,6 +50,8 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         self.base = strategy
         self.client_side = exp.privacy.clip_side == "client"
         self.ledger = CentralLedger(central_ledger_path(exp), self.plan)
+        self.cap = exp.privacy.central_max_epsilon
+        self.ledger.check_can_finish(run_id, exp.strategy.rounds, self.cap)
         self.run_id = run_id
         self.sent = 0
         self.last: tuple[int, int] = (0, 0)  # (updates summed, sites sent) of the last round
@@ -79,7 +81,7 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
             return None, metrics
         k, m = len(accepted), max(self.sent, len(accepted))
         arrays = _shrink_towards(arrays, current, k / m)  # sum of clipped updates / m
-        reservation = self.ledger.reserve(list(self.base.accepted_names), self.run_id, server_round)
+        reservation = self.ledger.reserve(list(self.base.accepted_names), self.run_id, server_round, self.cap)
         self.num_sampled_clients = m  # Flower's noise: sigma * C / m
         arrays = _shrink_towards(self._add_noise_to_aggregated_arrays(arrays), current, 1.0)  # integers pinned
         self.ledger.commit(reservation)

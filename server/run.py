@@ -28,6 +28,7 @@ from common.errors import ConfideError
 from common.export import save_model, write_model_card
 from common.models import build_model, check_model_source
 from common.privacy import statement
+from common.privacy.ledger_home import ledger_root
 from common.progress import clock_text
 from common.rundir import RunDir, check_resumable, open_resumed
 from common.tracking import Tracker
@@ -57,7 +58,15 @@ def resolve_labels(exp: ExperimentConfig) -> ExperimentConfig:
     # From every training record, not the data.max_samples head: the full test split must fit it.
     labels = label_set(exp.data, read_train(dataclasses.replace(exp.data, max_samples=0)))
     log.info("label set derived from the training data: %d labels", len(labels))
-    return config_mod.replace(exp, **{"data.labels": labels.names})
+    return config_mod.replace(exp, **{"data.labels": labels.names, "data.labels_from_records": True})
+
+
+def resolve_ledger_dir(exp: ExperimentConfig) -> ExperimentConfig:
+    """Fix where simulated parties keep their ledgers (the state folder's, unless set) in the
+    resolved experiment, so every process of the job, and a resume, uses the same folder."""
+    if exp.privacy.ledger_dir:
+        return exp
+    return config_mod.replace(exp, **{"privacy.ledger_dir": str(ledger_root(exp))})
 
 
 def preflight(exp: ExperimentConfig, resume: Path | None = None) -> ExperimentConfig:
@@ -65,7 +74,7 @@ def preflight(exp: ExperimentConfig, resume: Path | None = None) -> ExperimentCo
     Ray's start-up): the training file and its label set, the test file against it, and a run
     folder to resume against the experiment. Readers are cached per process, so the in-process
     ServerApp does not read the files again."""
-    exp = resolve_labels(exp)
+    exp = resolve_ledger_dir(resolve_labels(exp))
     check_model_source(exp)  # model.checkpoint / model.weights / >= 2 labels, before any tokenizer load
     check_sites(exp.data, exp.seed)  # training labels in the label set; enough records per site
     _central_loader(exp, LabelSet(exp.data.labels))
@@ -77,7 +86,7 @@ def preflight(exp: ExperimentConfig, resume: Path | None = None) -> ExperimentCo
 def run_experiment(grid: Grid, exp: ExperimentConfig, run_id: str, resume: Path | None = None) -> RunSummary:
     """Run the experiment, or with ``resume`` (a stopped run's folder) continue it from the round
     after its checkpoint (common/checkpoint.py)."""
-    exp = resolve_labels(exp)
+    exp = resolve_ledger_dir(resolve_labels(exp))
     labels = LabelSet(exp.data.labels)
     model = place(build_model(exp, len(labels)), exp.train)
     test_loader = _central_loader(exp, labels)

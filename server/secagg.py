@@ -18,11 +18,12 @@ would need a public bound on every site's count and costs precision; see docs/se
 
 Central DP under SecAgg+: the coordinator cannot clip or noise what it never sees, so each site
 clips its own update (Flower's fixedclipping_mod, as with privacy.clip_side=client) and adds
-Gaussian noise of standard deviation sigma*C/sqrt(t), t the fewest updates the unmasked sum can
-hold (the protocol's reconstruction threshold or strategy.min_sites, whichever is larger). The sum
-of k >= t updates then carries noise of at least sigma*C, which is the Gaussian mechanism the
-coordinator's ledger accounts: the stated epsilon holds against the coordinator itself, which sees
-only that noisy sum.
+Gaussian noise of standard deviation sigma*C/sqrt(t), t the protocol's reconstruction threshold:
+Flower unmasks the sum of any t survivors, whatever strategy.min_sites says (that check runs after
+the sum is unmasked). The sum of k >= t updates then carries noise of at least sigma*C, which is
+the Gaussian mechanism the coordinator's ledger accounts: the stated epsilon holds against the
+coordinator itself, which sees only that noisy sum. A round with fewer than strategy.min_sites
+updates is still charged before it is refused: its sum was unmasked.
 """
 
 from __future__ import annotations
@@ -80,10 +81,11 @@ class SecureAggregation:
         return shares, max(round(self.cfg.threshold * shares), 2)
 
     def site_noise_std(self, sampled: int) -> float:
-        """Each site's share of the central-DP noise: the sum of any t updates reaches sigma*C."""
+        """Each site's share of the central-DP noise: the sum of any t updates reaches sigma*C, t the
+        fewest survivors Flower unmasks (its reconstruction threshold)."""
         if self.sum_noise_std <= 0:
             return 0.0
-        return self.sum_noise_std / math.sqrt(max(self.protocol(sampled)[1], self.min_sites))
+        return self.sum_noise_std / math.sqrt(self.protocol(sampled)[1])
 
 
 def secure_aggregation(exp: ExperimentConfig) -> SecureAggregation | None:
@@ -289,20 +291,20 @@ def aggregate_secure(strategy: Any, server_round: int, result: SecureResult, arr
     recorder.train_finished()
     base.sent.pop("train", None)
     k, m = len(result.contributed), len(result.sampled)
+    base.accepted_names = sorted(result.sites)
+    if central is not None:  # the sum is unmasked: a release, charged whether or not it is used (the cap
+        # was checked for the whole job before it started; a release that happened is never refused)
+        central.ledger.commit(central.ledger.reserve(list(base.accepted_names), central.run_id, server_round))
+        central.last = (k, m)
     if k < base.cfg.min_sites:
         raise ConfideError(
             f"round {server_round}: {k} update(s) in the secure sum, fewer than strategy.min_sites={base.cfg.min_sites}"
         )
-    base.accepted_names = sorted(result.sites)
     if central is None:
         return base.server_step(server_round, _template(arrays), apply_mean(arrays, result.mean_update))
     # Central DP: the sum of k clipped, noised updates over m, the sites the round was sent to (the
     # same release as server/central_dp.py; here the sites added the noise before masking).
-    mean = apply_mean(arrays, result.mean_update, factor=k / m)
-    reservation = central.ledger.reserve(list(base.accepted_names), central.run_id, server_round)
-    central.ledger.commit(reservation)
-    central.last = (k, m)
-    return base.server_step(server_round, _template(arrays), mean)
+    return base.server_step(server_round, _template(arrays), apply_mean(arrays, result.mean_update, factor=k / m))
 
 
 def _template(arrays: ArrayRecord) -> Message:

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import ExperimentConfig, resolve_path
+from common.config import ExperimentConfig
+from common.errors import PolicyRefused
 from common.privacy.accounting import calibrate, check_delta, default_delta, epsilon
-from common.privacy.ledger import Ledger
+from common.privacy.ledger import Ledger, history_of
+from common.privacy.ledger_home import central_ledger
 
 # Train-config key by which the server asks sites to clip their own update (client-side clipping).
 CLIENT_CLIPPING_KEY = "dp-client-clipping"
@@ -51,7 +53,7 @@ def central_plan(exp: ExperimentConfig) -> CentralPlan:
 
 
 def central_ledger_path(exp: ExperimentConfig) -> Path:
-    return resolve_path(exp.privacy.central_ledger or str(Path(exp.output_dir) / "ledgers" / "central.json"))
+    return central_ledger(exp)
 
 
 class CentralLedger:
@@ -61,18 +63,51 @@ class CentralLedger:
         self.ledger, self.plan = Ledger.open(path), plan
         self.pending: dict[str, list[dict[str, Any]]] = {}  # reservation id -> its planned entries
 
-    def reserve(self, sites: list[str], run: str, server_round: int) -> str:
+    def check_can_finish(self, run: str, rounds: int, cap: float) -> None:
+        """Refuse, before any site is contacted, a job whose ``rounds`` would take a site past the
+        coordinator's cap (``privacy.central_max_epsilon``; 0: none): every site already in the ledger
+        and a new one, each for the rounds of this job it has not yet answered."""
+        if not cap:
+            return
+        step = (self.plan.noise_multiplier, 1.0, 1)
+        sites = {str(e.get("site")) for e in self.ledger.entries}
+        for site in sorted(sites) + [""]:
+            mine = self.ledger.history(lambda e, s=site: e.get("site") == s)
+            done = sum(1 for e in self.ledger.entries if e.get("site") == site and e.get("run") == run)
+            projected = self._epsilon(mine + [step] * max(rounds - done, 0))
+            if projected > cap:
+                who = f"site '{site}'" if site else "a site new to this ledger"
+                raise PolicyRefused(
+                    f"the coordinator refuses the job: {rounds} rounds at noise multiplier "
+                    f"{self.plan.noise_multiplier:.4g} would bring {who} to site-level epsilon {projected:.3f}, "
+                    f"above privacy.central_max_epsilon={cap:g} (ledger {self.ledger.path})"
+                )
+
+    def reserve(self, sites: list[str], run: str, server_round: int, cap: float = 0.0) -> str:
         tags = {"kind": "central", "run": run, "round": server_round, "delta": self.plan.delta}
         planned = [
             {"site": s, "noise_multiplier": self.plan.noise_multiplier, "sample_rate": 1.0, "steps": 1, **tags}
             for s in sites
         ]
-        reservation = self.ledger.reserve(planned, lambda existing, new: None)
+
+        def check(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+            for site in sorted({e["site"] for e in new}) if cap else ():
+                projected = self._epsilon(history_of([e for e in existing + new if e.get("site") == site]))
+                if projected > cap:
+                    raise PolicyRefused(
+                        f"the coordinator refuses round {server_round}: site '{site}' would reach site-level "
+                        f"epsilon {projected:.3f}, above privacy.central_max_epsilon={cap:g}"
+                    )
+
+        reservation = self.ledger.reserve(planned, check)
         self.pending[reservation] = planned
         return reservation
 
     def commit(self, reservation: str) -> None:
         self.ledger.commit(reservation, self.pending.pop(reservation))
+
+    def _epsilon(self, history: list[tuple[float, float, int]]) -> float:
+        return epsilon(history, self.plan.delta, "rdp", self.plan.num_sites)
 
     def site_epsilons(self, run: str | None = None) -> dict[str, float]:
         sites = sorted({str(e.get("site")) for e in self.ledger.entries})

@@ -8,13 +8,17 @@ ledger, ``--site``):
   that package is installed (``pip install dp-accounting``);
 - with ``--config <run>/config.yaml --records N``: the DP-SGD history rebuilt from the job's
   configuration alone (noise multiplier as configured or calibrated, sample rate 1/ceil(N/B),
-  steps per round), compared entry by entry with what the ledger recorded for ``--run``.
-Exit status 1 if the rebuilt history and the ledger disagree.
+  steps per round), compared entry by entry with what the ledger recorded for ``--run``;
+- with ``--run-folder <run>``: every round the run's metrics.jsonl says the site trained must be in
+  the ledger under the run's job (a ledger that restarted, e.g. a run resumed against another
+  ledger, misses rounds and is reported).
+Exit status 1 if the rebuilt history or the run folder and the ledger disagree.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--site", default="", help="one site's entries of a central (coordinator) ledger")
     ap.add_argument("--config", type=Path, default=None, help="a run's config.yaml: rebuild its DP-SGD history")
     ap.add_argument("--run", default="", help="the run id whose entries --config is compared with")
+    ap.add_argument(
+        "--run-folder", type=Path, default=None, help="a run folder whose trained rounds must be in the ledger"
+    )
     args = ap.parse_args(argv)
     try:
         return _check(args)
@@ -100,8 +107,10 @@ def _check(args: argparse.Namespace) -> int:
     for kind in ("rdp", "pld"):
         other = independent_epsilon(history, delta, kind)
         print(f"epsilon (dp_accounting {kind}, independent): " + ("not installed" if other is None else f"{other:.4f}"))
+    site = args.site or _stem(args.ledger)
+    missing = [] if args.run_folder is None else _check_run_folder(args.run_folder, entries, site)
     if args.config is None:
-        return 0
+        return 1 if missing else 0
     if not args.records:
         raise ConfideError("--config needs --records (the site's training records)")
     exp = config_mod.load(args.config)
@@ -112,7 +121,33 @@ def _check(args: argparse.Namespace) -> int:
           f"per round; {len(mine) - len(bad)} of {len(mine)} ledger rounds match")  # fmt: skip
     for e in bad:
         print(f"  MISMATCH round {e.get('round')}: {history_of([e])[0]}")
-    return 1 if bad else 0
+    return 1 if bad or missing else 0
+
+
+def _stem(ledger: Path) -> str:
+    return ledger.name.removesuffix(".json")
+
+
+def _check_run_folder(folder: Path, entries: list[dict], site: str) -> list[int]:
+    """The rounds the run folder's metrics say ``site`` trained that the ledger lacks (printed)."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        raise ConfideError(f"--run-folder {folder}: no metrics.jsonl; not a Confide run folder")
+    try:
+        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except (OSError, ValueError) as exc:
+        raise ConfideError(f"--run-folder {folder}: metrics.jsonl is unreadable ({exc})") from None
+    if not lines:
+        raise ConfideError(f"--run-folder {folder}: metrics.jsonl is empty")
+    job = str(lines[0].get("run_id", ""))  # the job is the run that started it; resumed rounds keep it
+    trained = [int(x["round"]) for x in lines if (x.get("sites", {}).get(site) or {}).get("train")]
+    charged = {int(e["round"]) for e in entries if str(e.get("run")) == job and e.get("kind") in ("dpsgd", "central")}
+    missing = [r for r in trained if r not in charged]
+    print(f"run folder {folder} (job {job}): {len(trained) - len(missing)} of {len(trained)} rounds site '{site}' "
+          "trained are in the ledger")  # fmt: skip
+    for r in missing:
+        print(f"  MISMATCH round {r}: trained in the run, absent from the ledger (a restarted ledger?)")
+    return missing
 
 
 def _same(a: HistoryEntry, b: HistoryEntry) -> bool:

@@ -33,6 +33,11 @@ from common.train import TrainResult, make_optimizer, train
 log = logging.getLogger(__name__)
 
 
+# Calibration hits the target within 0.1% (common/privacy/accounting.py); Poisson rounding of the
+# sample rate (batches_per_epoch) can add a little more.
+TARGET_SLACK = 0.01
+
+
 class BudgetExceeded(PolicyRefused):
     """A site refuses a round that would take it past its own epsilon cap."""
 
@@ -74,16 +79,16 @@ def batches_per_epoch(train_cfg: TrainConfig, n: int) -> int:
     return int(1 / (1 / math.ceil(n / train_cfg.batch_size)))
 
 
-def plan_round(cfg: PrivacyConfig, train_cfg: TrainConfig, rounds: int, n: int) -> RoundPlan:
+def plan_round(cfg: PrivacyConfig, train_cfg: TrainConfig, rounds: int, n: int, accountant: str = "") -> RoundPlan:
     """This round's DP-SGD parameters: configured noise, or calibrated so that ``rounds`` such
-    rounds spend ``privacy.target_epsilon`` in total."""
+    rounds spend ``privacy.target_epsilon`` in total under ``accountant`` (the site's; "" = the job's)."""
     batches = batches_per_epoch(train_cfg, n)
     steps = train_cfg.local_epochs * batches
     steps = min(steps, train_cfg.max_steps) if train_cfg.max_steps else steps
     q, delta = 1.0 / batches, site_delta(cfg, n)
     sigma = cfg.noise_multiplier
     if cfg.target_epsilon > 0:
-        sigma = calibrate(cfg.target_epsilon, delta, q, rounds * steps, cfg.accountant)
+        sigma = calibrate(cfg.target_epsilon, delta, q, rounds * steps, accountant or cfg.accountant)
     return RoundPlan(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, records=n)
 
 
@@ -92,9 +97,17 @@ def _entry(sigma: float, q: float, steps: int, kind: str, **tags: Any) -> dict[s
 
 
 def cap_check(policy: SitePolicy, delta: float, accountant: str, n: int, site: str, what: str):
-    """The ledger check that refuses a spend taking the site's cumulative epsilon past its cap."""
+    """The ledger check that refuses a spend taking the site's cumulative epsilon past its cap, or
+    one accounted with another accountant than the ledger's entries (the site's epsilon would jump)."""
 
     def check(existing: list[dict[str, Any]], planned: list[dict[str, Any]]) -> None:
+        others = sorted({str(e["accountant"]) for e in existing if e.get("accountant", accountant) != accountant})
+        if others:
+            raise PolicyRefused(
+                f"site '{site}' refuses to {what} with the {accountant} accountant: its ledger is accounted with "
+                f"{', '.join(others)} (privacy.accountant, or the site policy's 'accountant'); one ledger, one "
+                "accountant, so its epsilon never moves backwards"
+            )
         projected = epsilon(history_of(existing + planned), delta, accountant, n)
         if projected > policy.max_epsilon:
             spent = epsilon(history_of(existing), delta, accountant, n)
@@ -107,11 +120,42 @@ def cap_check(policy: SitePolicy, delta: float, accountant: str, n: int, site: s
     return check
 
 
+def target_check(cfg: PrivacyConfig, plan: RoundPlan, accountant: str, run: str, rounds_left: int, site: str):
+    """With ``privacy.target_epsilon``, refuse a round after which the job could not end within its
+    target: this job's entries, this round and ``rounds_left`` more like it (a resume that raised
+    strategy.rounds recalibrates the noise for the new total, too late for the rounds already spent)."""
+
+    def check(existing: list[dict[str, Any]], planned: list[dict[str, Any]]) -> None:
+        if not cfg.target_epsilon:
+            return
+        # DP-SGD only: what the target calibrates (noisy metric releases are charged beside it)
+        mine = [e for e in existing + planned if e.get("run") == run and e.get("kind") == "dpsgd"]
+        rest = [(plan.noise_multiplier, plan.sample_rate, plan.steps)] * max(rounds_left, 0)
+        projected = epsilon(history_of(mine) + rest, plan.delta, accountant, plan.records)
+        if projected > cfg.target_epsilon * (1 + TARGET_SLACK):
+            raise BudgetExceeded(
+                f"site '{site}' refuses to train: this job would reach epsilon {projected:.3f}, above its "
+                f"privacy.target_epsilon={cfg.target_epsilon:g} (strategy.rounds raised after rounds were "
+                "spent at a noise calibrated for fewer)"
+            )
+
+    return check
+
+
 def charge(
-    ledger: Ledger, cfg: PrivacyConfig, policy: SitePolicy, n: int, site: str, entries: list[dict[str, Any]]
+    ledger: Ledger,
+    cfg: PrivacyConfig,
+    policy: SitePolicy,
+    n: int,
+    site: str,
+    entries: list[dict[str, Any]],
+    what: str = "release metrics",
 ) -> None:
-    """Reserve-then-commit a release that is not a training round (e.g. noisy metrics)."""
-    check = cap_check(policy, site_delta(cfg, n), cfg.accountant, n, site, "release metrics")
+    """Reserve-then-commit a release that is not a training round (e.g. noisy metrics, or its share
+    of a central-DP round), each entry tagged with the site's accountant."""
+    accountant = policy.accountant_for(cfg)
+    entries = [{**e, "accountant": accountant} for e in entries]
+    check = cap_check(policy, site_delta(cfg, n), accountant, n, site, what)
     ledger.commit(ledger.reserve(entries, check), entries)
 
 
@@ -136,16 +180,23 @@ def train_private(
     term, added after the noise (data-independent: no privacy cost; common/train.py).
     ``augment``: augmentation of each sampled batch; with multiplicity K > 1 each record's K
     per-sample gradients are averaged before clipping (``average_copies``)."""
-    plan = plan_round(cfg, train_cfg, rounds, len(dataset))
+    accountant = policy.accountant_for(cfg)
+    plan = plan_round(cfg, train_cfg, rounds, len(dataset), accountant)
     policy.check_round(plan.noise_multiplier, plan.delta)
     tags = {"run": run, "round": server_round, "delta": plan.delta, "max_grad_norm": cfg.max_grad_norm}
+    tags["accountant"] = accountant
     planned = [_entry(plan.noise_multiplier, plan.sample_rate, plan.steps, "dpsgd", **tags)]
     planned += [{**r, **tags} for r in releases or []]
-    reservation = ledger.reserve(planned, cap_check(policy, plan.delta, cfg.accountant, plan.records, site, "train"))
-    result, recorded, clip = _train_round(model, dataset, train_cfg, cfg, plan, proximal_mu, augment)
+    checks = (
+        cap_check(policy, plan.delta, accountant, plan.records, site, "train"),
+        target_check(cfg, plan, accountant, run, rounds - server_round, site),
+    )
+    reservation = ledger.reserve(planned, lambda existing, new: [c(existing, new) for c in checks])
+    result, recorded, clip = _train_round(model, dataset, train_cfg, replace(cfg, accountant=accountant), plan,
+                                          proximal_mu, augment)  # fmt: skip
     actual = [_entry(s, q, k, "dpsgd", **tags) for s, q, k in recorded] + planned[1:]
     ledger.commit(reservation, actual)
-    return result, _round_stats(ledger, cfg, plan, recorded, clip, run)
+    return result, _round_stats(ledger, replace(cfg, accountant=accountant), plan, recorded, clip, run)
 
 
 def _train_round(
@@ -179,11 +230,30 @@ def _train_round(
         with physical_batches(step, cfg.max_physical_batch_size) as loader:
             result = train(
                 model, loader, train_cfg, optimizer=step.optimizer, loss_fn=step.criterion, step_hook=hook,
-                augment=augment,
+                augment=augment, empty_step=noise_only_step(step, model),
             )  # fmt: skip
     finally:
         step.close()
     return result, [(float(s), float(q), int(k)) for s, q, k in step.accountant.history], clip
+
+
+def noise_only_step(step: PrivateStep, model: nn.Module) -> Callable[[], None]:
+    """The DP-SGD step of an empty Poisson batch without running the model: a zero clipped sum, then
+    Opacus's noise, scaling, accounting and optimizer step, as for any other batch. Per-sample
+    gradient engines ('hooks') take zero rows of per-sample gradients; the fast-gradient-clipping
+    optimizer (book-keeping, ghost) takes a zero clipped sum in ``.grad``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run() -> None:
+        step.optimizer.zero_grad(set_to_none=True)
+        for p in params:
+            if step.mode == "hooks":
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            else:
+                p.grad = torch.zeros_like(p)
+        step.optimizer.step()
+
+    return run
 
 
 def average_copies(model: nn.Module, k: int) -> Callable[[Batch], None]:

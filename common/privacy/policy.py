@@ -38,6 +38,9 @@ NODE_KEYS = {
     "max-delta": "max_delta",
     "min-noise-multiplier": "min_noise_multiplier",
     "accountants": "accountants",
+    "accountant": "accountant",
+    "require-client-clipping": "require_client_clipping",
+    "require-secure-aggregation": "require_secure_aggregation",
     "site-metrics": "site_metrics",
     "ledger-dir": "ledger_dir",
     "require-ledger": "require_ledger",
@@ -51,7 +54,15 @@ class SitePolicy:
     max_epsilon: float = 8.0  # cumulative, over everything the site ever trained or released
     max_delta: float = 1e-5
     min_noise_multiplier: float = 0.5  # DP-SGD and metric releases alike
-    accountants: tuple[str, ...] = ("rdp", "prv")
+    accountants: tuple[str, ...] = ("rdp", "prv")  # what a job may ask for (to calibrate its noise)
+    # The accountant the site calibrates, checks its cap and reports its epsilon with, whatever the
+    # job asks: one accountant per ledger, so the site's printed epsilon never moves backwards.
+    # "" (simulation): the job's privacy.accountant, the researcher playing every party.
+    accountant: str = "rdp"
+    # Central DP: refuse a round that would send the raw update (the coordinator clips it) ...
+    require_client_clipping: bool = False
+    # ... or send any update unmasked (without Flower's SecAgg+), whatever the privacy mode.
+    require_secure_aggregation: bool = False
     site_metrics: str = "withhold"  # the most a job may ask for (privacy.site_metrics)
     ledger_dir: str = ""
     require_ledger: bool = True  # a DP job is refused without a persistent ledger-dir
@@ -64,16 +75,26 @@ class SitePolicy:
         _check(0 < self.max_delta <= 1, "max-delta", "must be in (0, 1]")
         _check(self.min_noise_multiplier >= 0, "min-noise-multiplier", "must be >= 0")
         _check(bool(self.accountants) and set(self.accountants) <= {"rdp", "prv"}, "accountants", "must be rdp, prv")
+        _check(self.accountant in ("", "rdp", "prv"), "accountant", "must be rdp or prv")
         _check(self.site_metrics in RELEASES, "site-metrics", f"must be one of {', '.join(RELEASES)}")
 
-    def check_job(self, cfg: PrivacyConfig) -> None:
+    def check_job(self, cfg: PrivacyConfig, secure_aggregation: bool = False) -> None:
         """Refuse a job that asks for less privacy than this policy allows (naming the rule)."""
         if cfg.mode not in self.allowed_modes:
             self._refuse(
                 "allowed-modes", f"the job asks privacy.mode={cfg.mode!r}; allowed: {', '.join(self.allowed_modes)}"
             )
+        if self.require_secure_aggregation and not secure_aggregation:
+            self._refuse(
+                "require-secure-aggregation", "the job would send this site's update unmasked (secagg.enabled off)"
+            )
         if cfg.mode == "off":
             return
+        if cfg.mode == "central" and self.require_client_clipping and cfg.clip_side != "client":
+            self._refuse(
+                "require-client-clipping",
+                f"the job asks privacy.clip_side={cfg.clip_side!r}: the coordinator would see the raw update",
+            )
         if cfg.accountant not in self.accountants:
             self._refuse("accountants", f"the job asks privacy.accountant={cfg.accountant!r}")
         if cfg.delta and cfg.delta > self.max_delta:
@@ -100,6 +121,10 @@ class SitePolicy:
             )
         if self.require_ledger and not self.ledger_dir:
             self._refuse("ledger-dir", "a DP job needs a persistent privacy ledger on the site's own disk")
+
+    def accountant_for(self, cfg: PrivacyConfig) -> str:
+        """The accountant this site's epsilon is calibrated, capped and reported with."""
+        return self.accountant or cfg.accountant
 
     def check_round(self, noise_multiplier: float, delta: float) -> None:
         """The noise and delta a round will actually use (after the site's own calibration)."""
@@ -152,6 +177,8 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _parse(key: str, value: Any, where: str) -> Any:
     name = NODE_KEYS[key]
     try:
+        if name == "accountant":
+            return str(value).strip()
         if name in ("allowed_modes", "accountants"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(v).strip() for v in items if str(v).strip())
@@ -162,7 +189,7 @@ def _parse(key: str, value: Any, where: str) -> Any:
             if math.isnan(out):
                 raise ValueError
             return out
-        if name == "require_ledger":
+        if name in ("require_ledger", "require_client_clipping", "require_secure_aggregation"):
             if isinstance(value, bool):
                 return value
             if str(value).lower() in ("true", "false"):
@@ -186,5 +213,6 @@ SIMULATION = SitePolicy(
     min_noise_multiplier=0.0,
     site_metrics="exact",
     require_ledger=False,
+    accountant="",
     source="built-in simulation default",
 )
