@@ -191,17 +191,32 @@ def main(argv: list[str] | None = None) -> int:
         prog=sys.argv[0] if sys.argv[0].startswith("confide ") else "python -m client.site_status",
         description=__doc__.splitlines()[0].split(": ", 1)[1],
     )
-    parser.add_argument("--site", default=env.get("CONFIDE_SITE_NAME", ""),
-                        help="the site's name (default $CONFIDE_SITE_NAME; empty: every ledger in the folder)")
-    parser.add_argument("--ledger-dir", type=Path, default=Path(env.get("CONFIDE_LEDGER_DIR", IMAGE_LEDGER_DIR)),
-                        help=f"the site's ledger folder (default $CONFIDE_LEDGER_DIR, else {IMAGE_LEDGER_DIR})")
-    parser.add_argument("--policy", default=env.get("CONFIDE_PRIVACY_POLICY", IMAGE_POLICY if Path(IMAGE_POLICY)
-                        .is_file() else ""), help="the site's policy file (default $CONFIDE_PRIVACY_POLICY, else "
-                        f"{IMAGE_POLICY} where it exists)")
-    parser.add_argument("--max-epsilon", default=env.get("CONFIDE_MAX_EPSILON", ""),
-                        help="the site's max-epsilon override (default $CONFIDE_MAX_EPSILON)")
-    parser.add_argument("--min-noise-multiplier", default=env.get("CONFIDE_MIN_NOISE_MULTIPLIER", ""),
-                        help="the site's min-noise-multiplier override (default $CONFIDE_MIN_NOISE_MULTIPLIER)")
+    parser.add_argument(
+        "--site",
+        default=env.get("CONFIDE_SITE_NAME", ""),
+        help="the site's name (default $CONFIDE_SITE_NAME; empty: every ledger in the folder)",
+    )
+    parser.add_argument(
+        "--ledger-dir",
+        type=Path,
+        default=Path(env.get("CONFIDE_LEDGER_DIR", IMAGE_LEDGER_DIR)),
+        help=f"the site's ledger folder (default $CONFIDE_LEDGER_DIR, else {IMAGE_LEDGER_DIR})",
+    )
+    parser.add_argument(
+        "--policy",
+        default=env.get("CONFIDE_PRIVACY_POLICY", IMAGE_POLICY if Path(IMAGE_POLICY).is_file() else ""),
+        help=f"the site's policy file (default $CONFIDE_PRIVACY_POLICY, else {IMAGE_POLICY} where it exists)",
+    )
+    parser.add_argument(
+        "--max-epsilon",
+        default=env.get("CONFIDE_MAX_EPSILON", ""),
+        help="the site's max-epsilon override (default $CONFIDE_MAX_EPSILON)",
+    )
+    parser.add_argument(
+        "--min-noise-multiplier",
+        default=env.get("CONFIDE_MIN_NOISE_MULTIPLIER", ""),
+        help="the site's min-noise-multiplier override (default $CONFIDE_MIN_NOISE_MULTIPLIER)",
+    )
     parser.add_argument("--last", type=int, default=5, help="how many of the last messages sent to show (5)")
     args = parser.parse_args(argv)  # fmt: skip
     overrides = {"max-epsilon": args.max_epsilon, "min-noise-multiplier": args.min_noise_multiplier}

@@ -43,6 +43,8 @@ from common.site import SiteSpec, site_records
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
@@ -824,3 +826,33 @@ def test_secure_aggregation_with_local_dp_on_tls_supernodes(federation: Federati
             assert entry["bytes"] == line["sites"][site]["train"]["bytes_up"]
         ledger = json.loads((federation.site_dir(site) / "ledger" / f"{site}.json").read_text())
         assert [e["round"] for e in ledger["entries"] if str(e.get("run")) == job_id] == [1, 2]
+
+
+@pytest.mark.slow
+def test_documented_non_container_commands(federation: Federation) -> None:
+    """Proves the deployment docs' non-container blocks (README "Deploy at a site", marked
+    `doc-test: host`) work verbatim on real processes, with only the trial folder substituted (it
+    is this federation's site folder, so the SuperNodes read the trial data and keep their ledgers
+    where the docs look): the trial data is written, the trial job passes the sites' strict
+    default policy and completes (confide submit exits 0), and site-status, the audit log and
+    check-ledger read the site's ledger; then the documented refused job (privacy.mode='off')
+    makes confide submit exit non-zero, and the coordinator records the refusal under each
+    site's name, not its node id. Runs last: it replaces the sites' data files."""
+    from tests.doc_commands import Session
+
+    for node in federation.node_ids.values():
+        wait_for("both sites online", lambda n=node: federation.nodes().get(n) == "online", 120, 2)
+    env = federation.procs.env("docs", FLWR_HOME=str(federation.root / "admin"))
+    session = Session(env, federation.root / "sites", [])
+    done = session.run_all("host", timeout=900)
+    assert [b.kind for b, _ in done] == ["host", "host expect-fail"]
+    trial, refused = (res.stdout + res.stderr for _, res in done)
+    assert "finished:completed" in trial and "epsilon spent" in trial and "ledger" in trial
+    assert "ended as finished:failed" in refused, refused[-2000:]
+    runs = sorted((federation.root / "coordinator" / "runs").glob("*-deploy-trial-*"))
+    assert len(runs) == 2 and not runs[0].name.endswith(".incomplete"), runs
+    lines = metrics(runs[0])
+    assert [x["round"] for x in lines] == [0, 1, 2] and all(set(x["sites"]) == set(SITES) for x in lines[1:])
+    failed = (runs[1] / "FAILED.txt").read_text()
+    assert "site-a" in failed and "site-b" in failed and "rule 'allowed-modes'" in failed, failed
+    assert "site-a failed" in refused and "node-" not in failed + refused, refused[-2000:]

@@ -41,7 +41,6 @@ class Flower:
         return 0, listing(42, status, "ServerApp exited with code 201" if "failed" in status else "")
 
 
-
 STARTED = "Loading project configuration...\nSuccessfully started run 42\n... round 1 ...\n"
 ARGS = [".", "confide", "--run-config", "experiment='simulations/configs/deploy_trial.yaml' name='x y'"]
 
