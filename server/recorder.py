@@ -88,6 +88,9 @@ class RoundRecorder:
                     "rounds_run": before.get("rounds_run", 0.0) + 1,
                 }
         end = time.perf_counter()
+        # Sites send their training time only where they may release their record count (no DP, or
+        # privacy.site_metrics=exact): otherwise the slowest site's is unknown (null), and only the
+        # coordinator's own clock (wall and train-phase seconds) is recorded.
         train_secs = [m["train_seconds"] for m in rec.train.values() if "train_seconds" in m]
         line: dict[str, Any] = {
             "round": rec.round,
