@@ -22,9 +22,10 @@ CHECK_COMMAND = "python -m common.privacy.check"
 def _releases(mode: str, how: str) -> list[str]:
     """What a DP site's replies carry beside its weights, at release level ``how`` (release.py)."""
     if how == "withhold":
+        beyond = " beyond the DP parameters below (which reveal n to within one batch)" if mode == "local" else ""
         return [
             "aggregation weight: 1 for every site (uniform FedAvg); no record count, step count or training time "
-            "is sent",
+            f"is sent{beyond}",
             "no training loss, no clip fraction, no held-out evaluation (the server does not ask for it)",
         ]
     ledger = (
@@ -129,9 +130,10 @@ def write(folder: Path, exp: ExperimentConfig, privacy: dict[str, Any]) -> dict[
 def lines(data: dict[str, Any]) -> list[str]:
     """The statement in words (model card, end-of-run summary)."""
     labels = f"Label set: {data.get('labels', 'not stated')}."
+    listed = "Every quantity in metrics.jsonl and in this card, with its protection: privacy.json, under 'inventory'."
     if data["mode"] == "off":
         return ["No differential privacy: the weights carry no formal privacy guarantee; site metrics were "
-                "released exactly.", labels]  # fmt: skip
+                "released exactly.", labels, listed]  # fmt: skip
     out = [f"Unit of privacy: {data['unit_of_privacy']}; adjacency: {data['adjacency']}.",
            f"Mechanism: {data['mechanism']}; accountant: {data['accountant']}."]  # fmt: skip
     for name, v in sorted(data["sites"].items()):
@@ -141,7 +143,7 @@ def lines(data: dict[str, Any]) -> list[str]:
         )
     out += [f"Released beside the weights: {r}." for r in data["released_besides_weights"]]
     out += [f"Not protected: {r}." for r in data["not_protected"]]
-    out += [labels, f"Check: {data['check']}."]
+    out += [labels, listed, f"Check: {data['check']}."]
     return out
 
 
