@@ -1,12 +1,18 @@
-"""Shared fixtures: an isolated project root per test and the optional real datasets."""
+"""Shared fixtures: an isolated project root per test and the optional real datasets; the test
+tiers (unit, sim, system) and the guard that keeps the unit tier free of processes, Ray and the
+network."""
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from common import config as config_mod
+from tests import ray_head, tiers
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
@@ -56,3 +62,63 @@ def no_open_run_folders(monkeypatch: pytest.MonkeyPatch) -> None:
     from common import rundir
 
     monkeypatch.setattr(rundir, "_OPEN", set())
+
+
+@pytest.fixture(autouse=True)
+def unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test in the unit tier that starts a process, Ray or a network connection fails at that
+    call, naming it, and one that runs too long fails: the quick tier stays quick, and a
+    mislabelled test is caught, not tolerated."""
+    if tiers.tier_of(request.node) != tiers.UNIT:
+        yield
+        return
+    limit = tiers.unit_limit_s()
+    tiers.forbid_heavy_calls(monkeypatch, request.node.nodeid)
+    started = time.process_time()  # CPU time: a loaded machine stretches wall time, not the work done
+    yield
+    tiers.check_duration(request.node.nodeid, time.process_time() - started, limit)
+
+
+PRIVATE_RAY_ENV = "CONFIDE_TEST_PRIVATE_RAY"  # =1: each simulation starts its own Ray, as outside tests
+
+
+@pytest.fixture(scope="session")
+def shared_ray_head() -> Iterator[ray_head.RayHead]:
+    """Started by the first sim-tier test that runs, stopped at the end of the session."""
+    head = ray_head.start_head()
+    try:
+        yield head
+    finally:
+        ray_head.stop_head(head)
+
+
+@pytest.fixture(autouse=True)
+def sim_tier_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sim-tier test's simulations attach to the session's Ray head rather than starting a
+    private Ray each (10-25 s apiece). Its workers get what a private Ray's workers would inherit
+    from this process: the CONFIDE_* variables the test set. A test that unsets RAY_ADDRESS, or
+    names another cluster, still gets what it asks for."""
+    if tiers.tier_of(request.node) != tiers.SIM or os.environ.get(PRIVATE_RAY_ENV) or os.environ.get("RAY_ADDRESS"):
+        return
+    head = request.getfixturevalue("shared_ray_head")
+    monkeypatch.setenv("RAY_ADDRESS", head.address)
+    from simulations import ray_cluster
+
+    worker_env = ray_cluster._worker_env
+
+    def with_confide_env() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k.startswith("CONFIDE_")} | worker_env()
+
+    monkeypatch.setattr(ray_cluster, "_worker_env", with_confide_env)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tiers.check_markers(items)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tiers.record(report)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    tiers.summarize(terminalreporter)

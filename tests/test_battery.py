@@ -19,6 +19,7 @@ in an expected fragment stands for that folder.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,9 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from common import config as config_mod
 from common import logs
 from simulations import local
+
+pytestmark = pytest.mark.unit
 
 # --------------------------------------------------------------------------- tiny files
 
@@ -134,7 +139,7 @@ CASES = [
     Case("set-unknown-key", ("'train.lrr'", "did you mean 'train.lr'"), sets=("train.lrr=0.1",)),
     Case("set-unknown-section", ("'trian.lr'", "did you mean 'train.lr'"), sets=("trian.lr=0.1",)),
     Case("set-below-a-value", ("'train.lr.x'",), sets=("train.lr.x=1",)),
-    Case("set-empty-key", ("empty key", "key=value"), sets=("=3",)),
+    Case("set-empty-key", ("override", "empty key", "key=value"), sets=("=3",)),
     # ------------------------------------------------------------------ wrong types
     Case("lr-not-a-number", ("'train.lr'", "number", "fast"), sets=("train.lr=fast",)),
     Case("lr-nan", ("'train.lr'", "finite"), sets=("train.lr=.nan",)),
@@ -281,9 +286,59 @@ def _param(case: Case):  # -> pytest.ParameterSet
     return pytest.param(case, id=case.id, marks=marks)
 
 
-def test_the_battery_is_large_and_its_ids_unique() -> None:
-    assert len(CASES) >= 60
-    assert len({c.id for c in CASES}) == len(CASES)
+def _own_keys(case: Case) -> set[str]:
+    """The config keys a case writes itself, right or wrong: its --set keys and its YAML's keys."""
+    keys = {s.split("=", 1)[0] for s in case.sets}
+    try:
+        raw = yaml.safe_load(case.yaml or "")
+    except yaml.YAMLError:
+        raw = None
+    if isinstance(raw, dict):
+        keys |= set(config_mod.flatten(raw)) | {str(k) for k in raw}
+    return keys - {""}
+
+
+def _names_the_place(case: Case, fragment: str) -> bool:
+    """Whether an expected fragment points at where the mistake is: a file under the test folder or
+    one the case passes, a config key (a real one or the case's own misspelt one), or its --set."""
+    files = {*case.files, *case.argv} | {s.split("=", 1)[1] for s in case.sets if "path=" in s}
+    keys = set(config_mod.flat_keys()) | _own_keys(case)
+    tokens = set(re.findall(r"[\w.]+", fragment))
+    return (
+        "{tmp}" in fragment
+        or any(f and f in fragment for f in files)
+        or bool(tokens & keys)
+        or (bool(case.sets) and ("--set" in fragment or "override" in fragment))
+    )
+
+
+def _inputs(case: Case) -> tuple:
+    """What a case feeds the entry point; writers compare by what they would write."""
+
+    def content(value: object) -> object:
+        if callable(value):
+            cells = tuple(repr(c.cell_contents) for c in getattr(value, "__closure__", None) or ())
+            return (getattr(value, "__qualname__", repr(value)), cells)
+        return value
+
+    return case.yaml, case.sets, case.argv, tuple(sorted((k, repr(content(v))) for k, v in case.files.items()))
+
+
+def test_every_case_is_distinct_and_its_expected_message_names_the_place() -> None:
+    """Each id and each input appears once (a copied case would count twice without testing more),
+    and every case expects the message to name where the mistake is (claim b above), not only
+    what kind of mistake it is."""
+    ids = [c.id for c in CASES]
+    assert len(set(ids)) == len(ids), sorted(i for i in ids if ids.count(i) > 1)
+    seen: dict[tuple, str] = {}
+    copies = []
+    for case in CASES:
+        if _inputs(case) in seen:
+            copies.append(f"{case.id} feeds the same input as {seen[_inputs(case)]}")
+        seen.setdefault(_inputs(case), case.id)
+    assert copies == []
+    unplaced = [c.id for c in CASES if not any(_names_the_place(c, f) for f in c.expect)]
+    assert unplaced == [], f"cases whose expected message names no file, key or --set: {unplaced}"
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
