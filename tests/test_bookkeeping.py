@@ -20,6 +20,8 @@ from common.models import build_model
 from common.privacy import bookkeeping
 from common.privacy.bookkeeping import BookKeeping, supports
 
+pytestmark = pytest.mark.unit
+
 Grads = dict[str, torch.Tensor]
 
 
@@ -281,6 +283,59 @@ def test_gram_cache_tells_views_of_one_storage_apart(monkeypatch: pytest.MonkeyP
     x = torch.randn(3, 64, 128, generator=torch.Generator().manual_seed(9))
     check(ViewsOfOneTensor(), x, torch.tensor([0, 1, 2]))
     assert {(t, ghost) for t, _, _, ghost in branches} >= {(64, True), (32, True)}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_a_module_called_once_keeps_no_copy_of_its_activations_or_gradients() -> None:
+    """The single-call path works on the captured tensors themselves: a Linear's input and output
+    gradient and an Embedding's ids and output gradient (padding masked without a copy) share
+    storage with what the hooks captured; only a reused module's calls are concatenated."""
+    g = torch.Generator().manual_seed(11)
+    lin, emb = nn.Linear(6, 5), nn.Embedding(9, 5, padding_idx=0)
+    a, ga = torch.randn(4, 7, 6, generator=g), torch.randn(4, 7, 5, generator=g)
+    ids, ge = torch.randint(0, 9, (4, 7), generator=g), torch.randn(4, 7, 5, generator=g)
+    mm = bookkeeping._Matmul(lin.weight, lin.bias, [(a, ga)], {})
+    em = bookkeeping._Embedding(emb, [(ids, ge)])
+    assert mm.a.data_ptr() == a.data_ptr() and mm.g.data_ptr() == ga.data_ptr()
+    assert em.ids.data_ptr() == ids.data_ptr() and em.g.data_ptr() == ge.data_ptr()
+    twice = bookkeeping._Matmul(lin.weight, lin.bias, [(a, ga), (a, ga)], {})
+    assert twice.a.shape == (4, 14, 6) and twice.g.shape == (4, 14, 5)  # the calls' tokens side by side
+
+
+def graph_leaves(loss: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors the loss's autograd graph accumulates gradients into."""
+    seen, todo, leaves = set(), [loss.grad_fn], []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        todo += [n for n, _ in node.next_functions]
+    return leaves
+
+
+def test_nothing_captured_outlives_the_step() -> None:
+    """A training loop keeps its loss, hence the autograd graph and its hooks, until the next
+    forward pass: after the step no captured activation or output gradient may still be held
+    (neither by the engine nor by the calls the hooks reference), and the graph holds no
+    activation-sized leaf, so the next forward pass starts from the memory of plain training."""
+    import gc
+
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 36, 3))
+    engine = BookKeeping(model, 1.0)
+    losses = nn.functional.cross_entropy(model(torch.randn(5, 1, 6, 6)), torch.arange(5) % 3, reduction="none")
+    engine.backward(losses)
+    calls = [o for o in gc.get_objects() if isinstance(o, bookkeeping._Call)]
+    assert calls, "the hooks' calls are reachable while the loss lives"
+    assert all(c.a is None and c.g is None for c in calls)
+    assert not engine.calls and not engine.early
+    assert all(isinstance(t, nn.Parameter) or t.numel() <= 1 for t in graph_leaves(losses))
+    assert all(p.grad is not None for p in model.parameters())
 
 
 # --------------------------------------------------------------------------- refused

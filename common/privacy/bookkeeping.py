@@ -21,7 +21,10 @@ are refused: their per-sample gradient is not a per-module quantity.
 Memory: a norm layer's per-sample gradients are tiny, (B, C), so they are formed as soon as its
 output gradient arrives and its activations are let go during the backward pass; only Linear,
 Conv2d and Embedding layers keep (a, g) until the clipping coefficients are known. Layers fed the
-same input tensor (BERT's query/key/value) share one activation Gram matrix.
+same input tensor (BERT's query/key/value) share one activation Gram matrix. A module called once
+works on the captured tensors themselves (only a reused module's calls are concatenated), each
+layer's (a, g) is freed as soon as its clipped sum is formed, and nothing captured outlives the step
+(the caller's loss keeps the graph and its hooks alive until the next forward pass).
 
 Pure torch; ``common.privacy.clipping`` pairs it with Opacus's optimizer (noise, accounting) and
 data loader (Poisson sampling). Supported layers: Linear, Conv2d (groups=1), Embedding, LayerNorm,
@@ -109,6 +112,10 @@ class BookKeeping:
         self.early: dict[nn.Module, list[torch.Tensor]] = {}  # per-sample (weight, bias) grads, summed over calls
         self.conv_early: dict[nn.Module, bool] = {}  # per conv: instantiate (decided once per step)
         self.last_norms = torch.zeros(0)
+        # Adding this zero starts the graph at the first trainable layer's output. A detached leaf
+        # would do too, but the graph (which the caller's loss keeps until its next forward pass)
+        # would then hold that output and its accumulated gradient, the largest maps of a CNN.
+        self._graph_root = torch.zeros((), requires_grad=True)
         self.handles = [m.register_forward_hook(self._forward_hook) for m in self.layers]
         self.handles.append(model.register_forward_pre_hook(self._start))
 
@@ -131,6 +138,12 @@ class BookKeeping:
             p.requires_grad_(True)
 
     def _clear(self) -> None:
+        """Drop this step's captures. The calls' tensors are released explicitly: the caller's loss
+        keeps the autograd graph, and with it the gradient hooks that reference the calls, alive
+        until its next forward pass, which would otherwise hold every (a, g) through that pass."""
+        for calls in self.calls.values():
+            for call in calls:
+                call.a = call.g = None
         self.calls.clear()
         self.early.clear()
         self.conv_early.clear()
@@ -142,7 +155,7 @@ class BookKeeping:
             return None
         replaced = None
         if not output.requires_grad:  # first trainable layer: start the graph at its output
-            output = replaced = output.detach().requires_grad_()
+            output = replaced = output + self._graph_root
         call = _Call(inputs[0].detach(), output.numel())
         self.calls.setdefault(module, []).append(call)
         output.register_hook(partial(self._keep_grad, module, call))
@@ -179,30 +192,36 @@ class BookKeeping:
             per_sample_losses.sum().backward()
         finally:
             self._unfreeze()
-        prepared = self._prepare_all()
-        norms_sq = torch.zeros(per_sample_losses.shape[0], dtype=torch.float64)
-        for part in prepared.values():
-            norms_sq += part.norm_sq().double()
-        norms = norms_sq.sqrt().float()
-        coef = (self.c / (norms + 1e-6)).clamp(max=1.0)
-        for module in self.layers:
-            grads = prepared.pop(module).clipped_sum(coef) if module in prepared else {}
-            for p in _own_trainable(module):
-                grad = grads.get(id(p))
-                p.grad = grad if grad is not None else torch.zeros_like(p)
-        self._clear()
+        try:
+            prepared = self._prepare_all()
+            norms_sq = torch.zeros(per_sample_losses.shape[0], dtype=torch.float64)
+            for part in prepared.values():
+                norms_sq += part.norm_sq().double()
+            norms = norms_sq.sqrt().float()
+            coef = (self.c / (norms + 1e-6)).clamp(max=1.0)
+            for module in self.layers:  # each layer's (a, g) is freed once its clipped sum is formed
+                grads = prepared.pop(module).clipped_sum(coef) if module in prepared else {}
+                for p in _own_trainable(module):
+                    grad = grads.get(id(p))
+                    p.grad = grad if grad is not None else torch.zeros_like(p)
+        finally:
+            self._clear()
         self.last_norms = norms.detach()
 
     def _prepare_all(self) -> dict[nn.Module, _Prepared]:
-        """Every layer on the loss's graph this step, in the form its norm and clipped sum need."""
+        """Every layer on the loss's graph this step, in the form its norm and clipped sum need. The
+        calls hand their tensors over, so each layer's storage is owned by its prepared form alone."""
         grams: Grams = {}
         prepared: dict[nn.Module, _Prepared] = {}
         for module in self.layers:
             if module in self.early:
                 weight, bias = module.weight, module.bias
-                prepared[module] = _PerSample(weight, bias, *self.early[module], self.trainable)
+                prepared[module] = _PerSample(weight, bias, *self.early.pop(module), self.trainable)
                 continue
-            pairs = [(c.a, c.g) for c in self.calls.get(module, []) if c.a is not None and c.g is not None]
+            calls = self.calls.pop(module, [])
+            pairs = [(c.a, c.g) for c in calls if c.a is not None and c.g is not None]
+            for call in calls:
+                call.a = call.g = None
             if pairs:  # else: not on the loss's graph this step
                 prepared[module] = _prepare(module, pairs, grams)
         return prepared
@@ -265,6 +284,12 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])  # explicit: a batch may be empty
 
 
+def _join(calls: list[torch.Tensor]) -> torch.Tensor:
+    """The calls' tokens side by side, (B, T_1 + T_2 + ..., f); a single call's tensor as it is
+    (a module called once keeps no copy of its activations or gradients)."""
+    return calls[0] if len(calls) == 1 else torch.cat(calls, 1)
+
+
 def _gram_key(a: torch.Tensor) -> tuple:
     """Identifies a layer input by its storage and view. Keys are taken from the inputs the layers'
     calls keep until the step ends, so no address is reused by another tensor while cached."""
@@ -276,11 +301,10 @@ class _Matmul(_Prepared):
     the calls' tokens are concatenated (a sample's gradient is the sum over calls)."""
 
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, pairs: Pairs, grams: Grams) -> None:
-        a_calls = [_tokens(a) for a, _ in pairs]
         self.weight, self.bias, self.grams = weight, bias, grams
         self.key = tuple(_gram_key(a) for a, _ in pairs)  # layers fed the same inputs share a Gram matrix
-        self.a = torch.cat(a_calls, 1) if len(a_calls) > 1 else a_calls[0]
-        self.g = torch.cat([_tokens(g) for _, g in pairs], 1)
+        self.a = _join([_tokens(a) for a, _ in pairs])
+        self.g = _join([_tokens(g) for _, g in pairs])
 
     def norm_sq(self) -> torch.Tensor:
         return _matmul_norm_sq(self.weight, self.bias, self.a, self.g, self.grams, self.key)
@@ -374,21 +398,22 @@ class _Embedding(_Prepared):
     """Rows picked by ids: per sample, the ids and output gradients of all calls concatenated."""
 
     def __init__(self, module: nn.Embedding, pairs: Pairs) -> None:
-        self.weight = module.weight
-        ids = [a.flatten(1) for a, _ in pairs]
-        gs = [g.reshape(g.shape[0], math.prod(g.shape[1:-1]), g.shape[-1]) for _, g in pairs]
-        if module.padding_idx is not None:  # torch gives the padding row no gradient
-            gs = [g * (i != module.padding_idx).unsqueeze(-1).to(g.dtype) for i, g in zip(ids, gs)]
-        self.ids, self.g = torch.cat(ids, 1), torch.cat(gs, 1)
+        self.weight, self.padding_idx = module.weight, module.padding_idx
+        self.ids = _join([a.flatten(1) for a, _ in pairs])
+        self.g = _join([_tokens(g) for _, g in pairs])
 
     def norm_sq(self) -> torch.Tensor:
-        same = (self.ids.unsqueeze(2) == self.ids.unsqueeze(1)).to(self.g.dtype)  # (B, T, T)
-        return (same * torch.bmm(self.g, self.g.transpose(1, 2))).sum((1, 2))
+        same = self.ids.unsqueeze(2) == self.ids.unsqueeze(1)  # (B, T, T)
+        if self.padding_idx is not None:  # torch gives the padding row no gradient
+            same &= (self.ids != self.padding_idx).unsqueeze(2)
+        return (same.to(self.g.dtype) * torch.bmm(self.g, self.g.transpose(1, 2))).sum((1, 2))
 
     def clipped_sum(self, coef: torch.Tensor) -> dict[int, torch.Tensor]:
         gc = (self.g * coef.view(-1, 1, 1).to(self.g.dtype)).reshape(-1, self.g.shape[-1])
         grad = torch.zeros_like(self.weight)
         grad.index_add_(0, self.ids.reshape(-1), gc)
+        if self.padding_idx is not None:
+            grad[self.padding_idx] = 0
         return {id(self.weight): grad}
 
 
