@@ -258,13 +258,27 @@ def _conv_instantiate(m: nn.Conv2d, batch: int, kept: int) -> bool:
     return batch * m.weight.numel() <= kept
 
 
+def _conv_weight_per_sample(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients (b, d, p) of one call, by the convolution weight-gradient kernel
+    run once with the samples as groups: sample i's input channels meet only sample i's output
+    gradients, so group i's weight gradient is sample i's. On CPU this is about twice as fast as an
+    explicit unfold (im2col) followed by a batched matmul, and never materializes the unfolded input."""
+    b, c_in, d = a.shape[0], a.shape[1], g.shape[1]
+    if b == 0:
+        return a.new_zeros(0, d, m.weight[0].numel())
+    weight = a.new_empty(()).expand(b * d, c_in, *m.kernel_size)  # only its shape is read
+    _, grad, _ = torch.ops.aten.convolution_backward(
+        g.reshape(1, b * d, *g.shape[2:]), a.reshape(1, b * c_in, *a.shape[2:]), weight, None,
+        m.stride, m.padding, m.dilation, False, (0, 0), b, (False, True, False),
+    )  # fmt: skip
+    return grad.view(b, d, -1)
+
+
 def _conv_per_sample(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
-    parts = []
-    for a_part, g_part in zip(a.split(_CHUNK), g.split(_CHUNK)):  # the unfolded input is large: chunk it
-        cols = F.unfold(a_part, m.kernel_size, m.dilation, m.padding, m.stride)  # (b, p, L)
-        parts.append(torch.bmm(g_part.flatten(2), cols.transpose(1, 2)))  # (b, d, p): per-sample grads
+    chunks = zip(a.split(_CHUNK), g.split(_CHUNK))  # bounds the kernel's working memory
+    weight = torch.cat([_conv_weight_per_sample(m, a_part, g_part) for a_part, g_part in chunks])
     bias = g.sum((2, 3)) if m.bias is not None else torch.zeros(0)
-    return [torch.cat(parts), bias]
+    return [weight, bias]
 
 
 def _norm_per_sample(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
@@ -368,15 +382,30 @@ class _Conv(_Prepared):
         self.m, self.pairs = module, pairs
 
     def norm_sq(self) -> torch.Tensor:
-        m, parts = self.m, []
-        batch = self.pairs[0][0].shape[0]
+        m = self.m
+        positions = sum(g[0].numel() // g.shape[1] for _, g in self.pairs)  # over all calls
+        if m.weight.requires_grad and not _ghost_cheaper(positions, m.weight[0].numel(), m.weight.shape[0]):
+            return self._instantiated_norm_sq()
+        parts, batch = [], self.pairs[0][0].shape[0]
         for start in range(0, batch, _CHUNK):  # the unfolded input is large: chunk it
             rows = slice(start, start + _CHUNK)
             cols = [F.unfold(a[rows], m.kernel_size, m.dilation, m.padding, m.stride) for a, _ in self.pairs]
-            a_t = torch.cat([c.transpose(1, 2) for c in cols], 1)  # (b, L, p)
-            g_t = torch.cat([g[rows].flatten(2).transpose(1, 2) for _, g in self.pairs], 1)  # (b, L, d)
+            a_t = _join([c.transpose(1, 2) for c in cols])  # (b, L, p)
+            g_t = _join([g[rows].flatten(2).transpose(1, 2) for _, g in self.pairs])  # (b, L, d)
             parts.append(_matmul_norm_sq(m.weight, m.bias, a_t, g_t))
         return torch.cat(parts)
+
+    def _instantiated_norm_sq(self) -> torch.Tensor:
+        """Per-sample weight gradients chunk by chunk (summed over calls), only their norms kept."""
+        m, parts, batch = self.m, [], self.pairs[0][0].shape[0]
+        for start in range(0, batch, _CHUNK):
+            rows = slice(start, start + _CHUNK)
+            grads = sum(_conv_weight_per_sample(m, a[rows], g[rows]) for a, g in self.pairs)
+            parts.append(grads.pow(2).sum((1, 2)))
+        total = torch.cat(parts)
+        if m.bias is not None and m.bias.requires_grad:
+            total = total + sum(g.sum((2, 3)) for _, g in self.pairs).pow(2).sum(1)
+        return total
 
     def clipped_sum(self, coef: torch.Tensor) -> dict[int, torch.Tensor]:
         m, out = self.m, {}
