@@ -17,12 +17,15 @@ def _encoder(checkpoint: str) -> torch.nn.Module:
     import transformers
     from transformers import AutoModel
 
-    verbosity = transformers.logging.get_verbosity()
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # the unused pooler's load report
+    transformers.logging.disable_progress_bar()  # a local folder's "Loading weights" bar
     try:
         return AutoModel.from_pretrained(checkpoint).eval()
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
 
 
 def width(checkpoint: str) -> int:

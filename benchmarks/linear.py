@@ -1,0 +1,139 @@
+"""Linear recipes on fixed features, federated, against the pooled logistic-regression baselines.
+
+Each row is a real simulated run (``simulations.local.simulate``: Flower's simulation engine, the
+sites' own code, 5 sites, Dirichlet 0.5) of ``model.name: linear`` with one ``model.features``,
+without DP and with DP-SGD at every site (whole-training epsilon 8, delta 1/N per site), scored on
+the experiment's central test split: the exported model (without DP the round with the best
+held-out accuracy at the sites, ``strategy.final_model: best_held_out``; under DP the last round). Beside them: the
+pooled baselines on the same test split (``benchmarks.baselines``: TF-IDF + logistic regression,
+pixels + logistic regression, all training records in one place), read from their committed result.
+
+    python -m benchmarks.linear --task pneumonia --features pixels,scatter
+    python -m benchmarks.linear --task banking77 --features encoder,ngrams,encoder+ngrams --epsilon off,8
+
+Features are cached per site on its disk (``common.features.cache``); the first run of a feature
+pays for computing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._util import RESULTS, read_rounds, save, table
+from common import config as config_mod
+from server.flower_runtime import setup_logging
+from simulations.local import simulate
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = {
+    "pneumonia": ("simulations/configs/pneumonia_linear_scatter.yaml", "../shared/datasets/pneumoniamnist"),
+    "banking77": ("simulations/configs/banking77_linear_encoder.yaml", "../shared/datasets/banking77"),
+}
+# What changes under DP-SGD (beside privacy.*): larger (Poisson) batches, and the last round's model
+# (choosing a round by the sites' held-out accuracy would need those released outside epsilon).
+DP_RECIPE: dict[str, dict[str, Any]] = {
+    "pneumonia": {"train.batch_size": 128, "strategy.final_model": "last"},
+    "banking77": {"train.batch_size": 128, "strategy.final_model": "last"},
+}
+
+
+def run(task: str, features: str, epsilon: float | None, extra: dict[str, Any]) -> dict[str, Any]:
+    experiment, _ = TASKS[task]
+    tag = "off" if epsilon is None else f"eps{epsilon:g}"
+    overrides: dict[str, Any] = {
+        "model.features": features,
+        "output_dir": "runs/benchmarks",
+        "name": f"linear-{task}-{features.replace('+', '-')}-{tag}",
+    }
+    if epsilon is not None:
+        overrides.update({"privacy.mode": "local", "privacy.target_epsilon": epsilon, **DP_RECIPE[task]})
+    overrides.update(extra)
+    exp = config_mod.load(REPO / experiment, overrides)
+    start = time.perf_counter()
+    path = simulate(exp, cpus_per_site=1.0, threads_per_site=1)
+    rounds = read_rounds(path)
+    last = rounds[-1]
+    chosen = exported(rounds) if exp.strategy.final_model == "best_held_out" else last
+    sites = last.get("privacy", {}).get("sites", {})
+    return {
+        "features": features,
+        "epsilon": epsilon,
+        "max_site_epsilon": max((v["epsilon"] for v in sites.values()), default=None),
+        "rounds": len(rounds) - 1,
+        "exported_round": chosen["round"],
+        "accuracy": chosen["central"]["accuracy"],
+        "macro_f1": chosen["central"]["macro_f1"],
+        "last_round_accuracy": last["central"]["accuracy"],
+        "curve": [r["central"].get("accuracy") for r in rounds],
+        "overrides": overrides,
+        "run": str(path),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def exported(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round ``strategy.final_model: best_held_out`` exports (server/run.py ``ModelSelection``):
+    the first with the highest site-weighted held-out accuracy; the last when no round has one."""
+    best = None
+    for line in rounds[1:]:
+        acc = (line.get("federated") or {}).get("accuracy")
+        if acc is not None and (best is None or acc > best[0]):
+            best = (acc, line)
+    return best[1] if best else rounds[-1]
+
+
+def pooled_baseline(task: str) -> dict[str, Any]:
+    """The newest committed ``benchmarks.baselines`` result for the task (pooled, same test split)."""
+    found = sorted(RESULTS.glob(f"baselines-{task}-*.json"))
+    if not found:
+        return {}
+    data = json.loads(found[-1].read_text())
+    keep = ("method", "accuracy", "macro_f1")
+    return {**{k: data[k] for k in keep}, "file": found[-1].name}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=list(TASKS))
+    parser.add_argument("--features", required=True, help="comma-separated model.features values")
+    parser.add_argument("--epsilon", default="off,8", help="comma-separated: 'off' (no DP) or an epsilon")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override, every run")
+    args = parser.parse_args()
+    setup_logging()
+    if not (REPO / TASKS[args.task][1]).exists():
+        sys.exit(f"dataset not found: {REPO / TASKS[args.task][1]}")
+    from simulations.local import parse_sets
+
+    extra = parse_sets(args.set)
+    epsilons = [None if e.strip() == "off" else float(e) for e in args.epsilon.split(",")]
+    baseline = pooled_baseline(args.task)
+    rows: list[dict[str, Any]] = []
+    path = None
+    for features in args.features.split(","):
+        for eps in epsilons:
+            rows.append(run(args.task, features.strip(), eps, extra))
+            # Saved after every run: a long benchmark's finished rows are never lost.
+            if path is not None:
+                path.unlink()
+            path = save(f"linear-{args.task}", {"task": args.task, "rows": rows, "pooled_baseline": baseline})
+    headers = ["recipe", "epsilon", "test accuracy (round)", "macro-F1", "accuracy by round", "seconds"]
+    lines = [
+        [f"linear on {r['features']}, 5 sites", "-" if r["epsilon"] is None else f"{r['max_site_epsilon']:.2f}",
+         f"{r['accuracy']:.3f} ({r['exported_round']})", r["macro_f1"],
+         " ".join(f"{a:.3f}" for a in r["curve"][1:]), r["seconds"]]
+        for r in rows
+    ]  # fmt: skip
+    if baseline:
+        lines.append([f"pooled {baseline['method']} ({baseline['file']})", "-", baseline["accuracy"],
+                      baseline["macro_f1"], "", ""])  # fmt: skip
+    print(table(headers, lines))
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
