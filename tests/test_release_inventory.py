@@ -125,7 +125,8 @@ def test_every_key_a_run_writes_is_in_its_privacy_statement(mode: str) -> None:
         assert not any({"train_steps", "train_seconds", "num_examples"} & set(t) for t in trained)
         assert all(line["slowest_site_train_seconds"] is None for line in lines)
     if mode == "central":
-        assert all(0 < t["update_norm"] <= C * (1 + 1e-6) for t in trained)
+        norms = [t["update_norm"] for t in trained]
+        assert all(0 < norm <= C * (1 + 1e-6) for norm in norms), f"update norms {norms} above C = {C}"
         assert not any("clipped update" in r for r in statement["not_protected"][:-1])
     resolved = config_mod.load(run / "config.yaml")
     derived = resolved.data.labels_from_records
