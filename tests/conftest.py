@@ -22,6 +22,9 @@ SHARED = REPO.parent / "shared" / "datasets"
 def project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Relative paths in configs (runs/, data files) resolve inside the test's tmp folder."""
     monkeypatch.setenv("CONFIDE_ROOT", str(tmp_path))
+    # Privacy ledgers of simulated parties live in the state folder (they outlive run folders):
+    # each test gets its own, never the developer's.
+    monkeypatch.setenv("CONFIDE_STATE_DIR", str(tmp_path / "confide-state"))
     return tmp_path
 
 

@@ -87,9 +87,12 @@ def lines(path: Path) -> list[dict]:
 
 
 def sim_log(root: Path, job: str) -> Path:
-    return root / "runs" / "ledgers" / job / "site-0.audit.jsonl"
+    """A simulated site's log: beside its ledger, in the digits data set's folder of the state folder
+    (the job is in each line, not in the path)."""
+    return root / "confide-state" / "ledgers" / "builtin-digits" / "site-0.audit.jsonl"
 
 
+@pytest.mark.unit
 def test_the_payload_hash_is_the_documented_one() -> None:
     tensors = {"arrays": UPDATE}
     digest = audit_log.payload_sha256(tensors)
@@ -111,6 +114,7 @@ def test_the_payload_hash_is_the_documented_one() -> None:
     assert audit_log.payload_sha256({}) is None
 
 
+@pytest.mark.unit
 def test_a_train_reply_is_recorded_with_every_field_before_it_is_returned(project_root: Path) -> None:
     seen: list[list[dict]] = []
 
@@ -146,6 +150,7 @@ def test_a_train_reply_is_recorded_with_every_field_before_it_is_returned(projec
     assert line["metrics"] == {"accuracy": 0.5} and line["epsilon"] is None
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("deployed", [False, True])
 def test_the_log_lies_beside_the_sites_ledger(project_root: Path, deployed: bool) -> None:
     node = (
@@ -156,13 +161,14 @@ def test_the_log_lies_beside_the_sites_ledger(project_root: Path, deployed: bool
     exp = small_experiment()
     audit_log_mod(exp)(request({"server-round": 1, "job": "5"}), context(node), site_training)
     spec = SiteSpec.from_node_config(node)
-    ledger = ledger_path(exp, spec, from_node_config(node, deployed=deployed), "5")
+    ledger = ledger_path(exp, spec, from_node_config(node, deployed=deployed))
     expected = ledger.parent / ("st_marys.audit.jsonl" if deployed else "site-0.audit.jsonl")
     assert [p.name for p in ledger.parent.iterdir()] == [expected.name]
     assert (ledger.parent == project_root / "site-ledger") is deployed
     assert len(lines(expected)) == 1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("exc", "refused"),
     [(PolicyRefused("site policy refuses the job: rule 'allowed-modes'"), True), (RuntimeError("disk full"), False)],
@@ -189,6 +195,7 @@ class SiteFailure(Exception):
         self.detail = detail
 
 
+@pytest.mark.unit
 def test_a_deployed_sites_public_failure_keeps_its_full_reason_in_the_log(
     project_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -207,6 +214,7 @@ def test_a_deployed_sites_public_failure_keeps_its_full_reason_in_the_log(
     assert "(kept on site: PolicyRefused: site policy refuses the job)" in capsys.readouterr().out
 
 
+@pytest.mark.unit
 def test_an_error_reply_is_recorded(project_root: Path) -> None:
     def call_next(msg: Message, ctx: Context) -> Message:
         return Message(Error(code=5, reason="budget"), reply_to=msg)
@@ -217,9 +225,10 @@ def test_an_error_reply_is_recorded(project_root: Path) -> None:
     assert line["outcome"] == "error" and line["error"]["message"] == "code 5: budget"
 
 
+@pytest.mark.unit
 def test_an_unwritable_log_refuses_the_message_before_any_work(project_root: Path) -> None:
-    (project_root / "runs" / "ledgers").mkdir(parents=True)
-    (project_root / "runs" / "ledgers" / "42").write_text("a file where the log's folder should be")
+    (project_root / "confide-state" / "ledgers").mkdir(parents=True)
+    (project_root / "confide-state" / "ledgers" / "builtin-digits").write_text("a file where the log's folder should be")
     calls: list[int] = []
 
     def call_next(msg: Message, ctx: Context) -> Message:
@@ -231,6 +240,7 @@ def test_an_unwritable_log_refuses_the_message_before_any_work(project_root: Pat
     assert calls == []
 
 
+@pytest.mark.unit
 def test_a_failed_write_stops_the_reply(project_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
@@ -248,6 +258,7 @@ def test_a_failed_write_stops_the_reply(project_root: Path, monkeypatch: pytest.
     assert calls == [1] and sim_log(project_root, "42").read_text() == ""
 
 
+@pytest.mark.unit
 def test_show_prints_the_log_as_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "site-0.audit.jsonl"
     digests = []
@@ -279,6 +290,7 @@ def test_show_prints_the_log_as_a_table(tmp_path: Path, capsys: pytest.CaptureFi
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.sim
 @pytest.mark.slow
 def test_the_logged_hashes_equal_what_the_server_received(
     project_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -311,7 +323,7 @@ def test_the_logged_hashes_equal_what_the_server_received(
     run = simulate(exp)
     logs = sorted(project_root.rglob("*.audit.jsonl"))
     assert [p.name for p in logs] == ["site-0.audit.jsonl", "site-1.audit.jsonl"]
-    assert all(p.parent == logs[0].parent and p.parent.parent.name == "ledgers" for p in logs)
+    assert all(p.parent == project_root / "confide-state" / "ledgers" / "builtin-digits" for p in logs)
     assert all(p.with_name(p.name.removesuffix(".audit.jsonl") + ".json").is_file() for p in logs)  # the ledgers
     logged = [line for p in logs for line in lines(p)]
     train = {(r["site"], r["round"]): r for r in logged if r["type"] == "train"}

@@ -46,6 +46,8 @@ from common.privacy.policy import SIMULATION, SitePolicy
 from common.privacy.randomness import study_noise_seeds
 from common.train import make_optimizer, train
 
+pytestmark = pytest.mark.unit
+
 
 def exp_config(**kw: object) -> config_mod.ExperimentConfig:
     base = {
@@ -456,3 +458,86 @@ def test_augmentation_multiplicity_clips_each_records_mean_over_its_copies(grad_
         clip_each += torch.stack([h * min(1.0, clip / h.norm().item()) for h in grads]).mean(0)
     torch.testing.assert_close((before - flat(model.parameters())) / lr, mean_then_clip / n, rtol=1e-4, atol=1e-7)
     assert (mean_then_clip - clip_each).norm() > 0.05 * mean_then_clip.norm()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_empty_batch_on_a_groupnorm_cnn_is_a_noise_only_step(tmp_path: Path, mode: str) -> None:
+    """GroupNorm and per-sample convolution gradients cannot run on zero records (the crash at batch
+    size 1): the empty batch skips the model and is Opacus's noise-only step, planned and accounted."""
+    seed = seed_where(20, 2, lambda s: s[0] > 0 and 0 in s)
+    exp = exp_config(**{"train.batch_size": 2, "privacy.grad_sample_mode": mode, "train.lr": 0.1})
+    with study_noise_seeds(itertools.repeat(seed).__next__):
+        train_private(
+            cnn(), site_data(20), exp.train, exp.privacy, rounds=1, ledger=Ledger.open(tmp_path / "l.json"),
+            policy=SIMULATION, site="s", run="r", server_round=1,
+        )  # fmt: skip
+    assert sum(e["steps"] for e in Ledger.open(tmp_path / "l.json").entries) == 10
+
+
+def test_noise_only_step_adds_the_noise_of_a_zero_clipped_sum() -> None:
+    """One noise-only SGD step (lr 1) at sigma C = 2 over q n = 4 expected records moves a weight
+    that no record touched by N(0, (2/4)^2): std 0.5 over ~1k coordinates, within 10%."""
+    from common.privacy.dpsgd import noise_only_step
+
+    for mode in MODES:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16))
+        step = private(model, site_data(8), 4, mode, sigma=2.0, clip=1.0)
+        start = flat(model.parameters()).clone()
+        noise_only_step(step, model)()
+        moved = flat(model.parameters()) - start
+        step.close()
+        assert float(moved.std()) == pytest.approx(0.5, rel=0.1), mode
+        assert len(step.accountant.history) == 1, mode
+
+
+def test_the_site_calibrates_and_reports_with_its_own_accountant(tmp_path: Path) -> None:
+    """A job asks for PRV at target 2; the site's policy accounts with RDP: the noise is calibrated
+    so the site's RDP epsilon (recomputed by dp_accounting) is within the target, and a later job
+    accounted with another accountant on the same ledger is refused (epsilon never jumps)."""
+    exp = exp_config(**{"privacy.target_epsilon": 2.0, "privacy.accountant": "prv", "train.batch_size": 4})
+    policy = SitePolicy(accountant="rdp", ledger_dir=str(tmp_path), max_epsilon=2.0)
+    path = tmp_path / "l.json"
+    _, stats = train_private(
+        mlp(), site_data(20), exp.train, exp.privacy, rounds=1, ledger=Ledger.open(path),
+        policy=policy, site="s", run="r", server_round=1,
+    )  # fmt: skip
+    acc = rdp.RdpAccountant()
+    for e in Ledger.open(path).entries:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(e["sample_rate"], dp_accounting.GaussianDpEvent(
+            e["noise_multiplier"])), e["steps"])  # fmt: skip
+    assert acc.get_epsilon(stats.delta) <= 2.0 * 1.002
+    assert stats.epsilon == pytest.approx(acc.get_epsilon(stats.delta), rel=2e-3)
+    simulated = SitePolicy(accountant="", ledger_dir=str(tmp_path), max_epsilon=100.0)
+    with pytest.raises(PolicyRefused, match="accounted with rdp"):
+        train_private(
+            mlp(), site_data(20), exp.train, exp.privacy, rounds=1, ledger=Ledger.open(path),
+            policy=simulated, site="s", run="r2", server_round=1,
+        )  # fmt: skip
+
+
+def test_raising_rounds_after_spending_is_refused_with_the_epsilon_it_would_reach(tmp_path: Path) -> None:
+    """Target 2 over 2 rounds: rounds 1-2 spend it. Resumed with strategy.rounds = 4, the noise is
+    recalibrated for 4 rounds, but rounds 1-2 were spent at the 2-round noise: round 3 is refused,
+    naming the epsilon the job would reach, which dp_accounting confirms is above the target."""
+    exp = exp_config(**{"privacy.target_epsilon": 2.0, "train.batch_size": 4})
+    path = tmp_path / "l.json"
+    for rnd in (1, 2):
+        train_private(
+            mlp(), site_data(20), exp.train, exp.privacy, rounds=2, ledger=Ledger.open(path),
+            policy=SIMULATION, site="s", run="j", server_round=rnd,
+        )  # fmt: skip
+    spent = Ledger.open(path).entries
+    with pytest.raises(BudgetExceeded, match=r"would reach epsilon \d+\.\d+, above its privacy.target_epsilon=2") as e:
+        train_private(
+            mlp(), site_data(20), exp.train, exp.privacy, rounds=4, ledger=Ledger.open(path),
+            policy=SIMULATION, site="s", run="j", server_round=3,
+        )  # fmt: skip
+    later = plan_round(exp.privacy, exp.train, 4, 20)
+    acc = rdp.RdpAccountant()
+    for sigma, q, steps in [(x["noise_multiplier"], x["sample_rate"], x["steps"]) for x in spent] + [
+        (later.noise_multiplier, later.sample_rate, later.steps)
+    ] * 2:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    reached = float(str(e.value).split("would reach epsilon ")[1].split(",")[0])
+    assert reached == pytest.approx(acc.get_epsilon(later.delta), rel=2e-3) and reached > 2.02
+    assert Ledger.open(path).entries == spent

@@ -25,6 +25,8 @@ from common.site import SiteRuntime, SiteSpec, train_round
 from common.train import train
 from common.weights import exchanged_state, get_weights
 
+pytestmark = pytest.mark.unit
+
 N = 48  # records per test site
 
 
@@ -232,7 +234,7 @@ def test_site_metrics_follow_the_job_and_withhold_by_default(tmp_path: Path) -> 
     labels = LabelSet(("0", "1"))
     seen = {}
     for how in ("withhold", "noisy", "exact"):
-        exp = image_exp(**{"privacy.site_metrics": how, "output_dir": str(tmp_path / how)})
+        exp = image_exp(**{"privacy.site_metrics": how, "privacy.ledger_dir": str(tmp_path / how)})
         ds = make_dataset(images(), exp.model)
         rt = SiteRuntime(SiteSpec("s", 0, 1), build_model(exp, 2), ds, ds, labels)
         seen[how] = train_round(exp, rt, server_round=1, run_id="r")
@@ -241,5 +243,5 @@ def test_site_metrics_follow_the_job_and_withhold_by_default(tmp_path: Path) -> 
     assert not {"train_loss", "fraction_clipped", "num-examples"} & set(seen["noisy"])
     assert seen["noisy"]["weight"] != float(N) and seen["noisy"]["epsilon"] > seen["withhold"]["epsilon"]
     assert seen["exact"]["num-examples"] == N and {"train_loss", "fraction_clipped"} <= set(seen["exact"])
-    kinds = [e["kind"] for e in Ledger.open(tmp_path / "noisy" / "ledgers" / "r" / "s.json").entries]
+    kinds = [e["kind"] for e in Ledger.open(tmp_path / "noisy" / "builtin-digits" / "s.json").entries]
     assert kinds == ["dpsgd", "release:count"]

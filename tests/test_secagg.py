@@ -19,15 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord
 
 from common import config as config_mod
-from common.errors import ConfigError
+from common.errors import ConfideError, ConfigError
 from server.secagg import SecureAggregation
 from server.strategy import ConfideChecks
 from simulations.local import simulate
 from simulations.study.determinism import seeded_sites
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 BASE = {
     "model.name": "resnet8",
@@ -140,7 +141,7 @@ def test_a_site_lost_during_masking_does_not_stop_the_round(tmp_path: Path, plai
 def test_central_dp_noise_in_the_sum_the_coordinator_sees_is_sigma_c(tmp_path: Path) -> None:
     """Sites that learn nothing (lr 1e-12, GroupNorm: no running statistics) send only their noise, so
     what the coordinator's strategy receives minus the global model is the released noise: the sum
-    of k=3 sites' N(0, (sigma*C)^2/t) noises, t = max(threshold 2, min_sites 2) = 2, divided by
+    of k=3 sites' N(0, (sigma*C)^2/t) noises, t = the protocol's threshold 2, divided by
     m=3 sites. Its standard deviation, by hand: sqrt(3/2) * sigma * C / 3 = 0.4082 for sigma=C=1
     (per-site noise over sqrt(3) instead of sqrt(t) would give 0.3333; no site noise, ~0)."""
     dp = {"privacy.mode": "central", "privacy.clip_side": "client", "privacy.noise_multiplier": 1.0}
@@ -151,7 +152,8 @@ def test_central_dp_noise_in_the_sum_the_coordinator_sees_is_sigma_c(tmp_path: P
     assert noise.size > 50_000
     assert float(noise.std()) == pytest.approx(np.sqrt(3 / 2) / 3, rel=0.03)
     assert abs(float(noise.mean())) < 0.01
-    ledger = json.loads((tmp_path / "secure" / "ledgers" / "central.json").read_text())
+    (path,) = (tmp_path / "confide-state" / "ledgers").glob("*/central.json")
+    ledger = json.loads(path.read_text())
     assert sorted(e["site"] for e in ledger["entries"]) == ["site-0", "site-1", "site-2"], ledger
 
 
@@ -179,8 +181,44 @@ def test_protocol_sizes_follow_flowers_setup_stage(sampled: int, shares: int, th
 
 
 def test_central_dp_noise_is_split_so_any_threshold_sum_reaches_sigma_c() -> None:
-    """Each site's noise is sigma*C/sqrt(t): t = max(threshold, min_sites) updates carry sigma*C."""
+    """Each site's noise is sigma*C/sqrt(t), t the reconstruction threshold (7 of 10 shares at the
+    default 0.67): Flower unmasks any 7 survivors' sum, so a larger strategy.min_sites (checked only
+    after unmasking) must not shrink it. With 3 sites, threshold 2, min_sites 3: sigma*C/sqrt(2)."""
     cfg = config_mod.load(None, {"secagg.enabled": True}).secagg
     secure = SecureAggregation(cfg, min_sites=2, timeout=60.0, sum_noise_std=1.2)
     assert secure.site_noise_std(10) == pytest.approx(1.2 / np.sqrt(7))
-    assert SecureAggregation(cfg, min_sites=9, timeout=60.0, sum_noise_std=1.2).site_noise_std(10) == pytest.approx(0.4)
+    assert SecureAggregation(cfg, min_sites=9, timeout=60.0, sum_noise_std=1.2).site_noise_std(10) == pytest.approx(
+        1.2 / np.sqrt(7)
+    )
+    assert SecureAggregation(cfg, min_sites=3, timeout=60.0, sum_noise_std=1.0).site_noise_std(3) == pytest.approx(
+        1 / np.sqrt(2)
+    )
+
+
+def test_a_sum_unmasked_below_min_sites_is_charged_before_the_round_is_refused(tmp_path: Path) -> None:
+    """3 sites, threshold 2, min_sites 3, one site lost after masking: Flower unmasks the two
+    survivors' sum, a release. The coordinator's ledger gets one (sigma, 1, 1) entry for each
+    survivor, then the round is refused; the lost site is not charged."""
+    from server.recorder import RoundRecorder
+    from server.secagg import SecureResult, aggregate_secure
+    from server.strategy import build_strategy
+
+    keys = {"privacy.mode": "central", "privacy.noise_multiplier": 2.0, "privacy.clip_side": "client"}
+    keys |= {"secagg.enabled": True, "data.num_sites": 3, "strategy.min_sites": 3}
+    exp = config_mod.load(None, {**keys, "privacy.central_ledger": str(tmp_path / "central.json")})
+    ref = {"w": np.zeros(3, np.float32)}
+    recorder = RoundRecorder(None)
+    dp = build_strategy(exp, ref, recorder, "7")
+    recorder.begin(1, bytes_down=0)
+    result = SecureResult(
+        mean_update={"w": np.zeros(3)}, sites={"a": {"weight": 1.0}, "b": {"weight": 1.0}}, masked_bytes=12,
+        sampled=[1, 2, 3], contributed=[1, 2],
+    )  # fmt: skip
+    arrays = ArrayRecord({"w": Array(ref["w"])})
+    with pytest.raises(ConfideError, match="fewer than strategy.min_sites=3"):
+        aggregate_secure(dp, 1, result, arrays)
+    entries = json.loads((tmp_path / "central.json").read_text())["entries"]
+    assert sorted(e["site"] for e in entries) == ["a", "b"]
+    assert {(e["noise_multiplier"], e["sample_rate"], e["steps"], e["status"]) for e in entries} == {
+        (2.0, 1.0, 1, "committed")
+    }

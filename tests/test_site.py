@@ -12,6 +12,8 @@ from common.data import LabelSet
 from common.errors import ConfigError, DataError
 from common.site import SiteSpec, site_records
 
+pytestmark = pytest.mark.unit
+
 DIGITS = LabelSet(tuple(str(i) for i in range(10)))
 
 
@@ -61,8 +63,35 @@ def test_site_with_its_own_file(tmp_path: Path) -> None:
     exp = config_mod.load(None, {"data.source": "npz", "data.path": "unused.npz", "data.labels": "0,1"})
     train, val = site_records(exp, SiteSpec("own", data_path=str(path)), LabelSet(("0", "1")))
     assert len(train) == 8 and len(val) == 2
-    with pytest.raises(DataError, match=r"label '1' \(record 1\)"):
-        site_records(exp, SiteSpec("own", data_path=str(path)), LabelSet(("0", "9")))
+    # records whose label is outside the job's set are dropped at the site, never refused
+    train, val = site_records(exp, SiteSpec("own", data_path=str(path)), LabelSet(("0", "9")))
+    assert len(train) + len(val) == 5 and set(np.concatenate([train.labels, val.labels])) == {0}
+
+
+def test_a_record_outside_the_jobs_labels_changes_nothing_the_coordinator_sees(tmp_path: Path) -> None:
+    """The label-oracle pair: a deployed site holding D (with one record labelled '7') and one
+    holding D minus that record answer a job declaring labels 0,1,2 the same way: no refusal, the
+    same metric keys and, under DP with site metrics withheld, the same values (the record counts
+    round to the same batch count, so even the DP parameters agree). Only the DP-protected weights
+    may differ."""
+    from common.privacy.policy import from_node_config
+    from common.site import site_runtime, train_round
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (31, 8, 8), np.uint8), np.array([0, 1, 2] * 10 + [7])
+    keys = {"data.source": "npz", "data.path": "unused.npz", "data.labels": "0,1,2", "model.name": "resnet8"}
+    keys |= {"model.norm": "group", "privacy.mode": "local", "privacy.noise_multiplier": 1.0, "train.max_steps": 1}
+    exp = config_mod.load(None, keys)
+    replies = []
+    for name, n in (("with", 31), ("without", 30)):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, train_images=images[:n], train_labels=labels[:n])
+        node = {"data-path": str(path), "site-name": "st marys", "ledger-dir": str(tmp_path / name)}
+        spec = SiteSpec.from_node_config(node)
+        runtime = site_runtime(exp, spec, LabelSet(("0", "1", "2")))
+        metrics = train_round(exp, runtime, 1, "5", from_node_config(node, deployed=True))
+        replies.append(metrics)
+    assert replies[0] == replies[1]
 
 
 def test_empty_partition_is_reported() -> None:
