@@ -88,8 +88,8 @@ class ModelConfig:
         _require(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout", "must be in [0, 1)")
         _require(self.lora_r == 0 or bool(self.lora_targets), "model.lora_targets", "must name modules")
         _require(self.pooling == "cls" or self.name == "bert", "model.pooling", "'mean' is for model.name 'bert'")
-        bert_only = "'label_names' is for model.name 'bert'"
-        _require(self.head_init == "random" or self.name == "bert", "model.head_init", bert_only)
+        bert_only = "'label_names' is for model.name 'bert', or 'linear' on text features"
+        _require(self.head_init == "random" or self.is_text, "model.head_init", bert_only)
         if self.name == "linear":
             parts = self.feature_names
             known = TEXT_FEATURES + IMAGE_FEATURES

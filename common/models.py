@@ -68,7 +68,11 @@ def build_model(exp: ExperimentConfig, num_labels: int) -> nn.Module:
     late_weights = surgery and exp.model.name.startswith("resnet") and bool(exp.model.weights)
     cfg = dataclasses.replace(exp.model, weights="") if late_weights else exp.model
     model = create_model(cfg, num_labels, seed=exp.seed)
-    if exp.model.head_init == "label_names" and exp.data.labels:  # the server always knows them
+    if exp.model.head_init == "label_names" and exp.data.labels and cfg.name == "linear":
+        from common.features import init_from_label_names as init_linear
+
+        init_linear(model.classifier, cfg, exp.data.labels)
+    elif exp.model.head_init == "label_names" and exp.data.labels:  # the server always knows them
         from common.head_init import init_from_label_names
 
         init_from_label_names(model, load_tokenizer(checkpoint_path(cfg)), exp.data.labels, cfg.max_length)

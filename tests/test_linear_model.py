@@ -105,3 +105,19 @@ def test_export_round_trip(tmp_path) -> None:
     loaded = load_model(tmp_path)
     assert torch.equal(loaded.model.classifier.weight, model.classifier.weight)
     assert loaded.model_cfg.features == "ngrams" and loaded.model_cfg.hash_dim == 32
+
+
+def test_label_name_init_is_a_zero_shot_classifier() -> None:
+    """Rows from the label names' n-grams: a query sharing words with 'card_arrival' scores that
+    class highest before any training, and a logit is 10 x the cosine (1 block: 10 for the label's
+    own phrase)."""
+    exp = config_mod.load(
+        None,
+        {"model.name": "linear", "model.features": "ngrams", "model.hash_dim": 4096, "model.head_init": "label_names",
+         "data.source": "synthetic_text", "data.labels": ["card_arrival", "exchange_rate", "top_up_failed"]},
+    )  # fmt: skip
+    model = build_model(exp, 3)
+    raw = RawData(labels=np.zeros(2, dtype=np.int64), texts=("my card has not arrived", "card arrival"))
+    out = model(features=make_dataset(raw, exp.model).collate([(0, torch.tensor(0)), (1, torch.tensor(0))])["features"])
+    assert out.logits.argmax(dim=1).tolist() == [0, 0]
+    assert float(out.logits[1, 0]) == pytest.approx(10.0, abs=1e-4)

@@ -16,6 +16,7 @@ Text features combine with "+": each block has unit norm and the blocks are conc
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import scipy.sparse as sp
@@ -107,6 +108,23 @@ def normalise_scatter(maps: torch.Tensor) -> torch.Tensor:
         groups.append(g)
     flat = torch.cat(groups, dim=2).flatten(1)
     return torch.nn.functional.normalize(flat, dim=1)
+
+
+@torch.no_grad()
+def init_from_label_names(layer: torch.nn.Linear, cfg: ModelConfig, labels: tuple[str, ...]) -> None:
+    """``model.head_init: label_names`` for text features: each class's weight row is the features of
+    its label's phrase (``card_arrival`` -> "card arrival"; label names are public, no privacy cost),
+    scaled so a logit is ``TEMPERATURE`` times the cosine between a record's features and its label's:
+    a zero-shot classifier before any training. Bias zero."""
+    from common.head_init import TEMPERATURE, phrase
+
+    raw = RawData(labels=np.zeros(len(labels), dtype=np.int64), texts=tuple(phrase(lbl) for lbl in labels))
+    x = featurize(raw, cfg)
+    rows = torch.from_numpy(x.toarray()) if sp.issparse(x) else x
+    rows = torch.nn.functional.normalize(rows.float(), dim=1)
+    # A record's features have norm sqrt(number of blocks): the logits are then TEMPERATURE * cosine.
+    layer.weight.copy_(rows * (TEMPERATURE / math.sqrt(len(cfg.feature_names))))
+    layer.bias.zero_()
 
 
 class FeatureSet(Dataset):
