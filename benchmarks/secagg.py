@@ -21,6 +21,7 @@ from pathlib import Path
 from benchmarks._util import read_rounds, save, table
 from benchmarks.compression import subset
 from common import config as config_mod
+from common.config import resolve_path
 from server.flower_runtime import setup_logging
 from simulations.local import simulate
 
@@ -39,13 +40,14 @@ SETUPS = {
 }
 
 
-def _sent_per_round(run: Path) -> dict[int, float]:
+def _sent_per_round(run: Path, ledgers: Path) -> dict[int, float]:
     """Mean bytes one site sent per round (training messages, all protocol stages)."""
     per: dict[tuple[int, str], int] = defaultdict(int)
-    for log in (run.parent / "ledgers").rglob("*.audit.jsonl"):
+    job = str(json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["run_id"])
+    for log in ledgers.rglob("*.audit.jsonl"):  # beside the sites' ledgers, every job's lines
         for line in log.read_text().splitlines():
             x = json.loads(line)
-            if x["type"].startswith("train") and x["round"] is not None:
+            if x["type"].startswith("train") and x["round"] is not None and str(x["job"]) == job:
                 per[(int(x["round"]), x["site"])] += int(x["bytes"])
     rounds: dict[int, list[int]] = defaultdict(list)
     for (rnd, _), total in per.items():
@@ -67,13 +69,14 @@ def run(setup: str, secure: bool) -> dict:
             "strategy.fraction_evaluate": 0.0,
             "secagg.enabled": secure,
             "output_dir": f"runs/benchmarks/{name}",
+            "privacy.ledger_dir": f"runs/benchmarks/{name}/ledgers",
             "train.threads": 1,
         },
     )
     folder = simulate(exp, cpus_per_site=0.4, threads_per_site=1)
     rounds = read_rounds(folder)
     steady = [r for r in rounds if r["round"] >= 2]
-    sent = _sent_per_round(folder)
+    sent = _sent_per_round(folder, resolve_path(exp.privacy.ledger_dir))
     return {
         "setup": setup,
         "aggregation": "SecAgg+" if secure else "plain FedAvg",

@@ -579,6 +579,12 @@ class ExperimentConfig:
                 "loss-weighted step; use fedavg, fedprox or a server optimizer "
                 f"({', '.join(SERVER_OPTIMIZERS)})",
             )
+            _require(
+                st.reject_norm_ratio == 0,
+                "strategy.reject_norm_ratio",
+                "must be 0 with privacy.mode 'central': rejecting a site by the round's median norm makes which "
+                "updates are summed depend on the other sites, beyond the one-site sensitivity the noise covers",
+            )
         if self.secagg.enabled:
             self._check_secagg()
         if st.name == "qfedavg" and self.privacy.mode != "off":

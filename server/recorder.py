@@ -29,9 +29,10 @@ class RoundRecord:
 
 
 class RoundRecorder:
-    def __init__(self, log_file: JsonlLog | None, run_id: str = "") -> None:
+    def __init__(self, log_file: JsonlLog | None, run_id: str = "", mode: str = "off") -> None:
         self.log_file = log_file
         self.run_id = run_id  # the Flower run that ran the round (a resumed job spans several)
+        self.mode = mode  # the job's privacy.mode: a local-DP round before any site trained is still local
         self.current: RoundRecord | None = None
         self.history: list[dict[str, Any]] = []
         self.last_sites: dict[str, dict[str, float]] = {}
@@ -110,7 +111,7 @@ class RoundRecorder:
             "privacy": privacy
             or (
                 {"mode": "local", "sites": dict(sorted(self.site_privacy.items()))}
-                if self.site_privacy
+                if self.site_privacy or self.mode == "local"
                 else {"mode": "off"}
             ),
         }

@@ -121,7 +121,7 @@ def _run_rounds(
     start: tuple[Checkpoint, list[dict[str, Any]]] | None,
     tracker: Tracker,
 ) -> RunSummary:
-    recorder = RoundRecorder(run_dir.metrics, run_id=run_dir.run_id)
+    recorder = RoundRecorder(run_dir.metrics, run_id=run_dir.run_id, mode=exp.privacy.mode)
     initial = get_weights(model)
     buffers = frozenset(name for name, _ in model.named_buffers()) & frozenset(initial)
     # The job: the Flower run that started it. Sites key their privacy ledgers by it, so a resumed
@@ -268,7 +268,7 @@ def _print_round(line: dict[str, Any], when: str = "") -> None:
     privacy = line.get("privacy", {})
     if privacy.get("mode") == "central":
         parts.append(f"site-level epsilon {privacy['epsilon']:.3f}")
-    elif privacy.get("mode") == "local":
+    elif privacy.get("mode") == "local" and privacy.get("sites"):
         parts.append(f"max site epsilon {max(v['epsilon'] for v in privacy['sites'].values()):.3f}")
     if line["failures"]:
         parts.append(f"{len(line['failures'])} site failure(s)")

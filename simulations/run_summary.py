@@ -46,14 +46,18 @@ def summarize_run(run: Path) -> dict[str, Any]:
 
 
 def privacy_spent(privacy: dict[str, Any]) -> dict[str, float]:
-    """The worst (largest) epsilon any site ends with, and its delta; inf without DP."""
+    """The worst (largest) epsilon any site spent in this job (a study's privacy axis), the worst
+    cumulative epsilon any site's ledger holds (every job on the same data, earlier cells of a sweep
+    included: what the site has spent), and its delta; inf without DP."""
     mode = privacy.get("mode", "off")
-    if mode == "local" and privacy.get("sites"):
-        worst = max(privacy["sites"].values(), key=lambda v: v["epsilon"])
-        return {"epsilon_spent": float(worst["epsilon"]), "delta": float(worst["delta"])}
-    if mode == "central":
-        return {"epsilon_spent": float(privacy["epsilon"]), "delta": float(privacy["delta"])}
-    return {"epsilon_spent": math.inf, "delta": 0.0}
+    sites = list((privacy.get("sites") or {}).values())
+    if mode in ("local", "central") and sites:
+        return {
+            "epsilon_spent": float(max(v.get("epsilon_run", v["epsilon"]) for v in sites)),
+            "epsilon_cumulative": float(max(v["epsilon"] for v in sites)),
+            "delta": float(max(v["delta"] for v in sites)),
+        }
+    return {"epsilon_spent": math.inf, "epsilon_cumulative": math.inf, "delta": 0.0}
 
 
 def _round_point(r: dict[str, Any]) -> dict[str, float]:

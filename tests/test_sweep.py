@@ -62,6 +62,7 @@ def sweep_raw(**extra: object) -> dict:
 # --------------------------------------------------------------------------- expansion and validation
 
 
+@pytest.mark.unit
 def test_grid_expands_to_validated_cells_with_stable_ids(tmp_path: Path) -> None:
     sweep = build_sweep(sweep_raw(), tmp_path)
     assert [c.axes for c in sweep.cells] == [
@@ -82,6 +83,7 @@ def test_grid_expands_to_validated_cells_with_stable_ids(tmp_path: Path) -> None
     assert not set(c.id for c in audited.cells) & set(ids)
 
 
+@pytest.mark.unit
 def test_noise_axis_zero_means_no_dp_and_overrides_and_axes_apply(tmp_path: Path) -> None:
     raw = sweep_raw(grid={"privacy.noise_multiplier": [0, 1.5]})
     sweep = build_sweep(raw, tmp_path, overrides={"strategy.rounds": 1})
@@ -94,6 +96,7 @@ def test_noise_axis_zero_means_no_dp_and_overrides_and_axes_apply(tmp_path: Path
         load_sweep(file, axes={"seed": [1]})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["pneumonia", "banking77"])
 def test_shipped_sweep_files_expand_to_the_full_grid(name: str) -> None:
     sweep = load_sweep(REPO / "simulations" / "sweeps" / f"{name}.yaml")
@@ -102,6 +105,7 @@ def test_shipped_sweep_files_expand_to_the_full_grid(name: str) -> None:
     assert {c.exp.data.num_sites for c in sweep.cells} == {5}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -120,6 +124,7 @@ def test_bad_sweep_files_stop_naming_the_key(tmp_path: Path, change: dict, messa
         build_sweep(sweep_raw(**change), tmp_path)
 
 
+@pytest.mark.unit
 def test_bad_sweep_file_stops_the_cli_before_any_cell_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     file = tmp_path / "bad.yaml"
     file.write_text(json.dumps(sweep_raw(grid={"data.num_sites": [2, 3], "data.alpha": [0.5, -1]})))
@@ -131,6 +136,7 @@ def test_bad_sweep_file_stops_the_cli_before_any_cell_runs(tmp_path: Path, capsy
 # --------------------------------------------------------------------------- done means done
 
 
+@pytest.mark.unit
 def test_only_a_complete_matching_result_counts_as_done(tmp_path: Path) -> None:
     folder = cell_dir(tmp_path, "abc")
     folder.mkdir(parents=True)
@@ -143,6 +149,7 @@ def test_only_a_complete_matching_result_counts_as_done(tmp_path: Path) -> None:
     assert [p.name for p in folder.iterdir()] == [RESULT]  # no temp file left behind
 
 
+@pytest.mark.unit
 def test_run_summary_reads_final_best_worst_epsilon_and_bytes(tmp_path: Path) -> None:
     def site(acc: float, eps: float) -> dict:
         return {"train": {"bytes_up": 100.0, "epsilon": eps}, "evaluate": {"accuracy": acc}}
@@ -186,6 +193,7 @@ def test_run_summary_reads_final_best_worst_epsilon_and_bytes(tmp_path: Path) ->
     assert [p["central_accuracy"] for p in s["curve"]] == [0.1, 0.8, 0.7]
 
 
+@pytest.mark.unit
 def test_nonmembers_come_from_held_out_training_records_and_never_train_a_reference(tmp_path: Path) -> None:
     from common import config as config_mod
     from common.data import LabelSet
@@ -269,6 +277,7 @@ def interrupted_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_recomputing_finished_cells(interrupted_sweep: dict) -> None:
     s = interrupted_sweep
@@ -283,6 +292,7 @@ def test_interrupted_sweep_resumes_without_recomputing_finished_cells(interrupte
     assert sum("ETA" in line for line in s["lines"]) == 3
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_sweep_writes_the_table_plots_and_report(interrupted_sweep: dict) -> None:
     out = interrupted_sweep["out"]
@@ -301,6 +311,8 @@ def test_sweep_writes_the_table_plots_and_report(interrupted_sweep: dict) -> Non
         assert row["mia_records"] > 10 and row["bytes_communicated"] > 1e8 and row["wall_seconds"] > 1
     assert [r["epsilon_spent"] for r in rows[2:]] == ["inf", "inf"]
     assert all(r["epsilon_spent"] == pytest.approx(8.0, rel=0.01) for r in rows[:2])
+    # the cells share the data set, so the sites' ledgers compose: the later cell's sites hold both
+    assert max(r["epsilon_cumulative"] for r in rows[:2]) > 8.0 * 1.2
     assert rows[2]["final_accuracy"] > rows[0]["final_accuracy"]  # no DP learns more in this budget
     assert len((out / "summary.csv").read_text().splitlines()) == 5
     assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
@@ -310,12 +322,14 @@ def test_sweep_writes_the_table_plots_and_report(interrupted_sweep: dict) -> Non
     ]
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @needs_chromium
 def test_sweep_report_renders_in_headless_chromium(interrupted_sweep: dict, tmp_path: Path) -> None:
     assert_rendered_with_plots(screenshot(interrupted_sweep["out"] / "report.html", tmp_path / "shot.png"))
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_same_sweep_and_seed_give_the_same_results(interrupted_sweep: dict, tmp_path: Path) -> None:
     """The DP cell rerun from scratch in another folder: same metrics (not wall time), same curve."""
@@ -334,6 +348,7 @@ def test_same_sweep_and_seed_give_the_same_results(interrupted_sweep: dict, tmp_
     assert b["site_accuracy"] == pytest.approx(a["site_accuracy"])
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_reaudit_redoes_the_audit_from_saved_runs_without_simulating(interrupted_sweep: dict) -> None:
     """Runs last: it rewrites the results (to the same values)."""

@@ -41,6 +41,7 @@ METRICS = (
     "best_worst_site_accuracy",
     "best_worst_site_macro_f1",
     "epsilon_spent",
+    "epsilon_cumulative",
     "delta",
     "mia_loss_auc",
     "mia_loss_tpr_at_1pct_fpr",
