@@ -26,6 +26,14 @@ Inputs are real records where ``../shared/datasets`` has them (BANKING77 queries
 
     python -m benchmarks.dp_throughput                    # all variants, both models
     python -m benchmarks.dp_throughput --models resnet18 --repeats 1
+
+Regression guard (run before any change to common/privacy/ lands): ``--check`` runs the variants
+named in benchmarks/dp_throughput_thresholds.json with their plain baselines (median of
+``--repeats``) and fails, naming each, when a ratio against plain crosses its threshold;
+``--check --result FILE`` checks a saved run instead; ``--markdown --result FILE`` prints the docs
+table of a saved run.
+
+    python -m benchmarks.dp_throughput --check --repeats 3 --steps 4 --warmup 1 --threads 1
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from typing import Any
 import torch
 
 from benchmarks._util import save, table
+from benchmarks.dp_throughput_check import THRESHOLDS, CheckInputError, load_rows, load_thresholds, markdown, violations
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
@@ -212,13 +221,51 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--check", action="store_true", help="fail when a ratio crosses its threshold")
+    parser.add_argument("--thresholds", type=Path, default=THRESHOLDS, help="thresholds JSON for --check")
+    parser.add_argument("--result", type=Path, help="with --check or --markdown: a saved run instead of a fresh one")
+    parser.add_argument("--markdown", action="store_true", help="print the docs table of --result")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         model, variant = args.one.split(":")
         print(json.dumps(measure_one(model, variant, args.warmup, args.steps, args.threads)))
         return
-    runs = []
+    try:
+        if args.markdown or args.result:
+            if not args.result:
+                raise CheckInputError("--markdown needs --result FILE (a saved dp_throughput run)")
+            if not (args.check or args.markdown):
+                raise CheckInputError("--result FILE goes with --check or --markdown")
+            rows = load_rows(args.result)
+            if args.markdown:
+                print(markdown(rows))
+            if args.check:
+                check(rows, args.thresholds, str(args.result))
+            return
+        if args.check:
+            limits, _ = load_thresholds(args.thresholds)
+            args.models = sorted({m for m, _ in limits} & set(VARIANTS), key=list(VARIANTS).index)
+            args.variants = sorted({v for _, v in limits} | {BASELINE[m] for m in args.models})
+        path = run(args)
+        if args.check:
+            check(load_rows(path), args.thresholds, str(path))
+    except CheckInputError as e:
+        raise SystemExit(str(e)) from None
+
+
+def check(rows: list[dict[str, Any]], thresholds: Path, source: str) -> None:
+    limits, _ = load_thresholds(thresholds)
+    crossed = violations(rows, limits)
+    for line in crossed:
+        print(f"THRESHOLD CROSSED {line}")
+    if crossed:
+        raise SystemExit(f"dp_throughput check failed: {len(crossed)} threshold(s) crossed in {source} ({thresholds})")
+    print(f"dp_throughput check passed: {source} within {thresholds}")
+
+
+def run(args: argparse.Namespace) -> Path:
+    runs, load_before = [], os.getloadavg()
     for rep in range(args.repeats):
         for model in args.models:
             for variant in VARIANTS[model]:
@@ -239,9 +286,13 @@ def main() -> None:
         for r in rows
     ]  # fmt: skip
     print(table(headers, body))
-    args_record = {k: v for k, v in vars(args).items() if k != "one"}
+    args_record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "one"}
     args_record["allocator"] = os.environ.get("LD_PRELOAD", "") or "glibc malloc (default)"
-    print("saved", save("dp_throughput", {"args": args_record, "rows": rows, "runs": runs}))
+    args_record["load_average"] = {"before": load_before, "after": os.getloadavg()}  # 1, 5, 15 min
+    args_record["niceness"] = os.nice(0)
+    path = save("dp_throughput", {"args": args_record, "rows": rows, "runs": runs})
+    print("saved", path)
+    return path
 
 
 if __name__ == "__main__":
