@@ -10,9 +10,10 @@ budget, or the printed epsilon restarts. So:
 - the coordinator's central ledger is ``privacy.central_ledger``, else ``central.json`` in the
   same data set's folder.
 
-The fingerprint names the data, not the job: the source and a SHA-256 of the file's bytes (a
-folder: of its files' relative paths and bytes). Two jobs on the same file share the ledger
-whatever their output folders; a different file is a different data set.
+The fingerprint names the data, not the job: the file's name and a SHA-256 of its bytes (a
+folder: of its files' relative paths and sizes; a path not on this machine: of the path). Two
+jobs on the same file share the ledger whatever their output folders; another file is another
+data set.
 """
 
 from __future__ import annotations
@@ -46,23 +47,26 @@ def data_fingerprint(data: DataConfig, path: str = "") -> str:
     if not where and data.source in BUILTIN_SOURCES:
         return f"builtin-{data.source}"
     resolved = resolve_path(where)
-    stat = resolved.stat()
-    digest = _digest(str(resolved), stat.st_size, stat.st_mtime_ns)
-    return f"{_safe(resolved.stem or resolved.name)}-{digest[:16]}"
+    name = _safe(resolved.stem or resolved.name)
+    if resolved.is_file():
+        stat = resolved.stat()
+        return f"{name}-{_file_digest(str(resolved), stat.st_size, stat.st_mtime_ns)[:16]}"
+    if resolved.is_dir():  # an image folder: its files' relative paths and sizes (reading every image is slow)
+        h = hashlib.sha256()
+        for f in sorted(p for p in resolved.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(resolved)}\0{f.stat().st_size}\0".encode())
+        return f"{name}-{h.hexdigest()[:16]}"
+    # not on this machine (a deployed coordinator names the sites' data format, not their files)
+    return f"{name}-path-{hashlib.sha256(str(resolved).encode()).hexdigest()[:16]}"
 
 
 @functools.lru_cache(maxsize=32)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file's bytes or a folder's (relative path, bytes) pairs; cached per version."""
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file's bytes; cached per version of the file."""
     h = hashlib.sha256()
-    root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    for f in files:
-        if root.is_dir():
-            h.update(str(f.relative_to(root)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(block)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
     return h.hexdigest()
 
 
