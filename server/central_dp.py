@@ -24,7 +24,7 @@ and skips any round with a lost site; the ledger composes the identical Gaussian
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -34,17 +34,22 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, clip_inputs_i
 
 from common.config import ExperimentConfig
 from common.errors import UpdateError
-from common.privacy.central import CLIENT_CLIPPING_KEY, CentralLedger, central_ledger_path, central_plan
+from common.privacy.central import (
+    CLIENT_CLIPPING_KEY,
+    CentralLedger,
+    central_ledger_path,
+    central_plan,
+    gaussian_noise,
+)
 from common.weights import Weights
-
-if TYPE_CHECKING:  # server.strategy builds this wrapper: no import at run time (no cycle)
-    from server.strategy import ConfideChecks
 
 NORM_TOLERANCE = 1e-4  # relative slack for float32 round-off in a site's own clipping
 
 
 class CentralDP(DifferentialPrivacyServerSideFixedClipping):
-    def __init__(self, strategy: ConfideChecks, exp: ExperimentConfig, run_id: str) -> None:
+    def __init__(self, strategy: Any, exp: ExperimentConfig, run_id: str) -> None:
+        """``strategy``: a server.strategy.ConfideChecks (typed loosely: this module is imported by
+        server.strategy, never the reverse)."""
         self.plan = central_plan(exp)
         super().__init__(strategy, self.plan.noise_multiplier, self.plan.clipping_norm, exp.data.num_sites)
         self.base = strategy
@@ -82,8 +87,7 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         k, m = len(accepted), max(self.sent, len(accepted))
         arrays = _shrink_towards(arrays, current, k / m)  # sum of clipped updates / m
         reservation = self.ledger.reserve(list(self.base.accepted_names), self.run_id, server_round, self.cap)
-        self.num_sampled_clients = m  # Flower's noise: sigma * C / m
-        arrays = _shrink_towards(self._add_noise_to_aggregated_arrays(arrays), current, 1.0)  # integers pinned
+        arrays = _noised(arrays, current, self.plan.noise_multiplier * self.clipping_norm / m)  # integers pinned
         self.ledger.commit(reservation)
         self.last = (k, m)
         # The strategy's server step (momentum, Adam) sees only the noised mean: post-processing.
@@ -118,6 +122,18 @@ def _clip_reply(msg: Message, current: Weights, clipping_norm: float | None) -> 
             clip_inputs_inplace(update, clipping_norm)
         new = {k: current[k] for k in record.keys()} | {k: current[k] + u for k, u in zip(learned, update)}
         msg.content[name] = ArrayRecord({k: Array(np.asarray(v)) for k, v in new.items()})
+
+
+def _noised(arrays: ArrayRecord, current: Weights, std: float) -> ArrayRecord:
+    """The release: N(0, std^2) added to every learned (floating-point) tensor of the mean, in the
+    global model's dtypes; integer buffers keep the global model's values. Confide's own draw (not
+    Flower's wrapper's), from the OS's entropy."""
+    learned = set(_learned(current))
+    out = {}
+    for k, v in arrays.items():
+        value = v.numpy() + gaussian_noise(v.numpy().shape, std) if k in learned else current[k]
+        out[k] = Array(np.asarray(value, dtype=current[k].dtype))
+    return ArrayRecord(out)
 
 
 def _shrink_towards(arrays: ArrayRecord, current: Weights, factor: float) -> ArrayRecord:

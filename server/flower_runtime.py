@@ -11,17 +11,17 @@ keep every line.
 from __future__ import annotations
 
 import logging
-import sys
 
 from flwr.common.logger import console_handler
 from flwr.supercore.exit import add_exit_handler
 
 from common import logs, stopping
+from server import flower_internals
 
 # Flower WARNING lines about Flower's own defaults or Confide's deliberate choices, not the run.
 FLOWER_NOISE = (
     "Since flwr 1.32, default simulated SuperNodes",
-    "DEPRECATED FEATURE: The `run_simulation` function",
+    flower_internals.SIMULATION_DEPRECATION,
     "fraction_evaluate is set to 0.0",
 )
 _exit_handler_installed = False
@@ -67,11 +67,5 @@ def install_exit_handler() -> None:
 
 
 def flower_signal() -> int | None:
-    """The signal Flower's handler is exiting on: its ``signalnum`` argument, found up the stack
-    (Flower passes only an exit code to exit handlers)."""
-    frame = sys._getframe()
-    while frame is not None:
-        if frame.f_code.co_name == "graceful_exit_handler" and "signalnum" in frame.f_locals:
-            return int(frame.f_locals["signalnum"])
-        frame = frame.f_back
-    return None
+    """The signal Flower's handler is exiting on (server/flower_internals.py)."""
+    return flower_internals.exiting_signal()

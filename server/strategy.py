@@ -30,6 +30,8 @@ from common.errors import ConfideError, UpdateError
 from common.metrics import summarize_sites
 from common.update_stats import outliers, update_statistics
 from common.weights import Weights, check_update, num_bytes
+from server import flower_internals
+from server.central_dp import CentralDP
 from server.recorder import RoundRecorder
 from server.strategies import CLASSES, describe, strategy_kwargs
 
@@ -253,13 +255,7 @@ class ConfideChecks:
     def server_state(self) -> dict[str, np.ndarray]:
         """The strategy's state beyond the global model (FedAvgM momentum; FedAdam/FedYogi/FedAdagrad
         moments), by tensor name, for the checkpoint. Empty for stateless strategies."""
-        out: dict[str, np.ndarray] = {}
-        momentum = getattr(self, "momentum_vector", None)
-        if momentum is not None:
-            out |= {f"momentum/{k}": np.asarray(v) for k, v in zip(self.reference, momentum, strict=True)}
-        for moment in ("m_t", "v_t"):
-            out |= {f"{moment}/{k}": np.asarray(v) for k, v in (getattr(self, moment, None) or {}).items()}
-        return out
+        return flower_internals.optimizer_state(self, self.reference)
 
     def load_server_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what ``server_state`` saved (a resumed run continues the same optimizer)."""
@@ -268,15 +264,10 @@ class ConfideChecks:
             group, _, tensor = key.partition("/")
             groups.setdefault(group, {})[tensor] = np.asarray(value)
         for group, tensors in groups.items():
-            attribute = "momentum_vector" if group == "momentum" else group
-            if group not in ("momentum", "m_t", "v_t") or not hasattr(self, attribute):
+            if not flower_internals.keeps_state(self, group):
                 raise ConfideError(f"checkpoint holds '{group}' state that strategy '{self.cfg.name}' does not keep")
             check_update(self.reference, tensors, f"the checkpoint's '{group}' state")
-        if "momentum" in groups:
-            self.momentum_vector = [groups["momentum"][k] for k in self.reference]
-        for moment in ("m_t", "v_t"):
-            if moment in groups:
-                setattr(self, moment, dict(groups[moment]))
+        flower_internals.load_optimizer_state(self, self.reference, groups)
 
     def _weigh(self, accepted: list[Message]) -> None:
         if self.uniform:
@@ -387,8 +378,6 @@ def build_strategy(
     log.info("strategy: %s", describe(exp))
     if p.mode != "central":
         return base
-    from server.central_dp import CentralDP
-
     return CentralDP(base, exp, run_id)
 
 

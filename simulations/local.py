@@ -1,5 +1,5 @@
 """In-process simulation: the same ServerApp and ClientApp as ``flwr run .``, started with
-Flower's ``run_simulation`` (Ray backend) for a given experiment. Used by tests,
+Flower's in-process simulation engine (Ray backend; server/flower_internals.py) for a given experiment. Used by tests,
 benchmarks and sweeps; ``flwr run .`` remains the user-facing way to run a job.
 
     python -m simulations.local simulations/configs/default.yaml --set train.lr=0.01
@@ -53,10 +53,9 @@ def simulate(
     starting a private Ray instance; ``RAY_ADDRESS`` when not given (see ``ray_address_from``)."""
     if gpus_per_site < 0:
         raise ConfideError(f"gpus_per_site must be >= 0; got {gpus_per_site}")
-    from flwr.simulation import run_simulation
-
     from client.app import create_client_app
     from server.app import create_server_app
+    from server.flower_internals import run_in_process
     from server.run import preflight
 
     address = ray_address_from(ray_address)
@@ -72,7 +71,7 @@ def simulate(
         {} if cluster else {"address": "local"}
     )
     with attached(cluster, max_actors=exp.data.num_sites) if cluster else nullcontext():
-        run_simulation(
+        run_in_process(
             server_app=create_server_app(exp, resume=resume),
             client_app=create_client_app(exp, mods=client_mods),
             num_supernodes=exp.data.num_sites,

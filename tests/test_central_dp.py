@@ -23,9 +23,12 @@ from flwr.app.message.message import make_message
 from flwr.app.metadata import Metadata
 
 from common import config as config_mod
+from server import central_dp
 from server.central_dp import CentralDP
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy
+
+pytestmark = pytest.mark.unit
 
 C = 0.5
 
@@ -145,7 +148,7 @@ def test_site_level_epsilon_is_cumulative_across_runs(tmp_path: Path) -> None:
     assert record["sites"]["a"]["epsilon_run"] == pytest.approx(one_run.get_epsilon(1e-5), rel=0.02)
 
 
-def test_server_optimizer_steps_from_the_noised_mean_only(tmp_path: Path) -> None:
+def test_server_optimizer_steps_from_the_noised_mean_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """FedAvgM under central DP: the momentum is built from the noised mean (what the DP release
     is), never from the clean one. With sigma = 1 the noise on one coordinate is ~C/3; the momentum
     after round 1 equals -(noised mean - x0) exactly, and the new model x0 - lr * momentum."""
@@ -153,14 +156,14 @@ def test_server_optimizer_steps_from_the_noised_mean_only(tmp_path: Path) -> Non
     dp.base.global_arrays = {"w": np.zeros(4, np.float32)}
     dp.base.current_arrays = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
     released: list[np.ndarray] = []
-    add_noise = dp._add_noise_to_aggregated_arrays
+    add_noise = central_dp._noised
 
-    def spy(arrays: ArrayRecord) -> ArrayRecord:
-        out = add_noise(arrays)
+    def spy(arrays: ArrayRecord, current: dict, std: float) -> ArrayRecord:
+        out = add_noise(arrays, current, std)
         released.append(out["w"].numpy().copy())
         return out
 
-    dp._add_noise_to_aggregated_arrays = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(central_dp, "_noised", spy)
     clean = np.array([0.1, 0.1, 0.1, 0.1], np.float32)  # every site sends the same small update
     arrays, _ = dp.aggregate_train(1, [reply(i, f"s{i}", clean, 10) for i in (1, 2, 3)])
     (noised,) = released

@@ -21,11 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.config import ExperimentConfig
 from common.errors import PolicyRefused
 from common.privacy.accounting import calibrate, check_delta, default_delta, epsilon
 from common.privacy.ledger import Ledger, history_of
 from common.privacy.ledger_home import central_ledger
+
+
+def gaussian_noise(shape: tuple[int, ...], std: float) -> np.ndarray:
+    """N(0, std^2) noise for one tensor of the central release, from the OS's entropy (as every DP
+    draw in Confide: common/privacy/randomness.py), in float64 (the caller casts to the model's dtype)."""
+    import torch
+
+    from common.privacy.randomness import secret_generator
+
+    return torch.normal(0.0, std, size=shape, generator=secret_generator(), dtype=torch.float64).numpy()
+
 
 # Train-config key by which the server asks sites to clip their own update (client-side clipping).
 CLIENT_CLIPPING_KEY = "dp-client-clipping"

@@ -6,7 +6,7 @@ describes.
 
 A parallel sweep (``--parallel``, on a Ray cluster) runs each cell in its own process,
 ``python -m simulations.study.cell --ray-address HOST:PORT``, which reads the sweep, the cell and the
-output folder pickled on stdin: Flower's ``run_simulation`` holds process-wide Ray state, so one
+output folder pickled on stdin: Flower's in-process simulation holds process-wide Ray state, so one
 process is one Ray driver, one simulation at a time.
 """
 

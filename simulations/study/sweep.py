@@ -146,7 +146,7 @@ def _run_parallel(
     sweep: Sweep, out: Path, todo_ids: set[str], cluster: RayCluster, parallel: int, echo: Callable[[str], None]
 ) -> int:
     """Up to ``parallel`` cells at once, each a process attached to the cluster as its own Ray
-    driver (Flower's run_simulation holds process-wide Ray state); returns how many failed.
+    driver (Flower's in-process simulation holds process-wide Ray state); returns how many failed.
 
     Each site is one actor of ``cpus_per_site`` CPUs for the whole simulation, and an actor pool
     never exceeds the sites (``simulations.ray_cluster.attached``). A cell starts, in sweep order, only
