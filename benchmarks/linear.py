@@ -45,10 +45,13 @@ DP_RECIPE: dict[str, dict[str, Any]] = {
 def run(task: str, features: str, epsilon: float | None, extra: dict[str, Any]) -> dict[str, Any]:
     experiment, _ = TASKS[task]
     tag = "off" if epsilon is None else f"eps{epsilon:g}"
+    name = f"linear-{task}-{features.replace('+', '-')}-{tag}"
     overrides: dict[str, Any] = {
         "model.features": features,
-        "output_dir": "runs/benchmarks",
-        "name": f"linear-{task}-{features.replace('+', '-')}-{tag}",
+        # A folder of its own: simulate() finds its run as the new folder in output_dir, which a
+        # concurrent benchmark writing to the same folder would confuse.
+        "output_dir": f"runs/benchmarks/{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        "name": name,
     }
     if epsilon is not None:
         overrides.update({"privacy.mode": "local", "privacy.target_epsilon": epsilon, **DP_RECIPE[task]})
@@ -56,6 +59,13 @@ def run(task: str, features: str, epsilon: float | None, extra: dict[str, Any]) 
     exp = config_mod.load(REPO / experiment, overrides)
     start = time.perf_counter()
     path = simulate(exp, cpus_per_site=1.0, threads_per_site=1)
+    return summarise(path, exp, features, epsilon, overrides, time.perf_counter() - start)
+
+
+def summarise(
+    path: Path, exp: Any, features: str, epsilon: float | None, overrides: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    """One table row from a finished run folder."""
     rounds = read_rounds(path)
     last = rounds[-1]
     chosen = exported(rounds) if exp.strategy.final_model == "best_held_out" else last
@@ -72,7 +82,7 @@ def run(task: str, features: str, epsilon: float | None, extra: dict[str, Any]) 
         "curve": [r["central"].get("accuracy") for r in rounds],
         "overrides": overrides,
         "run": str(path),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
     }
 
 
@@ -103,8 +113,18 @@ def main() -> None:
     parser.add_argument("--features", required=True, help="comma-separated model.features values")
     parser.add_argument("--epsilon", default="off,8", help="comma-separated: 'off' (no DP) or an epsilon")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override, every run")
+    parser.add_argument("--from-run", default="", metavar="RUN", help="no run: the row of a finished run folder")
     args = parser.parse_args()
     setup_logging()
+    if args.from_run:
+        folder = Path(args.from_run)
+        exp = config_mod.load(folder / "config.yaml", {})
+        eps = exp.privacy.target_epsilon if exp.privacy.mode == "local" else None
+        row = summarise(folder, exp, exp.model.features, eps, {"from_run": str(folder)}, 0.0)
+        payload = {"task": args.task, "rows": [row], "pooled_baseline": pooled_baseline(args.task)}
+        path = save(f"linear-{args.task}", payload)
+        print(json.dumps({k: v for k, v in row.items() if k != "curve"}), f"saved {path}")
+        return
     if not (REPO / TASKS[args.task][1]).exists():
         sys.exit(f"dataset not found: {REPO / TASKS[args.task][1]}")
     from simulations.local import parse_sets
