@@ -44,6 +44,8 @@ from common.privacy.dpsgd import plan_round, site_delta, train_private
 from common.privacy.ledger import Ledger
 from common.privacy.policy import SIMULATION
 
+pytestmark = pytest.mark.unit
+
 # The tiny site: n = 50 records, batch 12 -> ceil(50/12) = 5 batches per epoch, so Opacus's Poisson
 # rate is q = 1/5 = 0.2 (NOT B/n = 0.24), and 2 local epochs are 2 x 5 = 10 steps per round.
 N, BATCH, EPOCHS, ROUNDS, SIGMA = 50, 12, 2, 3, 1.1

@@ -33,6 +33,7 @@ from common.models import build_model
 from common.train import train
 
 
+@pytest.mark.unit
 def test_roc_metrics_on_scores_with_a_known_answer() -> None:
     members, nonmembers = np.arange(100, 200.0), np.arange(0, 100.0)
     perfect = roc_attack(members, nonmembers)
@@ -50,6 +51,7 @@ def test_roc_metrics_on_scores_with_a_known_answer() -> None:
     assert set(res.as_dict("mia_loss")) == {"mia_loss_auc", "mia_loss_tpr_at_1pct_fpr", "mia_loss_tpr_at_0.1pct_fpr"}
 
 
+@pytest.mark.unit
 def test_members_and_nonmembers_have_equal_counts_and_the_same_label_mix() -> None:
     member_labels = np.array([0] * 30 + [1] * 5 + [2] * 4)
     pool_labels = np.array([0] * 10 + [1] * 20 + [3] * 7)  # no label 2 among non-members
@@ -65,6 +67,7 @@ def test_members_and_nonmembers_have_equal_counts_and_the_same_label_mix() -> No
         matched_sample(np.array([5, 5]), np.array([1, 2]), 0, 0)
 
 
+@pytest.mark.unit
 def test_sample_scores_are_cross_entropy_and_scaled_confidence() -> None:
     exp = config_mod.load(None, {"data.labels": "0,1,2"})
     rng = np.random.default_rng(0)
@@ -81,6 +84,7 @@ def test_sample_scores_are_cross_entropy_and_scaled_confidence() -> None:
     assert np.allclose(scores.phi, torch.log(p / (1 - p)).numpy())
 
 
+@pytest.mark.unit
 def test_calibration_removes_per_record_difficulty() -> None:
     """Records that are hard for every model look the same with and without membership once calibrated."""
     rng = np.random.default_rng(1)
@@ -124,6 +128,7 @@ def fit(exp: config_mod.ExperimentConfig, raw: RawData) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.sim
 @pytest.mark.slow
 def test_attack_finds_members_of_an_overfit_model_and_not_of_a_strongly_private_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

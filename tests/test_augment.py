@@ -15,6 +15,8 @@ from common.data import RawData
 from common.errors import ConfigError
 from common.train import train
 
+pytestmark = pytest.mark.unit
+
 
 def windows(image: np.ndarray, pad: int) -> dict[tuple[int, int], np.ndarray]:
     """Every (dy, dx) crop of the reflect-padded (C, H, W) image, by numpy."""

@@ -60,6 +60,7 @@ def digits_experiment(**overrides: object) -> config_mod.ExperimentConfig:
     return config_mod.load(None, {**base, **overrides})
 
 
+@pytest.mark.unit
 def test_text_baseline_learns_separable_csv(tmp_path: Path) -> None:
     """TF-IDF + logistic regression reaches near-perfect accuracy on separable queries (chance is 1/3),
     trains on every record of the training file and tests on the configured test file."""
@@ -75,6 +76,7 @@ def test_text_baseline_learns_separable_csv(tmp_path: Path) -> None:
     assert single["mean_accuracy"] > 0.5
 
 
+@pytest.mark.sim
 def test_image_baseline_learns_digits() -> None:
     """Logistic regression on raw pixels of the built-in digits (no files) is far above chance (0.1),
     on exactly the records read_train / read_test give the federated runs."""
@@ -88,6 +90,7 @@ def test_image_baseline_learns_digits() -> None:
     assert 0.0 < out["single_site"]["worst_accuracy"] <= out["single_site"]["mean_accuracy"] <= 1.0
 
 
+@pytest.mark.sim
 def test_single_site_uses_the_experiments_partition() -> None:
     """The single-site models train on the partition a simulated site gets (common.site.site_records:
     its train plus held-out records), site by site, and together the sites cover the training file."""
@@ -103,12 +106,14 @@ def test_single_site_uses_the_experiments_partition() -> None:
     assert sum(s["records"] for s in out["single_site"]["sites"]) == out["train_records"]
 
 
+@pytest.mark.unit
 def test_max_samples_limits_training_like_the_runs() -> None:
     """data.max_samples caps the baseline's training records exactly as read_train caps a run's."""
     out = bl.baseline(digits_experiment(**{"data.max_samples": 300}))
     assert out["train_records"] == 300
 
 
+@pytest.mark.unit
 def test_baseline_is_deterministic() -> None:
     """Same experiment, same numbers: the validation split and partition are seeded by exp.seed."""
     exp = digits_experiment(**{"data.max_samples": 400})
@@ -118,6 +123,7 @@ def test_baseline_is_deterministic() -> None:
     assert a["single_site"]["sites"] == b["single_site"]["sites"]
 
 
+@pytest.mark.unit
 def test_one_class_site_predicts_its_class(tmp_path: Path) -> None:
     """A site whose data holds a single class cannot fit logistic regression; it predicts that class."""
     exp = text_experiment(tmp_path)
@@ -127,6 +133,7 @@ def test_one_class_site_predicts_its_class(tmp_path: Path) -> None:
     assert pred.tolist() == [2, 2] and converged
 
 
+@pytest.mark.unit
 def test_missing_files_raise_project_errors(tmp_path: Path) -> None:
     """A missing training file raises DataError naming it; a source without a test split raises ConfigError."""
     exp = text_experiment(tmp_path, **{"data.path": "nowhere.csv"})
@@ -137,6 +144,7 @@ def test_missing_files_raise_project_errors(tmp_path: Path) -> None:
         bl.baseline(no_test)
 
 
+@pytest.mark.unit
 def test_cli_reports_a_clean_error_for_a_missing_dataset(capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI turns a missing dataset into one 'confide:' line naming the file, exit status 2."""
     rc = bl.main(["--task", "pneumonia", "--set", "data.path=/nonexistent/pneumoniamnist.npz"])
@@ -144,6 +152,7 @@ def test_cli_reports_a_clean_error_for_a_missing_dataset(capsys: pytest.CaptureF
     assert "/nonexistent/pneumoniamnist.npz" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_cli_on_real_pneumonia_sample(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,7 +10,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.system
 
 
 def test_the_bundle_carries_the_apps_and_no_study_tooling(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ import pytest
 from common import config as config_mod
 from common.privacy.check import main
 
+pytestmark = pytest.mark.unit
+
 N, B = 120, 16
 
 

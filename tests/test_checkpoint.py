@@ -19,6 +19,8 @@ from common.checkpoint import Checkpoint
 from common.errors import ConfigError
 from common.rundir import FAILED, RESUMES, check_resumable, open_resumed
 
+pytestmark = pytest.mark.unit
+
 
 def _exp(**overrides):
     return config_mod.load(None, {"data.labels": "0,1,2", "strategy.rounds": 5, **overrides})

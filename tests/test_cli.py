@@ -12,6 +12,7 @@ import pytest
 from simulations import cli
 
 
+@pytest.mark.system
 def test_the_installed_confide_script_lists_every_subcommand() -> None:
     script = Path(sys.executable).parent / "confide"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
@@ -20,6 +21,7 @@ def test_the_installed_confide_script_lists_every_subcommand() -> None:
         assert f"\n  {name} " in proc.stdout, name
 
 
+@pytest.mark.unit
 def test_confide_dispatches_to_the_module_with_its_own_options(capsys: pytest.CaptureFixture[str]) -> None:
     """`confide run --help` is simulations.local's parser under the name `confide run`."""
     with pytest.raises(SystemExit) as stop:
@@ -29,6 +31,7 @@ def test_confide_dispatches_to_the_module_with_its_own_options(capsys: pytest.Ca
     assert usage.startswith("usage: confide run") and "--resume" in usage and "--ray-address" in usage
 
 
+@pytest.mark.unit
 def test_an_unknown_subcommand_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["trian"]) == 2
     err = capsys.readouterr().err.strip()

@@ -36,7 +36,8 @@ from tests.test_bookkeeping import (
 )
 
 KEY = "privacy.grad_sample_mode"
-pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")  # Opacus, harmless
+# Opacus's "Full backward hook is firing" warning is harmless here.
+pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")]
 
 
 def albert_norms_only() -> nn.Module:

@@ -40,6 +40,7 @@ REF = {"w": RNG.normal(size=(6, 10)).astype(np.float32), "n": np.array(3, np.int
 # -- pure encode/decode ------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_int8_per_tensor_error_is_at_most_half_a_step() -> None:
     """One scale max|x|/127; every decoded element within scale/2 (+ float32 rounding of q*scale)."""
     x = RNG.normal(size=(7, 13)).astype(np.float32)
@@ -51,6 +52,7 @@ def test_int8_per_tensor_error_is_at_most_half_a_step() -> None:
     assert np.abs(q).max() == 127  # the largest element uses the whole range
 
 
+@pytest.mark.unit
 def test_int8_per_block_has_one_scale_per_block() -> None:
     """Blocks of 4 over 10 elements: 3 scales (the last block holds 2), each its own max/127."""
     x = np.array([1, -2, 3, 4, 100, 0, 0, -50, 0.5, -0.25], np.float32)
@@ -62,6 +64,7 @@ def test_int8_per_block_has_one_scale_per_block() -> None:
     assert decoded[8] == pytest.approx(0.5) and decoded[9] == pytest.approx(-0.25, abs=0.5 / 127 / 2)
 
 
+@pytest.mark.unit
 def test_fp16_is_exact_for_representable_values_and_bf16_matches_torch() -> None:
     exact = np.array([0.0, 1.0, -2.5, 0.15625, 1024.0, -3.0 / 1024], np.float32)
     fp16 = compress.encode_tensor(exact, T("fp16"))
@@ -74,6 +77,7 @@ def test_fp16_is_exact_for_representable_values_and_bf16_matches_torch() -> None
     assert (np.abs(compress.from_bf16(compress.to_bf16(x)) - x) <= np.abs(x) * 2.0**-8).all()
 
 
+@pytest.mark.unit
 def test_topk_keeps_exactly_the_k_largest_magnitudes() -> None:
     x = np.array([0.1, -5.0, 3.0, 0.2, -0.05, 4.0], np.float32)
     parts = compress.encode_tensor(x, T(topk=0.5))  # k = ceil(0.5 * 6) = 3
@@ -86,6 +90,7 @@ def test_topk_keeps_exactly_the_k_largest_magnitudes() -> None:
     assert parts[compress.IDX].tolist() == [1, 2, 5]
 
 
+@pytest.mark.unit
 def test_error_feedback_sends_over_rounds_what_the_updates_sum_to() -> None:
     """Top-1 of 4 elements, float32 values: what is not sent is carried, so after every round
     sum(decoded so far) + residual == sum(updates so far), and each element is sent eventually."""
@@ -103,6 +108,7 @@ def test_error_feedback_sends_over_rounds_what_the_updates_sum_to() -> None:
     assert sent.tolist() == [4, 4, 5, 2] and residual["w"].tolist() == [1, 0, 0, 0]
 
 
+@pytest.mark.unit
 def test_statistics_travel_dense_under_topk() -> None:
     """BatchNorm's running statistics (the coordinator names them in the train config) are quantised
     but never sparsified: a model whose weights moved and whose statistics mostly did not would
@@ -118,6 +124,7 @@ def test_statistics_travel_dense_under_topk() -> None:
         compress.decode_update(payload, ref, t, "site 'a'")
 
 
+@pytest.mark.unit
 def test_update_round_trip_adds_to_the_reference_and_keeps_integers() -> None:
     t = T("int8", block_size=16)
     new = {"w": REF["w"] + 0.01 * RNG.normal(size=(6, 10)).astype(np.float32), "n": np.array(9, np.int64)}
@@ -129,6 +136,7 @@ def test_update_round_trip_adds_to_the_reference_and_keeps_integers() -> None:
     assert np.abs(back["w"] - new["w"]).max() <= payload["w::scale"].max() / 2 + 1e-6
 
 
+@pytest.mark.unit
 def test_broadcast_round_trip_is_dense_and_self_describing() -> None:
     t = T("int8", block_size=8, topk=0.1, broadcast=True)  # top-k is for updates, never the model
     payload = compress.encode_weights(REF, t)
@@ -139,6 +147,7 @@ def test_broadcast_round_trip_is_dense_and_self_describing() -> None:
         compress.decode_weights({**payload, "w::idx": np.zeros(6, np.int32)}, t, "the server")
 
 
+@pytest.mark.unit
 def test_a_non_finite_update_stays_non_finite_so_the_coordinator_refuses_it() -> None:
     new = {"w": np.full((6, 10), np.nan, np.float32), "n": np.array(3)}
     for t in (T("int8"), T("fp16"), T("int8", topk=0.05)):
@@ -147,6 +156,7 @@ def test_a_non_finite_update_stays_non_finite_so_the_coordinator_refuses_it() ->
         assert residual == {}  # not carried into the next round
 
 
+@pytest.mark.unit
 def test_decoded_update_stays_within_the_clipping_norm() -> None:
     """Client-side clipping (central DP): whatever the quantisation rounds, the decoded update's
     norm is at most the clipping norm the coordinator verifies."""
@@ -162,6 +172,7 @@ def test_decoded_update_stays_within_the_clipping_norm() -> None:
 GOOD = compress.encode_update({"w": REF["w"] + 1, "n": np.array(3)}, REF, T("int8", topk=0.1))[0]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -182,6 +193,7 @@ def test_a_malformed_payload_is_refused_naming_site_and_tensor(change: dict, mes
     assert "site 'evil'" in str(info.value)
 
 
+@pytest.mark.unit
 def test_options_that_do_nothing_are_refused() -> None:
     with pytest.raises(ConfigError, match="transport.block_size"):
         T("fp16", block_size=64)
@@ -224,6 +236,7 @@ def experiment(**transport: object) -> config_mod.ExperimentConfig:
     return config_mod.load(None, {f"transport.{k}": v for k, v in transport.items()})
 
 
+@pytest.mark.unit
 def test_the_default_transport_passes_messages_untouched() -> None:
     msg = message(REF)
     reply = compress_mod(experiment())(msg, context(), site({"w": np.ones((6, 10), np.float32)}))
@@ -231,6 +244,7 @@ def test_the_default_transport_passes_messages_untouched() -> None:
     assert reply.content["arrays"]["w"].numpy().dtype == np.float32
 
 
+@pytest.mark.unit
 def test_the_site_sends_the_encoded_update_and_carries_its_residual_between_rounds() -> None:
     """Top-10% of 60 elements = 6 per round; the residual lives in Context.state, so two rounds
     send what the two updates sum to, less the residual left after the second."""
@@ -246,6 +260,7 @@ def test_the_site_sends_the_encoded_update_and_carries_its_residual_between_roun
     assert np.allclose(sent + residual, steps[0] + steps[1], atol=1e-5)
 
 
+@pytest.mark.unit
 def test_a_quantised_broadcast_is_decoded_before_the_app_sees_it() -> None:
     t = T("int8", block_size=16, broadcast=True)
     encoded = compress.encode_weights(REF, t)
@@ -260,6 +275,7 @@ def test_a_quantised_broadcast_is_decoded_before_the_app_sees_it() -> None:
     assert np.allclose(back["w"], decoded["w"] + 1, atol=1 / 127)
 
 
+@pytest.mark.unit
 def test_client_side_clipping_holds_after_compression() -> None:
     msg = message(REF, {"server-round": 1, CLIENT_CLIPPING_KEY: "fixed", KEY_CLIPPING_NORM: 0.5})
     reply = compress_mod(experiment(quantize="int8"))(msg, context(), site({"w": np.full((6, 10), 0.1, np.float32)}))
@@ -306,6 +322,7 @@ def coordinator(tmp_path: Path, **keys: object):  # noqa: ANN201
     return build_strategy(exp, REF, recorder, "1"), recorder, exp.transport
 
 
+@pytest.mark.unit
 def test_the_coordinator_aggregates_decoded_updates_and_records_received_bytes(
     tmp_path: Path, server_process: None
 ) -> None:
@@ -331,6 +348,7 @@ def test_the_coordinator_aggregates_decoded_updates_and_records_received_bytes(
     assert 248 / (60 + 16 + 8) > 2.9  # ResNet-sized tensors make the scales negligible: see the simulation
 
 
+@pytest.mark.unit
 def test_the_coordinator_names_the_statistics_sites_send_dense(server_process: None) -> None:
     """With top-k the train config lists the float buffers (BatchNorm statistics) and a reply that
     sends them dense is accepted; without top-k the config is as before."""
@@ -347,6 +365,7 @@ def test_the_coordinator_names_the_statistics_sites_send_dense(server_process: N
     assert np.allclose(arrays["rv"].numpy(), 2.0)
 
 
+@pytest.mark.unit
 def test_central_dp_verifies_the_clipping_norm_on_the_decoded_update(tmp_path: Path, server_process: None) -> None:
     """Client-side clipping with a quantised broadcast: the site clips against the decoded model it
     received, the coordinator measures the decoded update against that same model, and accepts it."""
@@ -371,6 +390,7 @@ def test_central_dp_verifies_the_clipping_norm_on_the_decoded_update(tmp_path: P
 # -- a simulation ------------------------------------------------------------------------------------
 
 
+@pytest.mark.sim
 @pytest.mark.slow
 def test_int8_cuts_the_recorded_bytes_by_the_expected_factor_and_keeps_accuracy() -> None:
     """ResNet-8 on digits, 2 sites, 2 rounds, float32 then int8 (per tensor) with the broadcast

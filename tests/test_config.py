@@ -11,6 +11,8 @@ from common import config as config_mod
 from common.config import ExperimentConfig
 from common.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -35,6 +35,8 @@ from tests.test_deploy import (
     write_npz,
 )
 
+pytestmark = pytest.mark.system
+
 SITE = "site-a"
 
 

@@ -13,6 +13,8 @@ from common import config as config_mod
 from common.data import LabelSet, label_set, read_test, read_train
 from common.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 ROWS = [("card lost", "card"), ("send money", "transfer"), ("lost my card", "card"), ("wire cash", "transfer")]
 
 

@@ -73,6 +73,7 @@ def subcommands_of(help_text: str) -> list[str]:
 DOC_COMMANDS = commands()
 
 
+@pytest.mark.unit
 def test_the_docs_show_the_entry_points_users_need() -> None:
     """The parse itself must find commands, or the tests below prove nothing."""
     for needed in ("simulations.local", "simulations.study.sweep", "simulations.study.report", "client.audit_log"):
@@ -80,6 +81,7 @@ def test_the_docs_show_the_entry_points_users_need() -> None:
     assert "--set" in DOC_COMMANDS["simulations.local"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("module_name", sorted(m for m in DOC_COMMANDS if m != "pytest"))
 def test_each_documented_module_answers_help_with_the_documented_options(
     module_name: str, monkeypatch: pytest.MonkeyPatch
@@ -90,6 +92,7 @@ def test_each_documented_module_answers_help_with_the_documented_options(
     assert not missing, f"python -m {module_name}: the docs pass {missing}, which --help does not list"
 
 
+@pytest.mark.unit
 def test_each_documented_confide_subcommand_and_script_exists() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["confide"] == "simulations.cli:main"
@@ -112,6 +115,7 @@ def shipped() -> set[str] | None:
     return files | {str(Path(f).parents[i]) for f in files for i in range(len(Path(f).parents) - 1)}
 
 
+@pytest.mark.system
 def test_each_repository_path_the_docs_name_exists() -> None:
     named = {(doc.name, p) for doc in DOCS for p in PATH.findall(code_of(doc)) if "*" not in p}
     assert len(named) > 20  # the parse finds the many paths the docs give

@@ -17,6 +17,8 @@ from common.export import load_model, save_model
 from common.models import create_model
 from common.train import logits
 
+pytestmark = pytest.mark.unit
+
 
 def outputs(model: torch.nn.Module, loader) -> torch.Tensor:
     model.eval()

@@ -17,7 +17,7 @@ from common.errors import ConfideError, ConfigError
 from simulations.local import simulate
 from tests.conftest import small_experiment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 
 def rounds_of(run: Path) -> list[dict]:

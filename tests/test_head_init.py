@@ -14,6 +14,8 @@ from common.errors import ConfigError
 from common.head_init import TEMPERATURE, head_of, init_from_label_names, phrase
 from common.models import checkpoint_path, create_model, load_tokenizer
 
+pytestmark = pytest.mark.unit
+
 LABELS = ("card_arrival", "exchange_rate", "lost_or_stolen_phone", "top_up_failed")
 
 

@@ -26,6 +26,8 @@ import pytest
 from common.errors import ConfideError, PolicyRefused
 from common.privacy.ledger import COMMITTED, RESERVED, Ledger
 
+pytestmark = pytest.mark.unit
+
 SPAWN = mp.get_context("spawn")
 CYCLES = 40  # reserve+commit cycles per process in the concurrency test
 REFUSED = 3  # exit code of a child whose reservation the check refused

@@ -37,6 +37,7 @@ def flower_record(message: str, level: int = logging.INFO) -> logging.LogRecord:
     return logging.LogRecord("flwr", level, __file__, 1, message, None, None)
 
 
+@pytest.mark.unit
 def test_quiet_by_default_drops_flower_info_and_its_notices(flower_console, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
     console_handler.setLevel(logging.INFO)
@@ -51,6 +52,7 @@ def test_quiet_by_default_drops_flower_info_and_its_notices(flower_console, monk
     assert [str(w.message) for w in caught] == ["something Confide should show"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("how", ["env", "flower"])
 def test_verbose_keeps_everything(flower_console, monkeypatch, how: str) -> None:  # noqa: ANN001
     if how == "env":
@@ -76,6 +78,7 @@ def simulate(tmp_path: Path, rounds: int, *extra: str) -> str:
     return output
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_a_default_run_prints_a_few_lines_per_round_plus_the_summary(tmp_path: Path) -> None:
     output = simulate(tmp_path, 2)
@@ -86,6 +89,7 @@ def test_a_default_run_prints_a_few_lines_per_round_plus_the_summary(tmp_path: P
     assert "[confide] round 2 |" in output and "[confide] run folder:" in output
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_verbose_brings_flowers_lines_back(tmp_path: Path) -> None:
     output = simulate(tmp_path, 1, "--verbose")

@@ -8,6 +8,8 @@ import pytest
 
 from common.metrics import binary_roc_auc, summarize_sites
 
+pytestmark = pytest.mark.unit
+
 
 def test_binary_roc_auc_of_four_scores_is_three_quarters() -> None:
     """Positives score 0.35 and 0.8, negatives 0.1 and 0.4: of the 4 (positive, negative) pairs the

@@ -11,6 +11,8 @@ from common import config as config_mod
 from common.errors import ConfigError
 from common.models import available, create_model
 
+pytestmark = pytest.mark.unit
+
 
 def model_cfg(**kw: object):
     return config_mod.load(None, {f"model.{k}": v for k, v in kw.items()}).model

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import numpy as np
+import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.message.message import make_message
 from flwr.app.metadata import Metadata
@@ -15,6 +16,8 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.mods import central_dp_clipping_mod
 from common.privacy.central import CLIENT_CLIPPING_KEY
+
+pytestmark = pytest.mark.unit
 
 GLOBAL = {"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float32)}
 

@@ -9,6 +9,8 @@ from common import config as config_mod
 from common.errors import DataError
 from common.partition import partition_indices, train_val_split
 
+pytestmark = pytest.mark.unit
+
 LABELS = np.repeat(np.arange(5), 200).astype(np.int64)  # 1000 records, 5 balanced classes
 
 

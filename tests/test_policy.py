@@ -25,6 +25,8 @@ from common import config as config_mod
 from common.errors import ConfigError, PolicyRefused
 from common.privacy.policy import SIMULATION, STRICT, from_node_config
 
+pytestmark = pytest.mark.unit
+
 DEPLOYED = {"site-name": "h1", "data-path": "/nonexistent/site.npz"}
 
 

@@ -11,6 +11,8 @@ import pytest
 from common.progress import Progress, clock_text, describe
 from server.run import timing
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_line_at_most_once_per_interval_with_rate_and_time_left(caplog: pytest.LogCaptureFixture) -> None:
     now = [100.0]

@@ -22,6 +22,8 @@ from client.public_errors import named_keys, public_failure
 from common import config as config_mod
 from common.errors import DataError, PolicyRefused
 
+pytestmark = pytest.mark.unit
+
 SECRET = "PATIENT-0 owes 1234"
 
 

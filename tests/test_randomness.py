@@ -10,6 +10,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from common.privacy import randomness
 from common.privacy.randomness import StudySeedsForbidden, secret_generator, study_noise_seeds
 
+pytestmark = pytest.mark.unit
+
 
 def test_study_seeds_apply_in_a_simulation_process() -> None:
     with study_noise_seeds(lambda: 7):

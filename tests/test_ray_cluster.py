@@ -81,6 +81,7 @@ def ray_is_initialized() -> bool:
 # --------------------------------------------------------------------------- wrong addresses, no cluster
 
 
+@pytest.mark.unit
 def test_nothing_listening_stops_in_seconds_naming_the_address(project_root: Path, no_ray_address: None) -> None:
     address = f"127.0.0.1:{free_port()}"
     start = time.monotonic()
@@ -91,6 +92,7 @@ def test_nothing_listening_stops_in_seconds_naming_the_address(project_root: Pat
     assert not (project_root / "runs").exists()
 
 
+@pytest.mark.unit
 def test_a_port_that_is_not_a_ray_head_stops_within_the_probe_timeout(no_ray_address: None) -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -102,6 +104,7 @@ def test_a_port_that_is_not_a_ray_head_stops_within_the_probe_timeout(no_ray_add
         assert time.monotonic() - start < 6
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("address", "message"),
     [("ray://head:10001", "Ray Client .* not supported"), ("head", "is not HOST:PORT"), ("head:http", "HOST:PORT")],
@@ -112,6 +115,7 @@ def test_ray_client_and_malformed_addresses_are_refused(address: str, message: s
     assert not ray_is_initialized()
 
 
+@pytest.mark.unit
 def test_the_ray_address_variable_is_honoured_like_ray_does(monkeypatch: pytest.MonkeyPatch) -> None:
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAY_ADDRESS", address)
@@ -123,6 +127,7 @@ def test_the_ray_address_variable_is_honoured_like_ray_does(monkeypatch: pytest.
     assert ray_address_from(None) is None
 
 
+@pytest.mark.unit
 def test_parallel_sweep_needs_a_reachable_cluster(tmp_path: Path, no_ray_address: None, capsys: Any) -> None:
     file, out = tmp_path / "tiny.yaml", tmp_path / "out"
     file.write_text(json.dumps(TINY_SWEEP))
@@ -139,6 +144,7 @@ def test_parallel_sweep_needs_a_reachable_cluster(tmp_path: Path, no_ray_address
     assert not out.exists()  # stopped before any cell
 
 
+@pytest.mark.system
 def test_failed_parallel_cells_are_recorded_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The parent sees a cluster (stubbed); each cell's process probes for itself, finds none and fails."""
     address = f"127.0.0.1:{free_port()}"
@@ -259,6 +265,7 @@ def assert_still_running(cluster: Cluster) -> None:
     assert len(probe_cluster(cluster.address, timeout=10).nodes) == 2
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_attached_simulation_runs_on_the_cluster_and_leaves_it_running(
     ray_cluster: Cluster, project_root: Path, no_ray_address: None
@@ -276,6 +283,7 @@ def test_attached_simulation_runs_on_the_cluster_and_leaves_it_running(
     assert_still_running(ray_cluster)
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_parallel_sweep_runs_both_cells_at_once_on_the_cluster_and_leaves_it_running(
     ray_cluster: Cluster, tmp_path: Path
@@ -309,6 +317,7 @@ def test_parallel_sweep_runs_both_cells_at_once_on_the_cluster_and_leaves_it_run
     assert_still_running(ray_cluster)
 
 
+@pytest.mark.unit
 def test_worker_env_carries_the_import_path_and_project_root(project_root: Path) -> None:
     env = _worker_env()
     assert str(REPO) in env["PYTHONPATH"].split(os.pathsep)

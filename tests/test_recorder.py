@@ -7,6 +7,8 @@ import pytest
 
 from server.recorder import _unwrapped
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     "forwarded",

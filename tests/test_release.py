@@ -20,6 +20,8 @@ from common import config as config_mod
 from common.privacy import release
 from common.train import TrainResult
 
+pytestmark = pytest.mark.unit
+
 
 class Fixed(nn.Module):
     """Logits that do not depend on parameters: class 0 with probability p for every record."""

@@ -121,6 +121,7 @@ def make_sweep_folder(out: Path, missing: int = 0) -> list[str]:
     return [c[0] for c in cells]
 
 
+@pytest.mark.unit
 def test_report_writes_tables_plots_and_self_contained_html(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     ids = make_sweep_folder(out, missing=1)
@@ -150,6 +151,7 @@ def test_report_writes_tables_plots_and_self_contained_html(tmp_path: Path) -> N
     assert f"missing: {ids[-1]}" in text
 
 
+@pytest.mark.system
 @needs_chromium
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
@@ -158,6 +160,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert_rendered_with_plots(pixels)
 
 
+@pytest.mark.system
 @needs_chromium
 def test_blank_page_fails_the_render_check(tmp_path: Path) -> None:
     """The render check can fail: a page without plots is caught."""
@@ -167,6 +170,7 @@ def test_blank_page_fails_the_render_check(tmp_path: Path) -> None:
         assert_rendered_with_plots(screenshot(page, tmp_path / "shot.png"))
 
 
+@pytest.mark.unit
 def test_report_refuses_a_folder_that_is_not_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path)]) == 2
     assert "not a sweep output folder" in capsys.readouterr().err

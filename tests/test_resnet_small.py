@@ -28,7 +28,8 @@ from common.train import evaluate, is_head, train
 from tests.test_bookkeeping import Grads, clipped_sum, per_sample
 from tests.test_clipping import private
 
-pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")  # Opacus, harmless
+# Opacus's "Full backward hook is firing" warning is harmless here.
+pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")]
 KEY = "privacy.grad_sample_mode"
 
 

@@ -20,7 +20,7 @@ from common.errors import ConfideError
 from common.rundir import INCOMPLETE, RESUMES
 from simulations.local import simulate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 
 def _crash_in_round_2(msg: Message, context: Context, call_next):

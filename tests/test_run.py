@@ -5,9 +5,12 @@ change it); 'last' exports the final round, as does a job whose sites release no
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from common import config as config_mod
 from server.run import ModelSelection
+
+pytestmark = pytest.mark.unit
 
 
 def line(acc: float | None, central: float) -> dict:

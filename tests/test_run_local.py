@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT = str(REPO / "simulations/configs/default.yaml")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("label", "'label'"), ("'label'", "'label'"), ('"a b"', '"a b"'), ("0.01", "0.01"), ("1e-4", "1e-4"),
@@ -29,6 +30,7 @@ def test_string_values_are_quoted_for_flowers_parser(value: str, expected: str) 
     assert parse_config_args([f"k={expected}"])  # Flower accepts the result
 
 
+@pytest.mark.unit
 def test_prepare_quotes_and_makes_paths_absolute(project_root: Path) -> None:
     prepared = prepare(DEFAULT, "data.label_field=label train.lr=0.01 name=my-run")
     parsed = parse_config_args([prepared.run_config])
@@ -38,11 +40,13 @@ def test_prepare_quotes_and_makes_paths_absolute(project_root: Path) -> None:
     assert parsed["data.label_field"] == "label" and parsed["train.lr"] == 0.01 and parsed["name"] == "my-run"
 
 
+@pytest.mark.unit
 def test_a_given_output_dir_is_kept_and_made_absolute(project_root: Path) -> None:
     parsed = parse_config_args([prepare(DEFAULT, "output_dir=elsewhere/runs").run_config])
     assert parsed["output_dir"] == str(project_root / "elsewhere" / "runs")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [("train.lrr=0.1", "train.lrr"), ("strategy.rounds", "'strategy.rounds' is not key=value")],
@@ -52,6 +56,7 @@ def test_bad_overrides_are_refused_in_one_line(overrides: str, message: str) -> 
         prepare(DEFAULT, overrides)
 
 
+@pytest.mark.system
 def test_the_script_side_prints_sites_then_the_run_config(project_root: Path) -> None:
     env = {**os.environ, "CONFIDE_ROOT": str(project_root)}
     cmd = [sys.executable, "-m", "simulations.run_local", "prepare", DEFAULT, "data.label_field=label"]
@@ -73,6 +78,7 @@ def superlink_args(venv: Path, port: str = "39093") -> list[str]:
             f"127.0.0.1:{port}", "--database", "/home/u/.flwr/local-superlink/state.db"]  # fmt: skip
 
 
+@pytest.mark.unit
 def test_find_superlinks_reads_folder_and_environment(tmp_path: Path) -> None:
     proc, other = tmp_path / "proc", tmp_path / "other-clone"
     other.mkdir()
@@ -83,6 +89,7 @@ def test_find_superlinks_reads_folder_and_environment(tmp_path: Path) -> None:
     assert link == SuperLink(4242, os.getuid(), other, other / ".venv" / "bin")
 
 
+@pytest.mark.unit
 def test_another_checkouts_superlink_is_named_with_what_to_do(tmp_path: Path) -> None:
     here, other = tmp_path / "here", tmp_path / "other"
     link = SuperLink(4242, os.getuid(), other, other / ".venv" / "bin")
@@ -91,6 +98,7 @@ def test_another_checkouts_superlink_is_named_with_what_to_do(tmp_path: Path) ->
     assert "superlink --stop" in line and "\n" not in line
 
 
+@pytest.mark.unit
 def test_own_superlink_gets_a_short_note_and_none_no_line(tmp_path: Path) -> None:
     link = SuperLink(4242, os.getuid(), tmp_path, tmp_path / ".venv" / "bin")
     code, line = check_superlink([link], tmp_path, tmp_path / ".venv" / "bin", os.getuid())
@@ -98,12 +106,14 @@ def test_own_superlink_gets_a_short_note_and_none_no_line(tmp_path: Path) -> Non
     assert check_superlink([], tmp_path, tmp_path, os.getuid()) == (0, "")
 
 
+@pytest.mark.unit
 def test_another_users_superlink_is_refused(tmp_path: Path) -> None:
     link = SuperLink(4242, os.getuid() + 1, None, None)
     code, line = check_superlink([link], tmp_path, tmp_path, os.getuid())
     assert code == 1 and "pid 4242" in line and "belongs to user" in line
 
 
+@pytest.mark.unit
 def test_file_paths_in_the_experiment_and_overrides_are_passed_absolute(project_root: Path) -> None:
     """A SuperLink started in another folder resolves relative paths against that folder; the run config
     carries them as this checkout reads them ($CONFIDE_ROOT, else the working directory)."""

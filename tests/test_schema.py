@@ -11,6 +11,8 @@ from common import config as config_mod
 from common.errors import ConfigError, PolicyRefused
 from common.schema import SchemaPins, labels_digest
 
+pytestmark = pytest.mark.unit
+
 
 def _data(**overrides):
     base = {"model.name": "bert", "data.source": "csv", "data.path": "x.csv"}

@@ -18,6 +18,8 @@ from common.export import save_model
 from common.models import create_model
 from simulations.score import main, score
 
+pytestmark = pytest.mark.unit
+
 TEXTS = ["is my card lost", "send money to my landlord today", "hello, there", "where is my refund"]
 
 

@@ -26,7 +26,7 @@ from simulations.local import simulate
 from simulations.score import score
 from tests.conftest import small_experiment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 
 def read_metrics(run: Path) -> list[dict]:

@@ -12,8 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from common import config as config_mod
 from common.privacy import statement
+
+pytestmark = pytest.mark.unit
 
 
 def exp(**kw: object) -> config_mod.ExperimentConfig:

@@ -19,6 +19,7 @@ from tests.conftest import small_experiment
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.unit
 def test_record_stop_writes_the_reason_in_every_open_run_folder() -> None:
     run = RunDir(small_experiment(), "7")
     folders = rundir.record_stop(stopping.reason(signal.SIGTERM))
@@ -27,6 +28,7 @@ def test_record_stop_writes_the_reason_in_every_open_run_folder() -> None:
     assert rundir.record_stop("again") == []  # recorded once; the folder is no longer open
 
 
+@pytest.mark.unit
 def test_a_finished_or_failed_run_is_not_touched() -> None:
     done, failed = RunDir(small_experiment(name="a"), "1"), RunDir(small_experiment(name="b"), "2")
     path = done.finish()
@@ -35,11 +37,13 @@ def test_a_finished_or_failed_run_is_not_touched() -> None:
     assert not (path / FAILED).exists() and failure_of(failed.path) == "data file not found"
 
 
+@pytest.mark.unit
 def test_reason_names_the_signal() -> None:
     assert stopping.reason(signal.SIGINT).startswith("stopped by signal SIGINT (Ctrl-C or `flwr stop`)")
     assert "resumable" in stopping.reason(None)
 
 
+@pytest.mark.unit
 def test_the_signal_is_read_from_flowers_handler_frame() -> None:
     def graceful_exit_handler(signalnum: int, _frame: object) -> int | None:  # Flower's name
         return flower_runtime.flower_signal()
@@ -55,12 +59,14 @@ def fake_proc(root: Path, parents: dict[int, int]) -> Path:
     return root
 
 
+@pytest.mark.unit
 def test_descendants_walks_the_tree_and_only_it(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path, {10: 1, 11: 10, 12: 11, 13: 10, 20: 1, 21: 20})
     assert sorted(stopping.descendants(10, proc)) == [11, 12, 13]
     assert stopping.descendants(12, proc) == []
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_ctrl_c_records_the_stop_and_ends_the_ray_processes(tmp_path: Path) -> None:
     sets = ["data.num_sites=2", "strategy.min_sites=2", "data.max_samples=400", "strategy.rounds=50"]

@@ -15,6 +15,8 @@ from server.strategies import CLASSES
 from server.strategy import ConfideChecks, build_strategy
 from tests.test_strategy import reply
 
+pytestmark = pytest.mark.unit
+
 REF = {"w": np.zeros((3,), np.float32), "n": np.zeros((), np.int64)}
 
 

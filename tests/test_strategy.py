@@ -17,6 +17,8 @@ from common.errors import ConfideError
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy
 
+pytestmark = pytest.mark.unit
+
 REF = {"w": np.zeros((2, 2), np.float32), "n": np.zeros((), np.int64)}
 
 

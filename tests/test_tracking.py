@@ -58,6 +58,7 @@ def _client(uri: str):  # noqa: ANN202
     return MlflowClient(tracking_uri=uri)
 
 
+@pytest.mark.sim
 @pytest.mark.slow
 def test_a_tracked_run_logs_its_config_rounds_sites_privacy_and_artifacts(tmp_path: Path, empty_store: Path) -> None:
     """A 2-round local-DP run with both switches on: TensorBoard and MLflow hold each round's central
@@ -116,6 +117,7 @@ def test_a_tracked_run_logs_its_config_rounds_sites_privacy_and_artifacts(tmp_pa
     assert exp.artifact_location.startswith((tmp_path / "runs" / tracking.ARTIFACTS_DIR).as_uri())
 
 
+@pytest.mark.sim
 @pytest.mark.slow
 def test_with_tracking_off_nothing_is_written_and_neither_library_is_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -146,6 +148,7 @@ def _line(r: int, accuracy: float) -> dict:
     return {"round": r, "central": {"accuracy": accuracy}, "federated": {}, "sites": {}, "privacy": {"mode": "off"}}
 
 
+@pytest.mark.unit
 def test_a_stopped_run_ends_failed_and_its_resume_continues_the_same_mlflow_run(
     tmp_path: Path, empty_store: Path
 ) -> None:
@@ -175,6 +178,7 @@ def test_a_stopped_run_ends_failed_and_its_resume_continues_the_same_mlflow_run(
     assert sorted((e.step, round(e.value, 6)) for e in scalars) == [(0, 0.1), (1, 0.2), (2, 0.3)]
 
 
+@pytest.mark.unit
 def test_a_resume_without_a_stored_run_id_starts_a_tagged_run_with_the_rounds_so_far(
     tmp_path: Path, empty_store: Path
 ) -> None:
@@ -191,6 +195,7 @@ def test_a_resume_without_a_stored_run_id_starts_a_tagged_run_with_the_rounds_so
     assert not (folder / tracking.TB_DIR).exists()
 
 
+@pytest.mark.unit
 def test_every_cell_of_a_sweep_logs_to_one_mlflow_experiment_and_store(tmp_path: Path) -> None:
     """A sweep with tracking.mlflow on: each cell's experiment points at the sweep's store
     (<out>/mlflow.db) and experiment (the sweep's name), so two cells' runs land side by side; and
@@ -226,6 +231,7 @@ def test_every_cell_of_a_sweep_logs_to_one_mlflow_experiment_and_store(tmp_path:
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.01", "0.02"]
 
 
+@pytest.mark.unit
 def test_round_scalars_names_every_section_and_leaves_out_what_is_not_a_number() -> None:
     """The flat names of one metrics.jsonl line: sections, per-site phases, per-site privacy, bytes."""
     line = {

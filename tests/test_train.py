@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -15,6 +16,8 @@ from common.data import RawData
 from common.metrics import classification_scores, summarize_sites
 from common.models import create_model
 from common.train import evaluate, train
+
+pytestmark = pytest.mark.unit
 
 
 def tiny_images() -> RawData:

@@ -10,6 +10,8 @@ import pytest
 
 from common.update_stats import clip_factors, outliers, update_statistics
 
+pytestmark = pytest.mark.unit
+
 GLOBAL = {"w": np.array([1.0, 1.0], np.float32), "b": np.array([0.0], np.float32), "n": np.array(7, np.int64)}
 
 

@@ -8,6 +8,8 @@ import pytest
 from common.errors import UpdateError
 from common.weights import check_update, num_bytes
 
+pytestmark = pytest.mark.unit
+
 REF = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.int64)}
 
 
