@@ -143,7 +143,8 @@ def main() -> None:
             path = save(f"linear-{args.task}", {"task": args.task, "rows": rows, "pooled_baseline": baseline})
     headers = ["recipe", "epsilon", "test accuracy (round)", "macro-F1", "accuracy by round", "seconds"]
     lines = [
-        [f"linear on {r['features']}, 5 sites", "-" if r["epsilon"] is None else f"{r['max_site_epsilon']:.2f}",
+        [f"linear on {r['features']}, 5 sites",
+         "-" if r["max_site_epsilon"] is None else f"{r['max_site_epsilon']:.2f}",
          f"{r['accuracy']:.3f} ({r['exported_round']})", r["macro_f1"],
          " ".join(f"{a:.3f}" for a in r["curve"][1:]), r["seconds"]]
         for r in rows
