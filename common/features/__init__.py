@@ -46,8 +46,8 @@ def width(cfg: ModelConfig) -> int:
         elif name == "ngrams":
             total += cfg.hash_dim
         else:
+            from common.checkpoints import checkpoint_path
             from common.features.encoder import width as encoder_width
-            from common.models import checkpoint_path
 
             total += encoder_width(checkpoint_path(cfg))
     return total
@@ -65,8 +65,8 @@ def featurize(raw: RawData, cfg: ModelConfig) -> Features:
 
             blocks.append(hashed_ngrams(raw.texts, cfg.hash_dim))
         else:
+            from common.checkpoints import checkpoint_path
             from common.features.encoder import embed
-            from common.models import checkpoint_path
 
             path, texts, length = checkpoint_path(cfg), raw.texts, cfg.max_length
             key = cache.key("encoder", path, length, list(texts))

@@ -38,7 +38,7 @@ def width(checkpoint: str) -> int:
 @torch.no_grad()
 def embed(texts: Sequence[str], checkpoint: str, max_length: int) -> torch.Tensor:
     """(len(texts), hidden) float32 unit-norm mean-pooled embeddings."""
-    from common.models import load_tokenizer
+    from common.checkpoints import load_tokenizer
 
     tokenizer, model = load_tokenizer(checkpoint), _encoder(checkpoint)
     out = []
