@@ -34,7 +34,7 @@ from common.privacy.policy import NODE_KEYS, POLICY_FILE_KEY, SitePolicy, from_n
 IMAGE_POLICY = "/etc/confide/privacy-policy.json"
 IMAGE_LEDGER_DIR = "/var/lib/confide/ledger"
 AUDIT_SUFFIX = ".audit.jsonl"
-MORE_JOBS_SHOWN = 50  # "50 or more" beyond this: counting further only costs time
+MORE_JOBS_SHOWN = 100  # "at least 100" beyond this: counting further only costs time
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,8 @@ def report(policy: SitePolicy, ledger_dir: Path, site: str, last: int) -> str:
         out.append(f"  epsilon spent {st.spent:.4f} of {_num(policy.max_epsilon)} (delta {st.delta:.3g}, rdp); "
                    f"remaining {st.remaining:.4f}")  # fmt: skip
         if st.more_like_last is not None:
-            bound = "or more " if st.more_like_last >= MORE_JOBS_SHOWN else ""
-            out.append(f"  room for {st.more_like_last} {bound}more job(s) like the last one "
+            bound = "at least " if st.more_like_last >= MORE_JOBS_SHOWN else ""
+            out.append(f"  room for {bound}{st.more_like_last} more job(s) like the last one "
                        f"(run {st.jobs[-1].run}, epsilon {st.jobs[-1].epsilon:.4f} alone)")  # fmt: skip
         out.append("  per job:  run | rounds | entries | epsilon of this job alone")
         for job in st.jobs:
