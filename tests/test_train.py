@@ -29,7 +29,9 @@ def tiny_images() -> RawData:
 
 
 def test_training_lowers_loss_and_fits_separable_images() -> None:
-    exp = config_mod.load(None, {"train.lr": 0.001, "train.local_epochs": 8, "train.batch_size": 16})
+    """ResNet-8: the loop, not the model, is under test here."""
+    overrides = {"model.name": "resnet8", "train.lr": 0.001, "train.local_epochs": 8, "train.batch_size": 16}
+    exp = config_mod.load(None, overrides)
     torch.manual_seed(0)
     model = create_model(exp.model, 2)
     ds = make_dataset(tiny_images(), exp.model)
