@@ -86,7 +86,7 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def sim_log(root: Path, job: str) -> Path:
+def sim_log(root: Path) -> Path:
     """A simulated site's log: beside its ledger, in the digits data set's folder of the state folder
     (the job is in each line, not in the path)."""
     return root / "confide-state" / "ledgers" / "builtin-digits" / "site-0.audit.jsonl"
@@ -119,13 +119,13 @@ def test_a_train_reply_is_recorded_with_every_field_before_it_is_returned(projec
     seen: list[list[dict]] = []
 
     def call_next(msg: Message, ctx: Context) -> Message:
-        seen.append(lines(sim_log(project_root, "42")))  # the log exists (empty) before the handler runs
+        seen.append(lines(sim_log(project_root)))  # the log exists (empty) before the handler runs
         return site_training(msg, ctx)
 
     mod = audit_log_mod(small_experiment())
     reply = mod(request({"server-round": 2, "job": "42"}), context(), call_next)
     assert seen == [[]]
-    [line] = lines(sim_log(project_root, "42"))
+    [line] = lines(sim_log(project_root))
     assert reply.content["arrays"]["w"].numpy().tolist() == UPDATE["w"].tolist()
     assert line["v"] == 1 and line["time"].endswith("Z")
     assert (line["run"], line["job"], line["round"], line["type"], line["site"]) == (7, "42", 2, "train", "site-0")
@@ -145,7 +145,7 @@ def test_a_train_reply_is_recorded_with_every_field_before_it_is_returned(projec
         return Message(content=RecordDict({"metrics": MetricRecord({"accuracy": 0.5})}), reply_to=msg)
 
     mod(request({"server-round": 2}, "evaluate"), context(), evaluation)
-    [line] = lines(sim_log(project_root, "7"))
+    _, line = lines(sim_log(project_root))  # the same log: it follows the site, each line names its job
     assert (line["type"], line["job"], line["tensors"], line["bytes"], line["sha256"]) == ("evaluate", "7", [], 0, None)
     assert line["metrics"] == {"accuracy": 0.5} and line["epsilon"] is None
 
@@ -182,7 +182,7 @@ def test_a_raising_handler_is_recorded_and_re_raised_unchanged(
     with pytest.raises(type(exc)) as raised:
         audit_log_mod(small_experiment())(request({"server-round": 3, "job": "42"}), context(), call_next)
     assert raised.value is exc
-    [line] = lines(sim_log(project_root, "42"))
+    [line] = lines(sim_log(project_root))
     assert line["outcome"] == "error" and line["round"] == 3 and line["sha256"] is None and line["tensors"] == []
     assert line["error"] == {"type": type(exc).__name__, "message": str(exc), "refused": refused, "detail": None}
 
@@ -206,11 +206,11 @@ def test_a_deployed_sites_public_failure_keeps_its_full_reason_in_the_log(
 
     with pytest.raises(SiteFailure):
         audit_log_mod(small_experiment())(request({"server-round": 1, "job": "42"}), context(), call_next)
-    [line] = lines(sim_log(project_root, "42"))
+    [line] = lines(sim_log(project_root))
     assert line["error"] == {
         "type": "SiteFailure", "message": str(exc), "refused": True, "detail": exc.detail,
     }  # fmt: skip
-    assert main(["show", str(sim_log(project_root, "42"))]) == 0
+    assert main(["show", str(sim_log(project_root))]) == 0
     assert "(kept on site: PolicyRefused: site policy refuses the job)" in capsys.readouterr().out
 
 
@@ -221,14 +221,15 @@ def test_an_error_reply_is_recorded(project_root: Path) -> None:
 
     reply = audit_log_mod(small_experiment())(request({"server-round": 1, "job": "42"}), context(), call_next)
     assert reply.has_error()
-    [line] = lines(sim_log(project_root, "42"))
+    [line] = lines(sim_log(project_root))
     assert line["outcome"] == "error" and line["error"]["message"] == "code 5: budget"
 
 
 @pytest.mark.unit
 def test_an_unwritable_log_refuses_the_message_before_any_work(project_root: Path) -> None:
-    (project_root / "confide-state" / "ledgers").mkdir(parents=True)
-    (project_root / "confide-state" / "ledgers" / "builtin-digits").write_text("a file where the log's folder should be")
+    ledgers = project_root / "confide-state" / "ledgers"
+    ledgers.mkdir(parents=True)
+    (ledgers / "builtin-digits").write_text("a file where the log's folder should be")
     calls: list[int] = []
 
     def call_next(msg: Message, ctx: Context) -> Message:
@@ -255,7 +256,7 @@ def test_a_failed_write_stops_the_reply(project_root: Path, monkeypatch: pytest.
     with pytest.raises(OSError, match="No space left"):
         audit_log_mod(small_experiment())(request({"server-round": 1, "job": "42"}), context(), call_next)
     monkeypatch.undo()
-    assert calls == [1] and sim_log(project_root, "42").read_text() == ""
+    assert calls == [1] and sim_log(project_root).read_text() == ""
 
 
 @pytest.mark.unit

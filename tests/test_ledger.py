@@ -26,8 +26,6 @@ import pytest
 from common.errors import ConfideError, PolicyRefused
 from common.privacy.ledger import COMMITTED, RESERVED, Ledger
 
-pytestmark = pytest.mark.unit
-
 SPAWN = mp.get_context("spawn")
 CYCLES = 40  # reserve+commit cycles per process in the concurrency test
 REFUSED = 3  # exit code of a child whose reservation the check refused
@@ -95,6 +93,7 @@ def _join(procs: list[Any]) -> list[int | None]:
 # -- tests --------------------------------------------------------------------------------------
 
 
+@pytest.mark.system  # real processes
 def test_two_processes_reserve_and_commit_concurrently_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     start = SPAWN.Barrier(2)
@@ -113,6 +112,7 @@ def test_two_processes_reserve_and_commit_concurrently_lose_nothing(tmp_path: Pa
     assert reads > 0
 
 
+@pytest.mark.system  # real processes
 def test_cap_race_lets_exactly_one_process_reserve(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     start = SPAWN.Barrier(2)
@@ -122,6 +122,7 @@ def test_cap_race_lets_exactly_one_process_reserve(tmp_path: Path) -> None:
     assert len(entries) == 1 and entries[0]["status"] == RESERVED
 
 
+@pytest.mark.system  # real processes
 def test_crash_after_reserving_counts_as_spent(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     assert _join(_run(_reserve_then_die, (str(path), 7))) == [1]
@@ -133,6 +134,7 @@ def test_crash_after_reserving_counts_as_spent(tmp_path: Path) -> None:
     assert [e["steps"] for e in seen[0]] == [7, 8]  # the next cap check sees the dead process's spend
 
 
+@pytest.mark.unit
 def test_refusal_writes_nothing(tmp_path: Path) -> None:
     absent = tmp_path / "absent.json"
     with pytest.raises(PolicyRefused, match="cap reached"):
@@ -187,6 +189,7 @@ CORRUPT = {
 
 
 @pytest.mark.parametrize("text", list(CORRUPT.values()), ids=list(CORRUPT))
+@pytest.mark.unit
 def test_corrupt_ledger_is_refused_naming_the_file(tmp_path: Path, text: str) -> None:
     path = tmp_path / "site-a.json"
     path.write_text(text)
@@ -198,6 +201,7 @@ def test_corrupt_ledger_is_refused_naming_the_file(tmp_path: Path, text: str) ->
     assert path.read_text() == text
 
 
+@pytest.mark.unit
 def test_undecodable_or_unreadable_ledger_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "site-a.json"
     path.write_bytes(b'{"entries": ["\xff"]}')
@@ -210,6 +214,7 @@ def test_undecodable_or_unreadable_ledger_is_refused(tmp_path: Path) -> None:
         Ledger.open(path)
 
 
+@pytest.mark.unit
 def test_valid_ledgers_are_read(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     legacy = {"noise_multiplier": 0.0, "sample_rate": 1, "steps": 0}  # no status: written before reservations
@@ -218,6 +223,7 @@ def test_valid_ledgers_are_read(tmp_path: Path) -> None:
     assert Ledger.open(tmp_path / "missing.json").entries == []
 
 
+@pytest.mark.unit
 def test_commit_of_unknown_or_committed_reservation_fails(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     ledger = Ledger(path)
@@ -235,6 +241,7 @@ def test_commit_of_unknown_or_committed_reservation_fails(tmp_path: Path) -> Non
         ledger.commit(ledger.reserve([_entry()], _allow), [_entry(sample_rate=2.0)])
 
 
+@pytest.mark.system  # real processes
 def test_commit_replaces_only_its_own_reservation(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     ledger = Ledger(path)
@@ -264,6 +271,7 @@ def test_commit_replaces_only_its_own_reservation(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.unit
 def test_failed_or_killed_write_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ledger.json"
     ledger = Ledger(path)
@@ -289,6 +297,7 @@ def test_failed_or_killed_write_leaves_no_temp_file(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o600])
+@pytest.mark.unit
 def test_writes_keep_the_file_mode(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "ledger.json"
     ledger = Ledger(path)
