@@ -25,7 +25,7 @@ from common.site import SiteRuntime, SiteSpec, train_round
 from common.train import train
 from common.weights import exchanged_state, get_weights
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.sim  # a calibrated run trains for about a minute of CPU
 
 N = 48  # records per test site
 
