@@ -332,8 +332,9 @@ def test_sweep_report_renders_in_headless_chromium(interrupted_sweep: dict, tmp_
 @pytest.mark.system
 @pytest.mark.slow
 def test_same_sweep_and_seed_give_the_same_results(interrupted_sweep: dict, tmp_path: Path) -> None:
-    """The DP cell rerun from scratch in another folder: same metrics (not wall time), same curve;
-    only the sites' cumulative epsilon grows (the rerun spends the same data's budget again)."""
+    """The DP cell rerun from scratch in another folder: same metrics (not wall time), same curve.
+    The sites' cumulative epsilon is left out: it is whatever the ledgers in the state folder hold
+    (this test's own folder, not the fixture's), never less than what the job spent."""
     sweep = interrupted_sweep["sweep"]
     one = dataclasses.replace(sweep, cells=sweep.cells[:1])
     run_sweep(one, tmp_path / "again", report=False, echo=lambda _: None)
@@ -344,7 +345,7 @@ def test_same_sweep_and_seed_give_the_same_results(interrupted_sweep: dict, tmp_
     for key, value in a["metrics"].items():
         if key not in ("wall_seconds", "epsilon_cumulative"):
             assert b["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
-    assert b["metrics"]["epsilon_cumulative"] > a["metrics"]["epsilon_cumulative"]
+    assert b["metrics"]["epsilon_cumulative"] >= b["metrics"]["epsilon_spent"]
     for pa, pb in zip(a["curve"], b["curve"], strict=True):
         assert pb == pytest.approx(pa, nan_ok=True)
     assert b["site_accuracy"] == pytest.approx(a["site_accuracy"])
