@@ -31,7 +31,7 @@ from common.errors import ConfigError, DataError
 from common.models import build_model
 from common.partition import partition_of, train_val_split
 from common.privacy import release
-from common.privacy.ledger_home import simulated_ledger
+from common.privacy.ledger_home import simulated_ledger, state_dir
 from common.privacy.policy import SIMULATION, SitePolicy
 from common.train import head_only, train
 
@@ -204,8 +204,7 @@ def ledger_path(exp: ExperimentConfig, spec: SiteSpec, policy: SitePolicy) -> Pa
     if policy.ledger_dir:
         return resolve_path(policy.ledger_dir) / f"{_safe(spec.name)}.json"
     if spec.deployed:
-        own = dataclasses.replace(exp, privacy=dataclasses.replace(exp.privacy, ledger_dir=""))
-        return simulated_ledger(own, spec.name, spec.data_path)
+        return simulated_ledger(exp, spec.name, spec.data_path, root=state_dir() / "ledgers")
     return simulated_ledger(exp, spec.name)
 
 

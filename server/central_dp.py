@@ -37,10 +37,10 @@ from common.errors import UpdateError
 from common.privacy.central import (
     CLIENT_CLIPPING_KEY,
     CentralLedger,
-    central_ledger_path,
     central_plan,
     gaussian_noise,
 )
+from common.privacy.ledger_home import central_ledger
 from common.weights import Weights
 
 NORM_TOLERANCE = 1e-4  # relative slack for float32 round-off in a site's own clipping
@@ -54,7 +54,7 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         super().__init__(strategy, self.plan.noise_multiplier, self.plan.clipping_norm, exp.data.num_sites)
         self.base = strategy
         self.client_side = exp.privacy.clip_side == "client"
-        self.ledger = CentralLedger(central_ledger_path(exp), self.plan)
+        self.ledger = CentralLedger(central_ledger(exp), self.plan)
         self.cap = exp.privacy.central_max_epsilon
         self.ledger.check_can_finish(run_id, exp.strategy.rounds, self.cap)
         self.run_id = run_id

@@ -27,7 +27,6 @@ from common.config import ExperimentConfig
 from common.errors import PolicyRefused
 from common.privacy.accounting import calibrate, check_delta, default_delta, epsilon
 from common.privacy.ledger import Ledger, history_of
-from common.privacy.ledger_home import central_ledger
 
 
 def gaussian_noise(shape: tuple[int, ...], std: float) -> np.ndarray:
@@ -63,10 +62,6 @@ def central_plan(exp: ExperimentConfig) -> CentralPlan:
     if p.target_epsilon > 0:
         sigma = calibrate(p.target_epsilon, delta, 1.0, exp.strategy.rounds, "rdp")
     return CentralPlan(noise_multiplier=sigma, clipping_norm=p.clipping_norm, delta=delta, num_sites=n)
-
-
-def central_ledger_path(exp: ExperimentConfig) -> Path:
-    return central_ledger(exp)
 
 
 class CentralLedger:

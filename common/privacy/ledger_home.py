@@ -70,9 +70,10 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def simulated_ledger(exp: ExperimentConfig, site: str, data_path: str = "") -> Path:
-    """A simulated site's ledger (or a deployed site's without a policy ledger-dir, from its file)."""
-    return ledger_root(exp) / data_fingerprint(exp.data, data_path) / f"{_safe(site)}.json"
+def simulated_ledger(exp: ExperimentConfig, site: str, data_path: str = "", root: Path | None = None) -> Path:
+    """A simulated site's ledger (or, with its own ``data_path`` and ``root``, a deployed site's
+    without a policy ledger-dir)."""
+    return (root or ledger_root(exp)) / data_fingerprint(exp.data, data_path) / f"{_safe(site)}.json"
 
 
 def central_ledger(exp: ExperimentConfig) -> Path:
