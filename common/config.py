@@ -377,6 +377,11 @@ class StrategyConfig:
         _require(0 <= self.server_momentum < 1, "strategy.server_momentum", "must be in [0, 1)")
         _require(0 <= self.beta1 < 1, "strategy.beta1", "must be in [0, 1)")
         _require(0 <= self.beta2 < 1, "strategy.beta2", "must be in [0, 1)")
+    # "median": every accepted update is scaled down to the median update norm of the round before
+    # aggregation (norm bounding, Sun et al. 2019), so no site moves the model more than a typical
+    # one; with any strategy and with reject_norm_ratio. "off": updates are aggregated as sent.
+    # Refused under secagg and central DP (server/norm_bound.py).
+    norm_bound: Literal["off", "median"] = "off"
         _require(self.tau > 0, "strategy.tau", "must be > 0")
         _require(0 <= self.trim_beta < 0.5, "strategy.trim_beta", "must be in [0, 0.5)")
         _require(self.num_malicious >= 0, "strategy.num_malicious", "must be >= 0")
@@ -407,10 +412,14 @@ class FaultConfig:
     # This site crashes from round crash_round on (every reply an error).
     crash_site: int = -1
     crash_round: int = 1
-    # This site's weight update is corrupted every round: "nan", "scale" (x corrupt_scale) or
-    # "flip" (sign-flipped and x corrupt_scale).
+    # This site's weight update is corrupted every round: "nan", "scale" (x corrupt_scale), "flip"
+    # (sign-flipped and x corrupt_scale), "evade" (sign-flipped and scaled to 0.95 x the largest norm
+    # strategy.reject_norm_ratio lets through, its own update's norm standing in for the round's
+    # median; x corrupt_scale where no norm rule rejects) or "bias" (its update plus a fixed direction,
+    # the same every round and at every colluding site, of norm corrupt_scale x its update's norm).
+    # corrupt_count: the sites corrupt_site, corrupt_site + 1, ... that collude (the same attack).
     corrupt_site: int = -1
-    corrupt: Literal["nan", "scale", "flip"] = "flip"
+    corrupt: Literal["nan", "scale", "flip", "evade", "bias"] = "flip"
     corrupt_scale: float = 10.0
     # This site's training labels are shifted by one class (a mislabelled site).
     label_flip_site: int = -1
@@ -431,6 +440,7 @@ class FaultConfig:
 
 
 @dataclass(frozen=True)
+    corrupt_count: int = 1
 class SecAggConfig:
     """Secure aggregation (Flower's SecAgg+, server/secagg.py and client/app.py): the server learns
     only the sum of the sampled sites' updates. Sites mask their quantised update with pairwise
@@ -440,6 +450,8 @@ class SecAggConfig:
     # Each site secret-shares with this fraction of the round's sampled sites (1.0: all of them;
     # Flower's num_shares as a fraction).
     shares: float = 1.0
+        _require(self.corrupt_scale > 0, "faults.corrupt_scale", "must be > 0")
+        _require(self.corrupt_count >= 1, "faults.corrupt_count", "must be >= 1 (sites from faults.corrupt_site on)")
     # Fraction of a site's shares needed to rebuild its secrets; the round survives as long as this
     # many of each site's share-holders reply (Flower's reconstruction_threshold as a fraction).
     threshold: float = 0.67
