@@ -5,7 +5,8 @@ Per message, for the site with partition id p in round r (decisions seeded by th
 seed, p and r, so a rerun injects the same faults): a delay of up to ``straggler_delay`` seconds;
 a dropout with probability ``dropout`` (the reply is an error); a crash of ``crash_site`` from
 ``crash_round`` on; a corrupted update from ``corrupt_site`` (NaN, scaled or sign-flipped around the
-global model). Mislabelled data (``label_flip_site``) is applied where the site reads its records
+global model, or one of the adaptive attacks of client/attacks.py, from ``corrupt_count`` colluding
+sites). Mislabelled data (``label_flip_site``) is applied where the site reads its records
 (common/site.py). What was injected is in the run's metrics: an error's reason starts with
 "injected", and every training reply carries the metric ``fault_injected`` (1 for a corrupted
 update, else 0). A site with its own
@@ -20,8 +21,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from client.attacks import attack, attack_scale, bias_direction, corrupting
 from client.experiment import experiment_of
-from common.config import ExperimentConfig, FaultConfig
+from common.config import ExperimentConfig
 from common.errors import ConfigError
 
 INJECTED = "injected"
@@ -43,6 +45,7 @@ def fault_mod(fixed: ExperimentConfig | None) -> Mod:
         if context.node_config.get("data-path"):
             raise ConfigError("config section 'faults' is for simulations; a deployed site does not inject faults")
         site = int(context.node_config.get("partition-id", -1))
+        _check_colluders(exp)
         name = str(context.node_config.get("site-name", "") or f"site-{site}")  # the coordinator may not know it yet
         rnd = int(msg.content["config"].get("server-round", 0)) if "config" in msg.content else 0
         phase = msg.metadata.message_type.split(".")[0]
@@ -55,9 +58,9 @@ def fault_mod(fixed: ExperimentConfig | None) -> Mod:
             raise InjectedFault(f"{INJECTED} dropout of site '{name}' in round {rnd} (faults.dropout={cfg.dropout:g})")
         reply = call_next(msg, context)
         if phase == "train" and not reply.has_error() and "arrays" in reply.content:
-            corrupt = site == cfg.corrupt_site
+            corrupt = corrupting(exp, site)
             if corrupt:
-                reply.content["arrays"] = _corrupt(msg.content["arrays"], reply.content["arrays"], cfg)
+                reply.content["arrays"] = _corrupt(msg.content["arrays"], reply.content["arrays"], exp)
             # every training reply carries it (Flower aggregates only metric records with equal keys)
             reply.content["metrics"]["fault_injected"] = float(corrupt)
         return reply
@@ -65,19 +68,19 @@ def fault_mod(fixed: ExperimentConfig | None) -> Mod:
     return mod
 
 
-def _corrupt(sent: ArrayRecord, got: ArrayRecord, cfg: FaultConfig) -> ArrayRecord:
-    out = {}
-    for k, v in got.items():
-        new = v.numpy()
-        if new.dtype.kind != "f":
-            out[k] = v
-            continue
-        old = sent[k].numpy()
-        if cfg.corrupt == "nan":
-            bad = np.full_like(new, np.nan)
-        elif cfg.corrupt == "scale":
-            bad = old + cfg.corrupt_scale * (new - old)
-        else:
-            bad = old - cfg.corrupt_scale * (new - old)
-        out[k] = Array(np.asarray(bad, new.dtype))
-    return ArrayRecord(out)
+def _check_colluders(exp: ExperimentConfig) -> None:
+    last = exp.faults.corrupt_site + exp.faults.corrupt_count - 1
+    if exp.faults.corrupt_site >= 0 and last >= exp.data.num_sites:
+        raise ConfigError(
+            f"config key 'faults.corrupt_count' ({exp.faults.corrupt_count}) reaches site {last} from "
+            f"faults.corrupt_site={exp.faults.corrupt_site}, beyond data.num_sites={exp.data.num_sites}"
+        )
+
+
+def _corrupt(sent: ArrayRecord, got: ArrayRecord, exp: ExperimentConfig) -> ArrayRecord:
+    old = {k: v.numpy() for k, v in sent.items()}
+    new = {k: v.numpy() for k, v in got.items()}
+    kind = exp.faults.corrupt
+    direction = bias_direction(old, exp.seed) if kind == "bias" else None
+    bad = attack(kind, old, new, attack_scale(exp), direction)
+    return ArrayRecord({k: Array(v) for k, v in bad.items()})

@@ -30,7 +30,7 @@ from common.errors import ConfideError, UpdateError
 from common.metrics import summarize_sites
 from common.update_stats import outliers, update_statistics
 from common.weights import Weights, check_update, num_bytes
-from server import flower_internals
+from server import flower_internals, norm_bound
 from server.central_dp import CentralDP
 from server.recorder import RoundRecorder
 from server.strategies import CLASSES, describe, strategy_kwargs
@@ -207,22 +207,38 @@ class ConfideChecks:
     def _screen(self, valid: dict[str, tuple[Message, Weights]], received: dict[str, int]) -> list[Message]:
         """Record every valid update with its statistics (norm, norm over the round's median,
         cosine to the median update; of the clipped update under central DP); exclude those the norm
-        rule (strategy.reject_norm_ratio) flags."""
+        rule (strategy.reject_norm_ratio) flags; with strategy.norm_bound, scale the others down to
+        the round's median norm (the statistics are of the updates as they arrived)."""
         reference = self.global_arrays if self.global_arrays is not None else self.reference
         updates = {n: w for n, (_, w) in valid.items()}
         stats = update_statistics(reference, updates, skip=self.not_weights, clip_norm=self.clip_norm)
         rejected = outliers(stats, self.cfg.reject_norm_ratio)
+        factors = self._bound_factors(stats)
         accepted: list[Message] = []
         self.accepted_names = []
-        for name, (msg, _) in valid.items():
+        for name, (msg, weights) in valid.items():
             if name in rejected:
                 self.recorder.site_failed(name, "train", rejected[name])
                 continue
             metrics = {**_only_metrics(msg), **stats.get(name, {})}
+            if name in factors:
+                metrics["update_bound_factor"] = factors[name]
+                if factors[name] < 1.0:
+                    keys = [k for k in self.reference if k not in self.not_weights]
+                    msg.content[next(iter(msg.content.array_records))] = _record(
+                        norm_bound.bounded(reference, weights, factors[name], keys)
+                    )
             self.recorder.site_trained(name, metrics, bytes_up=received[name])
             accepted.append(msg)
             self.accepted_names.append(name)
         return accepted
+
+    def _bound_factors(self, stats: dict[str, dict[str, float]]) -> dict[str, float]:
+        """strategy.norm_bound 'median': each site's factor min(1, median / its norm), the median being
+        of this round's valid updates (server/norm_bound.py); empty when off."""
+        if self.cfg.norm_bound == "off":
+            return {}
+        return norm_bound.bound_factors({n: s["update_norm"] for n, s in stats.items()})
 
     def combine_train(
         self, server_round: int, accepted: list[Message]
@@ -368,6 +384,7 @@ def build_strategy(
     ``buffers``: the exchanged tensors that are statistics (BatchNorm running stats), not weights."""
     cfg = exp.strategy
     p = exp.privacy
+    norm_bound.check(exp)
     # Sites evaluate only where they may release what evaluation measures.
     evaluate = sites_release_evaluation(exp)
     cls = confide_class(CLASSES[cfg.name])
