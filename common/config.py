@@ -76,6 +76,12 @@ class ModelConfig:
     features: str = "pixels"
     # linear + ngrams: the number of hash buckets (the layer's input width for the n-grams).
     hash_dim: int = 4096
+    # linear: every record's feature vector is multiplied by this constant (fixed, per record: no
+    # statistic of any data). Under DP-SGD each clipped, noised step moves the logits in proportion to
+    # the features' norm, so unit-norm features at the non-private learning rate barely move; a larger
+    # scale makes each step count (docs/benchmarks.md, "linear recipes"). head_init 'label_names'
+    # divides by it, so the zero-shot start is the same whatever the scale.
+    feature_scale: float = 1.0
     # linear + pixels/scatter: the side of the square images the features read (data.image_size
     # resizes images of another size).
     image_size: int = 28
@@ -103,6 +109,7 @@ class ModelConfig:
                 f"{self.features!r}: only text features combine ({' and '.join(TEXT_FEATURES)})",
             )
             _require(self.hash_dim >= 16, "model.hash_dim", "must be >= 16")
+            _require(self.feature_scale > 0, "model.feature_scale", "must be > 0")
             _require(self.image_size >= 8, "model.image_size", "must be >= 8")
 
     @property
