@@ -133,6 +133,21 @@ def test_feature_set_batches_dense_rows_from_sparse_ngrams() -> None:
     assert torch.allclose(batch["features"][1], torch.from_numpy(hashed_ngrams(["a card"], 64).toarray()[0]))
 
 
+def test_feature_scale_multiplies_every_record_by_a_constant() -> None:
+    """model.feature_scale 3: pixels 0 -> -3, 255 -> 3 (3 x [-1, 1]); an n-gram row's unit norm
+    becomes 3, still sparse; the scale is the same constant for every record (no data statistic)."""
+    x = np.zeros((8, 8), dtype=np.uint8)
+    x[0, 1] = 255
+    out = featurize(images(x), model_cfg(features="pixels", image_size=8, feature_scale=3.0))
+    assert out[0, :2].tolist() == pytest.approx([-3.0, 3.0])
+    rows = featurize(RawData(labels=np.zeros(2, dtype=np.int64), texts=("a card", "top up now")),
+                     model_cfg(features="ngrams", hash_dim=64, feature_scale=3.0))  # fmt: skip
+    assert rows.format == "csr" and rows.dtype == np.float32
+    assert np.linalg.norm(rows.toarray(), axis=1) == pytest.approx([3.0, 3.0], abs=1e-5)
+    with pytest.raises(ConfigError, match="model.feature_scale"):
+        model_cfg(features="ngrams", feature_scale=0.0)
+
+
 def test_image_size_mismatch_names_the_key() -> None:
     with pytest.raises(DataError, match="model.image_size"):
         featurize(images(np.zeros((8, 8))), model_cfg(features="pixels", image_size=28))

@@ -121,3 +121,18 @@ def test_label_name_init_is_a_zero_shot_classifier() -> None:
     out = model(features=make_dataset(raw, exp.model).collate([(0, torch.tensor(0)), (1, torch.tensor(0))])["features"])
     assert out.logits.argmax(dim=1).tolist() == [0, 0]
     assert float(out.logits[1, 0]) == pytest.approx(10.0, abs=1e-4)
+
+
+def test_label_name_init_keeps_its_logits_under_a_feature_scale() -> None:
+    """model.feature_scale 4 multiplies the features by 4 and the label-name rows are divided by 4:
+    the label's own phrase still scores 10 (10 x cosine 1), not 40."""
+    exp = config_mod.load(
+        None,
+        {"model.name": "linear", "model.features": "ngrams", "model.hash_dim": 4096, "model.head_init": "label_names",
+         "model.feature_scale": 4.0, "data.source": "synthetic_text", "data.labels": ["card_arrival", "top_up"]},
+    )  # fmt: skip
+    model = build_model(exp, 2)
+    raw = RawData(labels=np.zeros(1, dtype=np.int64), texts=("card arrival",))
+    features = make_dataset(raw, exp.model).collate([(0, torch.tensor(0))])["features"]
+    assert float(features.norm()) == pytest.approx(4.0, abs=1e-5)
+    assert float(model(features=features).logits[0, 0]) == pytest.approx(10.0, abs=1e-4)

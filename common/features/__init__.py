@@ -11,6 +11,7 @@ linear layer trained on them is exchanged, clipped and noised like any model's w
 - ``ngrams``: hashed word and character n-grams (``common.features.ngrams``).
 - ``encoder``: the frozen ``model.checkpoint``, mean-pooled (``common.features.encoder``).
 Text features combine with "+": each block has unit norm and the blocks are concatenated.
+Every vector is then multiplied by ``model.feature_scale`` (a constant: still one record's function).
 """
 
 from __future__ import annotations
@@ -54,7 +55,17 @@ def width(cfg: ModelConfig) -> int:
 
 
 def featurize(raw: RawData, cfg: ModelConfig) -> Features:
-    """The records' features: (N, width(cfg)) dense float32 rows, or CSR rows when n-grams are in."""
+    """The records' features: (N, width(cfg)) dense float32 rows, or CSR rows when n-grams are in,
+    times ``cfg.feature_scale``."""
+    x = _unscaled(raw, cfg)
+    if cfg.feature_scale == 1.0:
+        return x
+    if sp.issparse(x):
+        return (x * np.float32(cfg.feature_scale)).astype(np.float32).tocsr()
+    return x * cfg.feature_scale
+
+
+def _unscaled(raw: RawData, cfg: ModelConfig) -> Features:
     if not cfg.is_text:
         return _image_features(raw, cfg)
     assert raw.texts is not None
@@ -114,16 +125,17 @@ def normalise_scatter(maps: torch.Tensor) -> torch.Tensor:
 def init_from_label_names(layer: torch.nn.Linear, cfg: ModelConfig, labels: tuple[str, ...]) -> None:
     """``model.head_init: label_names`` for text features: each class's weight row is the features of
     its label's phrase (``card_arrival`` -> "card arrival"; label names are public, no privacy cost),
-    scaled so a logit is ``TEMPERATURE`` times the cosine between a record's features and its label's:
-    a zero-shot classifier before any training. Bias zero."""
+    scaled so a logit is ``TEMPERATURE`` times the cosine between a record's features and its label's
+    (whatever ``model.feature_scale``): a zero-shot classifier before any training. Bias zero."""
     from common.head_init import TEMPERATURE, phrase
 
     raw = RawData(labels=np.zeros(len(labels), dtype=np.int64), texts=tuple(phrase(lbl) for lbl in labels))
     x = featurize(raw, cfg)
     rows = torch.from_numpy(x.toarray()) if sp.issparse(x) else x
     rows = torch.nn.functional.normalize(rows.float(), dim=1)
-    # A record's features have norm sqrt(number of blocks): the logits are then TEMPERATURE * cosine.
-    layer.weight.copy_(rows * (TEMPERATURE / math.sqrt(len(cfg.feature_names))))
+    # A record's features have norm feature_scale * sqrt(number of blocks): the logits are then
+    # TEMPERATURE * cosine.
+    layer.weight.copy_(rows * (TEMPERATURE / math.sqrt(len(cfg.feature_names)) / cfg.feature_scale))
     layer.bias.zero_()
 
 
