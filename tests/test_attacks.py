@@ -1,0 +1,96 @@
+"""The adaptive attackers of failure injection (client/attacks.py) as pure functions on tiny
+arrays, with their config keys: what each sends, that an attacker who knows
+strategy.reject_norm_ratio slips under it, and that bad values stop naming the key."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client.attacks import attack, attack_scale, bias_direction, corrupting, evade_scale
+from client.faults import _check_colluders
+from common import config as config_mod
+from common.errors import ConfigError
+from common.update_stats import outliers, update_statistics
+
+pytestmark = pytest.mark.unit
+
+SENT = {"w": np.array([1.0, 1.0], np.float32), "n": np.array(5, np.int64)}
+GOT = {"w": np.array([2.0, 3.0], np.float32), "n": np.array(7, np.int64)}  # update [1, 2]
+
+
+def exp(**overrides: object) -> config_mod.ExperimentConfig:
+    return config_mod.load(None, {"data.num_sites": 5, **overrides})
+
+
+def test_flip_and_scale_move_the_update_around_the_sent_model_and_leave_integers() -> None:
+    flipped = attack("flip", SENT, GOT, 2.0)
+    assert flipped["w"].tolist() == [-1.0, -3.0]  # 1 - 2*1, 1 - 2*2
+    assert flipped["w"].dtype == np.float32 and flipped["n"] == 7
+    assert attack("scale", SENT, GOT, 3.0)["w"].tolist() == [4.0, 7.0]  # 1 + 3*1, 1 + 3*2
+
+
+def test_bias_adds_a_push_of_scale_times_the_update_norm_along_the_direction() -> None:
+    sent = {"w": np.zeros(4)}
+    got = {"w": np.array([3.0, 4.0, 0.0, 0.0])}  # update norm 5
+    direction = {"w": np.full(4, 0.5)}  # unit norm
+    assert attack("bias", sent, got, 0.2, direction)["w"].tolist() == [3.5, 4.5, 0.5, 0.5]  # push 0.2*5 = 1
+
+
+def test_the_bias_direction_is_unit_norm_fixed_by_the_seed_and_covers_floats_only() -> None:
+    ref = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(2), "n": np.zeros((), np.int64)}
+    d = bias_direction(ref, 7)
+    assert set(d) == {"a", "b"}
+    assert np.sqrt(sum(float(np.sum(v**2)) for v in d.values())) == pytest.approx(1.0)
+    assert all(np.allclose(np.abs(v), 1 / np.sqrt(8)) for v in d.values())  # 8 floats, equal magnitudes
+    again, other = bias_direction(ref, 7), bias_direction(ref, 8)
+    assert all(np.array_equal(d[k], again[k]) for k in d)
+    assert not all(np.array_equal(d[k], other[k]) for k in d)
+
+
+def test_evade_aims_just_under_the_norm_rule_else_uses_corrupt_scale() -> None:
+    assert evade_scale(exp(**{"strategy.reject_norm_ratio": 3.0})) == pytest.approx(2.85)
+    assert evade_scale(exp(**{"faults.corrupt_scale": 4.0})) == 4.0  # no rule: as configured
+    assert evade_scale(exp(**{"strategy.reject_norm_ratio": 20.0})) == 10.0  # never above corrupt_scale
+    assert attack_scale(exp(**{"faults.corrupt": "flip", "strategy.reject_norm_ratio": 3.0})) == 10.0
+
+
+def test_an_evading_flip_passes_the_norm_rule_where_a_plain_flip_is_rejected() -> None:
+    """Four honest updates of norm 1; the attacker's own honest update is one of them. Flipped x10
+    it is 10x the median norm (rejected at reject_norm_ratio 3); scaled by evade_scale it is 2.85x
+    (accepted): the weakness the norm bound closes."""
+    ref = {"w": np.zeros(2)}
+    honest = {f"h{i}": {"w": np.array(v)} for i, v in enumerate([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])}
+    own = honest["h0"]
+    ratio = 3.0
+    for scale, rejected in ((10.0, True), (evade_scale(exp(**{"strategy.reject_norm_ratio": ratio})), False)):
+        updates = {**honest, "bad": attack("evade", ref, own, scale)}
+        stats = update_statistics(ref, updates)
+        assert stats["bad"]["update_norm_ratio"] == pytest.approx(scale)
+        assert ("bad" in outliers(stats, ratio)) is rejected
+
+
+def test_colluding_sites_are_the_count_from_corrupt_site() -> None:
+    e = exp(**{"faults.corrupt_site": 1, "faults.corrupt_count": 2})
+    assert [corrupting(e, s) for s in range(5)] == [False, True, True, False, False]
+    assert not any(corrupting(exp(), s) for s in range(5))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"faults.corrupt_count": 0}, "faults.corrupt_count"),
+        ({"faults.corrupt_scale": 0.0}, "faults.corrupt_scale"),
+        ({"faults.corrupt": "sneaky"}, "faults.corrupt"),
+        ({"strategy.norm_bound": "mean"}, "strategy.norm_bound"),
+    ],
+)
+def test_bad_values_stop_naming_the_key(overrides: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        exp(**overrides)
+
+
+def test_colluders_beyond_the_last_site_stop_naming_the_key() -> None:
+    _check_colluders(exp(**{"faults.corrupt_site": 3, "faults.corrupt_count": 2}))  # sites 3, 4 of 5
+    with pytest.raises(ConfigError, match=r"faults\.corrupt_count.*reaches site 5.*data\.num_sites=5"):
+        _check_colluders(exp(**{"faults.corrupt_site": 4, "faults.corrupt_count": 2}))
