@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from common import yamlfile
 from common.errors import ConfigError
 
 ModelName = Literal["bert", "resnet18", "resnet34", "resnet50", "resnet8", "resnet20", "linear"]
@@ -48,6 +49,10 @@ class ModelConfig:
     in_channels: int = 1
     small_input: bool = True
     weights: str = ""
+    # A weights file must set every tensor of the network but its classification head (one made for
+    # another architecture would silently leave the rest at random init); true: load only the
+    # tensors whose names and shapes match (e.g. a 3-channel stem into a 1-channel model), logged.
+    weights_partial: bool = False
     # resnet normalization: "batch" (torchvision's default) or "group" (GroupNorm: no batch
     # statistics to average across non-IID sites; the variant DP-SGD uses anyway).
     # resnet8/resnet20 (CIFAR-style, common/resnet_small.py) always have a 3x3 stem, GroupNorm and
@@ -90,6 +95,7 @@ class ModelConfig:
         _require(self.max_length >= 8, "model.max_length", "must be >= 8")
         _require(self.in_channels in (1, 3), "model.in_channels", "must be 1 or 3")
         _require(self.lora_r >= 0, "model.lora_r", "must be >= 0")
+        _require(not self.weights_partial or bool(self.weights), "model.weights_partial", "needs model.weights")
         _require(self.lora_r == 0 or self.name == "bert", "model.lora_r", "LoRA is available for model.name 'bert'")
         _require(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout", "must be in [0, 1)")
         _require(self.lora_r == 0 or bool(self.lora_targets), "model.lora_targets", "must name modules")
@@ -247,7 +253,8 @@ class PrivacyConfig:
     mode: Literal["off", "local", "central"] = "off"
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
-    target_epsilon: float = 0.0
+    # > 0; null: not given (noise_multiplier is used as set).
+    target_epsilon: float | None = None
     # 0: min(1e-5, 1/(10 n)) with n the site's training records (local) or the number of sites
     # (central); a delta >= 1/n is refused (it guarantees nothing).
     delta: float = 0.0
@@ -288,7 +295,11 @@ class PrivacyConfig:
     def __post_init__(self) -> None:
         _require(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0")
         _require(self.max_grad_norm > 0, "privacy.max_grad_norm", "must be > 0")
-        _require(self.target_epsilon >= 0, "privacy.target_epsilon", "must be >= 0")
+        _require(
+            self.target_epsilon is None or self.target_epsilon > 0,
+            "privacy.target_epsilon",
+            "must be > 0 (leave it out to set privacy.noise_multiplier directly)",
+        )
         _require(0 <= self.delta < 1, "privacy.delta", "must be in [0, 1)")
         _require(self.clipping_norm > 0, "privacy.clipping_norm", "must be > 0")
         _require(
@@ -300,7 +311,20 @@ class PrivacyConfig:
         _require(self.release_noise_multiplier > 0, "privacy.release_noise_multiplier", "must be > 0")
         _require(self.max_physical_batch_size >= 0, "privacy.max_physical_batch_size", "must be >= 0")
         _require(self.central_max_epsilon >= 0, "privacy.central_max_epsilon", "must be >= 0 (0: no cap)")
-        if self.mode != "off" and self.target_epsilon == 0:
+        if self.mode == "off":
+            # A privacy product never drops a privacy setting silently: without a mode it would train
+            # with no DP at all while the file reads as if it had some.
+            changed = [f for f in dataclasses.fields(self) if f.name != "mode" and getattr(self, f.name) != f.default]
+            given = [f.name for f in changed]
+            if given:
+                key = f"privacy.{given[0]}"
+                _require(
+                    False,
+                    key,
+                    "is set but privacy.mode is 'off', so it would be ignored and the job would train without "
+                    f"differential privacy: set privacy.mode to 'local' or 'central', or remove {key}",
+                )
+        if self.mode != "off" and self.target_epsilon is None:
             _require(
                 self.noise_multiplier > 0,
                 "privacy.noise_multiplier",
@@ -365,6 +389,11 @@ class StrategyConfig:
     # the round's updates (a scaled or poisoned update); recorded with the reason under the site's
     # name. 0: off (the statistics are recorded either way: common/update_stats.py).
     reject_norm_ratio: float = 0.0
+    # "median": every accepted update is scaled down to the median update norm of the round before
+    # aggregation (norm bounding, Sun et al. 2019), so no site moves the model more than a typical
+    # one; with any strategy and with reject_norm_ratio. "off": updates are aggregated as sent.
+    # Refused under secagg and central DP (server/norm_bound.py).
+    norm_bound: Literal["off", "median"] = "off"
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "strategy.rounds", "must be >= 1")
@@ -384,11 +413,6 @@ class StrategyConfig:
         _require(0 <= self.server_momentum < 1, "strategy.server_momentum", "must be in [0, 1)")
         _require(0 <= self.beta1 < 1, "strategy.beta1", "must be in [0, 1)")
         _require(0 <= self.beta2 < 1, "strategy.beta2", "must be in [0, 1)")
-    # "median": every accepted update is scaled down to the median update norm of the round before
-    # aggregation (norm bounding, Sun et al. 2019), so no site moves the model more than a typical
-    # one; with any strategy and with reject_norm_ratio. "off": updates are aggregated as sent.
-    # Refused under secagg and central DP (server/norm_bound.py).
-    norm_bound: Literal["off", "median"] = "off"
         _require(self.tau > 0, "strategy.tau", "must be > 0")
         _require(0 <= self.trim_beta < 0.5, "strategy.trim_beta", "must be in [0, 0.5)")
         _require(self.num_malicious >= 0, "strategy.num_malicious", "must be >= 0")
@@ -428,6 +452,7 @@ class FaultConfig:
     corrupt_site: int = -1
     corrupt: Literal["nan", "scale", "flip", "evade", "bias"] = "flip"
     corrupt_scale: float = 10.0
+    corrupt_count: int = 1
     # This site's training labels are shifted by one class (a mislabelled site).
     label_flip_site: int = -1
 
@@ -437,6 +462,8 @@ class FaultConfig:
         _require(self.crash_round >= 1, "faults.crash_round", "must be >= 1")
         for key in ("crash_site", "corrupt_site", "label_flip_site"):
             _require(getattr(self, key) >= -1, f"faults.{key}", "must be a site's partition id, or -1 (none)")
+        _require(self.corrupt_scale > 0, "faults.corrupt_scale", "must be > 0")
+        _require(self.corrupt_count >= 1, "faults.corrupt_count", "must be >= 1 (sites from faults.corrupt_site on)")
 
     @property
     def active(self) -> bool:
@@ -447,7 +474,6 @@ class FaultConfig:
 
 
 @dataclass(frozen=True)
-    corrupt_count: int = 1
 class SecAggConfig:
     """Secure aggregation (Flower's SecAgg+, server/secagg.py and client/app.py): the server learns
     only the sum of the sampled sites' updates. Sites mask their quantised update with pairwise
@@ -457,8 +483,6 @@ class SecAggConfig:
     # Each site secret-shares with this fraction of the round's sampled sites (1.0: all of them;
     # Flower's num_shares as a fraction).
     shares: float = 1.0
-        _require(self.corrupt_scale > 0, "faults.corrupt_scale", "must be > 0")
-        _require(self.corrupt_count >= 1, "faults.corrupt_count", "must be >= 1 (sites from faults.corrupt_site on)")
     # Fraction of a site's shares needed to rebuild its secrets; the round survives as long as this
     # many of each site's share-holders reply (Flower's reconstruction_threshold as a fraction).
     threshold: float = 0.67
@@ -540,6 +564,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", "must not be empty")
+        _require(0 <= self.seed < 2**32, "seed", f"must be in [0, 2^32); got {self.seed}")
         if self.model.is_text != self.data.is_text:
             kind = "text" if self.model.is_text else "image"
             raise ConfigError(
@@ -682,30 +707,7 @@ def _check_override_keys(overrides: Mapping[str, Any]) -> None:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        raise ConfigError(f"experiment file {path} is a directory; a YAML file is expected")
-    if not path.is_file():
-        raise ConfigError(f"experiment file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"experiment file {path} is not valid YAML: {_yaml_reason(exc)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"experiment file {path} must hold a mapping at top level")
-    return raw
-
-
-def _yaml_reason(exc: yaml.YAMLError) -> str:
-    """PyYAML's reason and position in one line (its own text spans several, quoting the file)."""
-    parts = []
-    for text, mark in (("context", "context_mark"), ("problem", "problem_mark")):
-        what, at = getattr(exc, text, None), getattr(exc, mark, None)
-        if what:
-            where = f" (line {at.line + 1}, column {at.column + 1})" if at is not None else ""
-            parts.append(f"{' '.join(str(what).split())}{where}")
-    if not parts:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ": ".join(parts)
+    return yamlfile.read_mapping(path, "experiment file")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

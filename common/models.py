@@ -85,7 +85,8 @@ def build_model(exp: ExperimentConfig, num_labels: int) -> nn.Module:
         if changes:
             log.info("%s: %s", "DP-SGD compatibility" if exp.privacy.local else "model.norm=group", "; ".join(changes))
     if late_weights:
-        _load_weights(model, resolve_path(exp.model.weights))  # BatchNorm's affine weights seed GroupNorm's
+        # BatchNorm's affine weights seed GroupNorm's
+        _load_weights(model, resolve_path(exp.model.weights), exp.model.weights_partial)
     return model
 
 
@@ -270,29 +271,47 @@ for _depth in (8, 20):
 def _weights_or_random(model: nn.Module, cfg: ModelConfig, name: str) -> nn.Module:
     """Load ``model.weights`` when given; otherwise keep the random init and say so in the log."""
     if cfg.weights:
-        _load_weights(model, resolve_path(cfg.weights))
+        _load_weights(model, resolve_path(cfg.weights), cfg.weights_partial)
     else:
         log.info("%s: no pretrained weights file given (model.weights); random init", name)
     return model
 
 
-def _load_weights(model: nn.Module, path: Path) -> None:
-    """Load matching tensors from a local state_dict file; skip (and log) mismatched ones."""
+# The classification head is new for every job (its own label set), so a weights file never has to set it.
+HEAD_PREFIXES = ("fc.", "classifier.")
+
+
+def _load_weights(model: nn.Module, path: Path, partial: bool = False) -> None:
+    """Load a local state_dict file. Every tensor of the network but its head must come from it,
+    unless ``partial`` (model.weights_partial): then only the matching ones, the rest logged."""
     state = read_state_dict(path)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
     if not usable:
         raise ConfigError(f"config key 'model.weights': no tensor in {path} matches the model")
+    body = [k for k in own if not k.startswith(HEAD_PREFIXES) and not k.endswith("num_batches_tracked")]
+    fresh = [k for k in body if k not in usable]
+    if fresh and not partial:
+        k = fresh[0]
+        why = (
+            f"shape {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
+            if k in state
+            else "not in the file"
+        )
+        raise ConfigError(
+            f"config key 'model.weights': {path} sets {len(body) - len(fresh)} of the model's {len(body)} tensors "
+            f"outside its head ({k}: {why}); it was saved for another architecture or input shape. Set "
+            "model.weights_partial: true to load only the matching tensors and train the rest from random init"
+        )
     model.load_state_dict(usable, strict=False)
-    log.info(
-        "loaded %d pretrained tensors from %s; kept fresh: %s",
-        len(usable),
-        path,
-        ", ".join(sorted(set(own) - set(usable))) or "none",
-    )
-    if skipped:
-        log.info("ignored %d tensors from %s with other shapes or names (e.g. %s)", len(skipped), path, skipped[0])
+    log.info("loaded %d pretrained tensors from %s", len(usable), path)
+    if fresh:
+        log.warning(
+            "model.weights_partial: %d of %d tensors outside the head start from random init (e.g. %s)",
+            len(fresh),
+            len(body),
+            fresh[0],
+        )
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

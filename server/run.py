@@ -63,8 +63,9 @@ def resolve_labels(exp: ExperimentConfig) -> ExperimentConfig:
 
 def resolve_ledger_dir(exp: ExperimentConfig) -> ExperimentConfig:
     """Fix where simulated parties keep their ledgers (the state folder's, unless set) in the
-    resolved experiment, so every process of the job, and a resume, uses the same folder."""
-    if exp.privacy.ledger_dir:
+    resolved experiment, so every process of the job, and a resume, uses the same folder. A job
+    without DP keeps no ledger."""
+    if exp.privacy.ledger_dir or exp.privacy.mode == "off":
         return exp
     return config_mod.replace(exp, **{"privacy.ledger_dir": str(ledger_root(exp))})
 

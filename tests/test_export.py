@@ -129,7 +129,8 @@ def test_resnet_export_records_no_bert_fields_and_reloads_without_its_weights_fi
     (model.weights) is gone, since model.pt replaces every tensor."""
     start = tmp_path / "start.pt"
     torch.save(create_model(config_mod.load(None, {"data.labels": "0,1"}).model, 2, seed=3).state_dict(), start)
-    exp = config_mod.load(None, {"data.labels": "0,1", "model.weights": str(start), "model.in_channels": 3})
+    keys = {"data.labels": "0,1", "model.weights": str(start), "model.weights_partial": True, "model.in_channels": 3}
+    exp = config_mod.load(None, keys)
     model = create_model(exp.model, 2, seed=5)
     save_model(model, exp, LabelSet(exp.data.labels), tmp_path / "m")
     start.unlink()

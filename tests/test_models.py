@@ -62,6 +62,25 @@ def test_pretrained_weights_file_is_loaded_and_mismatches_skipped(tmp_path: Path
     assert got.fc.out_features == 3  # head of another size is kept fresh
 
 
+def test_weights_for_another_architecture_are_refused_unless_partial(tmp_path: Path) -> None:
+    """A ResNet-18 file given to a ResNet-8 matches a handful of tensors: loading only those would
+    train the rest from random init under a 'pretrained' label, so it is refused naming the key,
+    the count and the first tensor it cannot set; model.weights_partial: true loads the matches."""
+    donor = create_model(model_cfg(name="resnet18"), 2, seed=123)
+    path = tmp_path / "r18.pt"
+    torch.save(donor.state_dict(), path)
+    refused = r"'model.weights': .*r18.pt sets \d+ of the model's \d+ tensors.*weights_partial"
+    with pytest.raises(ConfigError, match=refused):
+        create_model(model_cfg(name="resnet8", weights=str(path)), 2, seed=0)
+    donor8 = create_model(model_cfg(name="resnet8"), 2, seed=123)
+    state = {k: v for k, v in donor8.state_dict().items() if not k.startswith("layer")}  # stem only
+    torch.save(state, tmp_path / "stem.pt")
+    with pytest.raises(ConfigError, match="weights_partial"):
+        create_model(model_cfg(name="resnet8", weights=str(tmp_path / "stem.pt")), 2, seed=0)
+    got = create_model(model_cfg(name="resnet8", weights=str(tmp_path / "stem.pt"), weights_partial=True), 2, seed=0)
+    assert torch.equal(got.conv1.weight, donor8.conv1.weight)
+
+
 def test_bad_weights_or_checkpoint_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.weights.*not found"):
         create_model(model_cfg(name="resnet18", weights=str(tmp_path / "none.pt")), 2)

@@ -73,7 +73,7 @@ def test_grid_expands_to_validated_cells_with_stable_ids(tmp_path: Path) -> None
     ]
     dp, off = sweep.cells[0].exp, sweep.cells[2].exp
     assert (dp.privacy.mode, dp.privacy.target_epsilon, dp.data.num_sites) == ("local", 8.0, 2)
-    assert (off.privacy.mode, off.privacy.target_epsilon) == ("off", 0.0)
+    assert (off.privacy.mode, off.privacy.target_epsilon) == ("off", None)
     assert dp.data.max_samples == 160 and dp.name == "t"
     ids = [c.id for c in sweep.cells]
     assert len(set(ids)) == 4 and ids == [c.id for c in build_sweep(sweep_raw(), tmp_path).cells]
@@ -110,7 +110,12 @@ def test_shipped_sweep_files_expand_to_the_full_grid(name: str) -> None:
     ("change", "message"),
     [
         ({"grid": {"train.lrr": [0.1]}}, "unknown config key 'train.lrr'"),
-        ({"grid": {"data.num_sites": [2, 0]}}, "config key 'data.num_sites' must be >= 1"),
+        (
+            {"grid": {"privacy.target_epsilon": [8], "data.num_sites": [2, 0]}},
+            "config key 'data.num_sites' must be >= 1",
+        ),
+        # without an epsilon axis every cell is non-private, and the base's privacy.site_metrics would be ignored
+        ({"grid": {"data.num_sites": [2, 3]}}, "'privacy.site_metrics' is set but privacy.mode is 'off'"),
         ({"grid": {"train.lr": "0.1"}}, "grid key 'train.lr' .* must be a non-empty list"),
         ({"grid": {"privacy.target_epsilon": [0]}}, "positive number or inf"),
         ({"set": {"model.nam": "bert"}}, "unknown config key 'model.nam'"),
@@ -127,7 +132,8 @@ def test_bad_sweep_files_stop_naming_the_key(tmp_path: Path, change: dict, messa
 @pytest.mark.unit
 def test_bad_sweep_file_stops_the_cli_before_any_cell_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     file = tmp_path / "bad.yaml"
-    file.write_text(json.dumps(sweep_raw(grid={"data.num_sites": [2, 3], "data.alpha": [0.5, -1]})))
+    grid = {"privacy.target_epsilon": [8], "data.num_sites": [2, 3], "data.alpha": [0.5, -1]}
+    file.write_text(json.dumps(sweep_raw(grid=grid)))
     assert sweep_main([str(file), "--out", str(tmp_path / "out")]) == 2
     assert "config key 'data.alpha' must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

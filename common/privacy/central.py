@@ -59,7 +59,7 @@ def central_plan(exp: ExperimentConfig) -> CentralPlan:
     p, n = exp.privacy, exp.data.num_sites
     delta = check_delta(p.delta or default_delta(n), n, "privacy.delta", "n: the number of sites, data.num_sites")
     sigma = p.noise_multiplier
-    if p.target_epsilon > 0:
+    if p.target_epsilon is not None:
         sigma = calibrate(p.target_epsilon, delta, 1.0, exp.strategy.rounds, "rdp")
     return CentralPlan(noise_multiplier=sigma, clipping_norm=p.clipping_norm, delta=delta, num_sites=n)
 

@@ -87,7 +87,7 @@ def plan_round(cfg: PrivacyConfig, train_cfg: TrainConfig, rounds: int, n: int, 
     steps = min(steps, train_cfg.max_steps) if train_cfg.max_steps else steps
     q, delta = 1.0 / batches, site_delta(cfg, n)
     sigma = cfg.noise_multiplier
-    if cfg.target_epsilon > 0:
+    if cfg.target_epsilon is not None:
         sigma = calibrate(cfg.target_epsilon, delta, q, rounds * steps, accountant or cfg.accountant)
     return RoundPlan(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, records=n)
 
@@ -126,7 +126,7 @@ def target_check(cfg: PrivacyConfig, plan: RoundPlan, accountant: str, run: str,
     strategy.rounds recalibrates the noise for the new total, too late for the rounds already spent)."""
 
     def check(existing: list[dict[str, Any]], planned: list[dict[str, Any]]) -> None:
-        if not cfg.target_epsilon:
+        if cfg.target_epsilon is None:
             return
         # DP-SGD only: what the target calibrates (noisy metric releases are charged beside it)
         mine = [e for e in existing + planned if e.get("run") == run and e.get("kind") == "dpsgd"]

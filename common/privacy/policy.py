@@ -99,12 +99,12 @@ class SitePolicy:
             self._refuse("accountants", f"the job asks privacy.accountant={cfg.accountant!r}")
         if cfg.delta and cfg.delta > self.max_delta:
             self._refuse("max-delta", f"the job asks privacy.delta={cfg.delta:g} > {self.max_delta:g}")
-        if not cfg.target_epsilon and cfg.noise_multiplier < self.min_noise_multiplier:  # local or central noise
+        if cfg.target_epsilon is None and cfg.noise_multiplier < self.min_noise_multiplier:  # local or central noise
             self._refuse(
                 "min-noise-multiplier",
                 f"the job asks privacy.noise_multiplier={cfg.noise_multiplier:g} < {self.min_noise_multiplier:g}",
             )
-        if cfg.target_epsilon > self.max_epsilon:
+        if cfg.target_epsilon is not None and cfg.target_epsilon > self.max_epsilon:
             self._refuse(
                 "max-epsilon", f"the job asks privacy.target_epsilon={cfg.target_epsilon:g} > {self.max_epsilon:g}"
             )

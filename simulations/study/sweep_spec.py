@@ -16,7 +16,8 @@ Every cell is resolved and validated through ``common.config`` before any cell r
 unknown key or a bad value stops the sweep naming the key. A finite ``privacy.target_epsilon``
 (or a positive ``privacy.noise_multiplier``) turns on DP-SGD at every site (``privacy.mode:
 local``) unless the base or the grid sets ``privacy.mode``; ``inf`` (or a noise multiplier of 0)
-means ``privacy.mode: off`` for that cell. A cell's id is a hash of its resolved config and the
+means ``privacy.mode: off`` for that cell, whose other ``privacy.*`` keys are reset (they are the
+private cells' settings). A cell's id is a hash of its resolved config and the
 study settings, so the same cell always lands in the same folder and a rerun can skip it.
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from common import config as config_mod
+from common import yamlfile
 from common.config import ExperimentConfig
 from common.errors import ConfigError
 
@@ -91,7 +93,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, axes: 
     values of existing grid axes (e.g. fewer seeds).
     """
     path = Path(path)
-    raw = config_mod.read_yaml(path)
+    raw = yamlfile.read_mapping(path, "sweep file")
     if axes:
         grid = _mapping(raw.get("grid") or {}, "grid", str(path))
         for key, values in axes.items():
@@ -133,6 +135,8 @@ def _cell(sweep: Sweep, base: Any, base_dir: Path, values: dict[str, Any]) -> Ce
     mode = _base_mode(base_path, {**base_overrides, **sweep.fixed})
     cell_overrides = _privacy_overrides(values, mode)
     overrides = {**base_overrides, **sweep.fixed, **cell_overrides, "name": sweep.name}
+    if cell_overrides.get(MODE_KEY) == "off":
+        overrides.update(_NO_DP)
     where = ", ".join(f"{k}={v}" for k, v in values.items())
     try:
         exp = config_mod.load(base_path, overrides)
@@ -158,12 +162,11 @@ def _privacy_overrides(values: dict[str, Any], base_mode: str) -> dict[str, Any]
     if EPSILON_KEY in values:
         eps = values[EPSILON_KEY]
         if math.isinf(eps):
-            out[EPSILON_KEY], out[MODE_KEY] = 0.0, "off"
+            out[MODE_KEY] = "off"
         elif not explicit_mode and base_mode == "off":
             out[MODE_KEY] = "local"
     if NOISE_KEY in values and values[NOISE_KEY] == 0:
         out[MODE_KEY] = "off"
-        out[NOISE_KEY] = 1.0  # unused with privacy off; keeps the config valid
     elif NOISE_KEY in values and not explicit_mode and base_mode == "off" and out.get(MODE_KEY) != "off":
         out[MODE_KEY] = "local"
     return out
@@ -181,7 +184,17 @@ def _base(base: Any, base_dir: Path) -> tuple[Path | None, dict[str, Any]]:
 
 
 def _base_mode(base_path: Path | None, overrides: dict[str, Any]) -> str:
-    return config_mod.load(base_path, overrides).privacy.mode
+    """privacy.mode as the base and the sweep's fixed keys set it (each cell is validated on its own)."""
+    raw = config_mod.flatten(config_mod.read_yaml(base_path)) if base_path is not None else {}
+    return str({**raw, **overrides}.get(MODE_KEY, "off"))
+
+
+# A no-DP cell (epsilon inf, noise 0) of a grid whose other cells are private: the DP settings the
+# base or the sweep's fixed keys give apply to those cells only, so this cell resets them (a single
+# experiment with privacy.mode off and DP settings is refused instead: config.PrivacyConfig).
+_NO_DP = {
+    f"privacy.{f.name}": f.default for f in dataclasses.fields(config_mod.PrivacyConfig) if f.name not in ("mode",)
+}
 
 
 def _grid(grid: Any, source: str) -> dict[str, list[Any]]:
