@@ -94,3 +94,41 @@ def test_colluders_beyond_the_last_site_stop_naming_the_key() -> None:
     _check_colluders(exp(**{"faults.corrupt_site": 3, "faults.corrupt_count": 2}))  # sites 3, 4 of 5
     with pytest.raises(ConfigError, match=r"faults\.corrupt_count.*reaches site 5.*data\.num_sites=5"):
         _check_colluders(exp(**{"faults.corrupt_site": 4, "faults.corrupt_count": 2}))
+
+
+def run_fault_mod(e: config_mod.ExperimentConfig, site: int) -> tuple[dict[str, np.ndarray], float]:
+    """One training message through client/faults.py's mod at partition ``site``, the site's own
+    training replaced by a function that returns the sent model plus [1, 2] (every site the same)."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app.message.message import make_message
+    from flwr.app.metadata import Metadata
+
+    from client.faults import fault_mod
+
+    def meta(kind: str) -> Metadata:
+        return Metadata(run_id=1, message_id=kind, src_node_id=0, dst_node_id=site + 1, reply_to_message_id="",
+                        group_id="1", created_at=0.0, ttl=60, message_type=kind)  # fmt: skip
+
+    sent = RecordDict({"arrays": ArrayRecord({"w": Array(SENT["w"])}), "config": ConfigRecord({"server-round": 1})})
+    msg = make_message(meta("train"), content=sent)
+
+    def train(m: Message, context: Context) -> Message:
+        trained = ArrayRecord({"w": Array(GOT["w"])})
+        return make_message(meta("train"), content=RecordDict({"arrays": trained, "metrics": MetricRecord({})}))
+
+    context = Context(run_id=1, node_id=site + 1, node_config={"partition-id": site, "num-partitions": 5},
+                      state=RecordDict(), run_config={})  # fmt: skip
+    reply = fault_mod(e)(msg, context, train)
+    return {k: v.numpy() for k, v in reply.content["arrays"].items()}, reply.content["metrics"]["fault_injected"]
+
+
+def test_the_fault_mod_sends_the_evading_flip_from_every_colluding_site_and_marks_it() -> None:
+    """Sites 1 and 2 collude with 'evade' under reject_norm_ratio 3: each sends its update [1, 2]
+    flipped x2.85 around the sent model [1, 1], i.e. [1 - 2.85, 1 - 5.7]; site 0 sends what it trained."""
+    e = exp(**{"faults.corrupt_site": 1, "faults.corrupt_count": 2, "faults.corrupt": "evade",
+               "strategy.reject_norm_ratio": 3.0})  # fmt: skip
+    for site in (1, 2):
+        sent, injected = run_fault_mod(e, site)
+        assert np.allclose(sent["w"], [-1.85, -4.7]) and injected == 1.0
+    sent, injected = run_fault_mod(e, 0)
+    assert sent["w"].tolist() == [2.0, 3.0] and injected == 0.0
