@@ -145,6 +145,10 @@ class DataConfig:
     labels: tuple[str, ...] = ()
     # Resize images to this square size (0 keeps the native size).
     image_size: int = 0
+    # The pixel value of white in the image files. 0: 8-bit images (uint8, or integers in 0..255);
+    # anything else is refused rather than guessed. Set it for other ranges: 1 for floats in [0, 1],
+    # 4095 for 12-bit, 65535 for 16-bit; values are scaled to 8 bits (0..pixel_max -> 0..255).
+    pixel_max: float = 0.0
     num_sites: int = 3
     partitioner: Literal["iid", "dirichlet"] = "iid"
     alpha: float = 0.5
@@ -165,6 +169,7 @@ class DataConfig:
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
         _require(self.max_samples >= 0, "data.max_samples", "must be >= 0")
         _require(self.image_size >= 0, "data.image_size", "must be >= 0")
+        _require(self.pixel_max >= 0, "data.pixel_max", "must be >= 0 (0: 8-bit images)")
         _require(self.min_partition_size >= 0, "data.min_partition_size", "must be >= 0")
         if self.source not in BUILTIN_SOURCES:
             _require(bool(self.path), "data.path", f"is required for source '{self.source}'")

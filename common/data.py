@@ -28,6 +28,9 @@ TABLE_SOURCES = ("csv", "json", "jsonl", "parquet")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 BUILTIN_TEST_FRACTION = 0.2
 BUILTIN_TEST_SEED = 1234
+# A derived label set with more classes than half the records is a free-text column, not labels
+# (checked from this many records on: a tiny file can have one record per class).
+FREE_TEXT_MIN_RECORDS = 20
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ class LabelSet:
         for row, value in enumerate(raw_labels):
             if value not in index:
                 shown = ", ".join(self.names[:10]) + (", ..." if len(self.names) > 10 else "")
+                # The value is not shown: with data.label_field on the wrong column it is a record's text.
                 raise DataError(
-                    f"{where}: label {value!r} (record {row}) is not in the label set "
-                    f"[{shown}] (config key 'data.labels')"
+                    f"{where}: record {row}'s label is not in the label set [{shown}] (config key 'data.labels')"
                 )
             out[row] = index[value]
         return out
@@ -156,6 +159,13 @@ def label_set(cfg: DataConfig, train: Unlabelled | None = None) -> LabelSet:
     if train is None:
         raise DataError("config key 'data.labels' must be set when no training data is given")
     derived = LabelSet.derive(train.raw_labels)
+    n = len(train.raw_labels)
+    if n >= FREE_TEXT_MIN_RECORDS and len(derived) > n // 2:
+        where = resolve_path(cfg.path) if cfg.path else f"built-in '{cfg.source}'"
+        raise DataError(
+            f"{where}: column '{cfg.label_field}' (config key 'data.label_field') has {len(derived)} distinct values "
+            f"in {n} records: free text, not labels; name the label column, or list the classes in 'data.labels'"
+        )
     if len(derived) < 2:
         where = resolve_path(cfg.path) if cfg.path else f"built-in '{cfg.source}'"
         raise DataError(
@@ -209,8 +219,8 @@ def _read(cfg: DataConfig, path: str, split: str, key: str) -> Unlabelled:
     if cfg.source in TABLE_SOURCES:
         return _read_table(str(file), cfg.source, cfg.text_field, cfg.label_field, key)
     if cfg.source == "npz":
-        return _read_npz(str(file), split, cfg.image_size, key)
-    return _read_image_folder(str(file), cfg.image_size, key)
+        return _read_npz(str(file), split, cfg.image_size, cfg.pixel_max, key)
+    return _read_image_folder(str(file), cfg.image_size, cfg.pixel_max, key)
 
 
 def _head(records: Unlabelled, n: int) -> Unlabelled:
@@ -236,7 +246,7 @@ def _read_table(path: str, source: str, text_field: str, label_field: str, key: 
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
     if bad is not None:
         raise DataError(f"{path}: record {bad} has an empty or non-text '{text_field}' value")
-    labels = [_label_str(v, path, i) for i, v in enumerate(ds[label_field])]
+    labels = [_label_str(v, f"{path} ({key})", i) for i, v in enumerate(ds[label_field])]
     return Unlabelled(labels, texts=tuple(texts))
 
 
@@ -257,7 +267,7 @@ def _load_table(path: str, source: str) -> datasets.Dataset:
 
 
 @functools.lru_cache(maxsize=8)
-def _read_npz(path: str, split: str, image_size: int, key: str) -> Unlabelled:
+def _read_npz(path: str, split: str, image_size: int, pixel_max: float, key: str) -> Unlabelled:
     import zipfile
 
     _require_file(path, key)
@@ -285,6 +295,8 @@ def _read_npz(path: str, split: str, image_size: int, key: str) -> Unlabelled:
             f"{path}: '{want[0]}' holds {len(images) if images.ndim else 0} images but '{want[1]}' "
             f"{len(labels) if labels.ndim else 0} labels; they must match one to one"
         )
+    if len(images) == 0:
+        raise DataError(f"{path}: '{want[0]}' holds no images ({key})")
     labels = labels.reshape(len(images), -1)
     if labels.shape[1] != 1:
         raise DataError(f"{path}: '{want[1]}' must hold one label per image (multi-label unsupported)")
@@ -294,12 +306,13 @@ def _read_npz(path: str, split: str, image_size: int, key: str) -> Unlabelled:
         images = images.transpose(0, 3, 1, 2)
     else:
         raise DataError(f"{path}: '{want[0]}' has shape {images.shape}; expected (N,H,W) or (N,H,W,C)")
-    images = _to_uint8(images, path)
-    return Unlabelled([_label_str(v, path, i) for i, v in enumerate(labels[:, 0])], images=_resize(images, image_size))
+    images = _to_uint8(images, f"{path} ('{want[0]}')", pixel_max)
+    raw_labels = [_label_str(v, f"{path} ('{want[1]}', {key})", i) for i, v in enumerate(labels[:, 0])]
+    return Unlabelled(raw_labels, images=_resize(images, image_size))
 
 
 @functools.lru_cache(maxsize=8)
-def _read_image_folder(path: str, image_size: int, key: str) -> Unlabelled:
+def _read_image_folder(path: str, image_size: int, pixel_max: float, key: str) -> Unlabelled:
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path)
@@ -314,7 +327,10 @@ def _read_image_folder(path: str, image_size: int, key: str) -> Unlabelled:
     for file in files:
         try:
             with Image.open(file) as im:
-                arr = np.asarray(im.convert("RGB"))
+                wide = im.mode in ("I", "I;16", "I;16B", "I;16L", "F")  # 16/32-bit grey: RGB would clip it
+                arr = _to_uint8(np.asarray(im), str(file), pixel_max) if wide else np.asarray(im.convert("RGB"))
+                if wide:
+                    arr = np.repeat(arr[..., None], 3, axis=-1)
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"unreadable image {file}: {_first_line(exc)}") from None
         images.append(arr)
@@ -356,16 +372,24 @@ def _synthetic_images(split: str) -> Unlabelled:
 # --------------------------------------------------------------------------- helpers
 
 
-def _label_str(value: object, path: str, row: int) -> str:
+def _label_str(value: object, source: str, row: int) -> str:
+    """One record's label as text. Labels are strings or non-negative integers: -1 (a common "unknown"
+    code) or 2.5 would otherwise become classes of their own. Messages name the row, never the value
+    (it may be the record's content)."""
+    where = f"{source}: record {row}"
     if value is None or (isinstance(value, float) and np.isnan(value)):
-        raise DataError(f"{path}: record {row} has no label")
-    if isinstance(value, (list, tuple, dict, np.ndarray)):  # never shown: it is the record's content
-        raise DataError(f"{path}: record {row}'s label is a {type(value).__name__}; one label per record expected")
+        raise DataError(f"{where} has no label")
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        raise DataError(f"{where}'s label is a {type(value).__name__}; one label per record expected")
     if isinstance(value, (bool, np.bool_)):
         return str(value).lower()
+    if isinstance(value, (float, np.floating)):
+        if not float(value).is_integer():
+            raise DataError(f"{where}'s label is a fraction; labels must be non-negative integers or strings")
+        value = int(value)
     if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        if value < 0:
+            raise DataError(f"{where}'s label is negative; labels must be non-negative integers or strings")
         return str(int(value))
     return str(value).strip()
 
@@ -385,14 +409,33 @@ def _is_int(value: str) -> bool:
     return True
 
 
-def _to_uint8(images: np.ndarray, path: str) -> np.ndarray:
-    if images.dtype == np.uint8:
+def _to_uint8(images: np.ndarray, where: str, pixel_max: float) -> np.ndarray:
+    """8-bit pixels. Other ranges are converted only when data.pixel_max says what white is: a
+    12-bit scan clipped to 255, or [0, 1] floats read as near-black, would train without a word."""
+    if images.dtype == np.uint8 and not pixel_max:
         return np.ascontiguousarray(images)
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+        raise DataError(f"{where}: images are {images.dtype}; numeric pixel values expected")
     if not np.isfinite(images).all():
-        raise DataError(f"{path}: images contain non-finite values")
+        raise DataError(f"{where}: images contain non-finite values")
+    lo = float(images.min()) if images.size else 0.0
     hi = float(images.max()) if images.size else 0.0
-    scaled = images * 255.0 if hi <= 1.0 else images
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    if lo < 0:
+        raise DataError(
+            f"{where}: images have negative values ({images.dtype}, e.g. standardised); give raw pixel values "
+            "(Confide normalises them itself) and set data.pixel_max to the value of white"
+        )
+    if not pixel_max:
+        if np.issubdtype(images.dtype, np.integer) and hi <= 255:
+            return np.ascontiguousarray(images.astype(np.uint8))
+        kind = "floats" if np.issubdtype(images.dtype, np.floating) else f"{images.dtype} values"
+        raise DataError(
+            f"{where}: images are {kind} up to {hi:g}, not 8-bit; set data.pixel_max to the value of white "
+            "(1 for images in [0, 1], 4095 for 12-bit, 65535 for 16-bit)"
+        )
+    if hi > pixel_max:
+        raise DataError(f"{where}: pixel values reach {hi:g}, above data.pixel_max={pixel_max:g}")
+    return np.round(images.astype(np.float64) * (255.0 / pixel_max)).astype(np.uint8)
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:

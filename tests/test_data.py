@@ -68,7 +68,7 @@ def test_missing_file_and_missing_column_are_named(tmp_path: Path) -> None:
 def test_label_outside_the_label_set_is_named(tmp_path: Path) -> None:
     cfg = text_cfg("csv", write_csv(tmp_path / "c.csv"), **{"data.label_field": "category", "data.labels": "card"})
     rec = read_train(cfg)
-    with pytest.raises(DataError, match=r"c.csv: label 'transfer' \(record 1\) is not in the label set"):
+    with pytest.raises(DataError, match=r"c.csv: record 1's label is not in the label set"):
         rec.with_labels(label_set(cfg, rec), where="c.csv")
 
 
@@ -217,7 +217,7 @@ def test_check_sites_refuses_what_a_simulated_site_would(tmp_path: Path) -> None
     with pytest.raises(DataError, match=r"data.max_samples=3.*'data.max_samples'"):
         check_sites(capped, seed=0)
     outside = text_cfg("csv", path, **{"data.label_field": "category", "data.num_sites": 2, "data.labels": "card,x"})
-    with pytest.raises(DataError, match=r"a.csv: label 'transfer' \(record 1\) is not in the label set"):
+    with pytest.raises(DataError, match=r"a.csv: record 1's label is not in the label set"):
         check_sites(outside, seed=0)
 
 
