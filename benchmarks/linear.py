@@ -83,7 +83,10 @@ def summarise(
     return {
         "features": features,
         "epsilon": epsilon,
-        "max_site_epsilon": max((v["epsilon"] for v in sites.values()), default=None),
+        # This job's epsilon (what its noise was calibrated to); a site's ledger also counts earlier
+        # jobs on the same data, so its cumulative epsilon grows with every rerun of a benchmark.
+        "max_site_epsilon": max((v.get("epsilon_run", v["epsilon"]) for v in sites.values()), default=None),
+        "max_site_epsilon_ledger": max((v["epsilon"] for v in sites.values()), default=None),
         "rounds": len(rounds) - 1,
         "exported_round": chosen["round"],
         "accuracy": chosen["central"]["accuracy"],
