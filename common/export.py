@@ -12,6 +12,8 @@ family's fields with their defaults.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,24 +67,108 @@ def family_fields(cfg: ModelConfig) -> dict[str, Any]:
     return {k: v for k, v in config_mod.to_dict(cfg).items() if k not in other}
 
 
+@dataclass(frozen=True)
+class ExportInfo:
+    """What an export folder records, read and checked without building the model."""
+
+    model_cfg: ModelConfig  # as the run configured it
+    labels: LabelSet
+    experiment: dict[str, Any]
+
+
+def read_export(folder: Path) -> ExportInfo:
+    """The export's record (``confide.yaml``) and, for a ResNet, a readable ``model.pt``; a missing
+    or broken part raises ConfideError naming the file."""
+    meta = _read_meta(folder)
+    labels = LabelSet(tuple(str(n) for n in meta["labels"]))
+    try:
+        exp = config_mod.load(None, config_mod.flatten(meta["experiment"]))  # absent fields: defaults
+    except ConfideError as exc:
+        raise ConfideError(f"{folder / META}: its experiment is not a valid config ({exc})") from None
+    if exp.model.name != "bert":
+        _read_state(folder / RESNET_WEIGHTS)
+    return ExportInfo(model_cfg=exp.model, labels=labels, experiment=meta["experiment"])
+
+
 def load_model(folder: Path) -> SavedModel:
-    meta_path = folder / META
-    if not meta_path.is_file():
-        raise ConfideError(f"not a Confide model folder (no {META}): {folder}")
-    meta = yaml.safe_load(meta_path.read_text())
-    labels = LabelSet(tuple(meta["labels"]))
-    exp = config_mod.load(None, config_mod.flatten(meta["experiment"]))  # absent fields: defaults
+    """The exported model in ``folder``; a missing, broken or mismatched part raises ConfideError
+    naming the file."""
+    info = read_export(folder)
+    exp = config_mod.load(None, config_mod.flatten(info.experiment))
+    labels = info.labels
     if exp.model.name == "bert":
         model = use_pooling(_load_pretrained(folder, exp.model.pooling), exp.model.pooling)
         model_cfg = config_mod.replace(exp, **{"model.checkpoint": str(folder)}).model
     else:
-        # model.pt replaces every tensor: the run's starting weights file is not needed (nor read).
-        exp = config_mod.replace(exp, **{"model.weights": ""})
-        model = build_model(exp, len(labels))
-        model.load_state_dict(torch.load(folder / RESNET_WEIGHTS, map_location="cpu", weights_only=True))
+        # model.pt replaces every tensor: the run's starting weights file is not needed (nor read),
+        # and the builder's "random init" note would misdescribe the model this returns.
+        unset = {"model.weights": ""} | (
+            {"model.weights_partial": False} if hasattr(exp.model, "weights_partial") else {}
+        )
+        exp = config_mod.replace(exp, **unset)
+        with _without_random_init_note():
+            model = build_model(exp, len(labels))
+        _load_state(model, folder / RESNET_WEIGHTS)
         model_cfg = exp.model
     model.eval()
-    return SavedModel(model=model, model_cfg=model_cfg, labels=labels, experiment=meta["experiment"])
+    return SavedModel(model=model, model_cfg=model_cfg, labels=labels, experiment=info.experiment)
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    meta_path = folder / META
+    if not folder.is_dir():
+        raise ConfideError(
+            f"model folder {folder} " + ("is a file; a folder is expected" if folder.exists() else "not found")
+        )
+    if not meta_path.is_file():
+        raise ConfideError(f"not a Confide model folder (no {META}): {folder}")
+    try:
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfideError(f"{meta_path} is unreadable ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise ConfideError(f"{meta_path} is not a mapping with 'labels' and 'experiment'")
+    if not isinstance(meta.get("labels"), list) or not meta["labels"]:
+        raise ConfideError(f"{meta_path}: 'labels' must be a non-empty list of label names")
+    if not isinstance(meta.get("experiment"), dict):
+        raise ConfideError(f"{meta_path}: 'experiment' must be a mapping (the run's config)")
+    return meta
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfideError(f"{path} not found: the model folder has no weights")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise ConfideError(f"{path} is not a readable model weights file ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict):
+        raise ConfideError(f"{path} holds a {type(state).__name__}, not a model's state_dict")
+    return state
+
+
+def _load_state(model: nn.Module, path: Path) -> None:
+    try:
+        model.load_state_dict(_read_state(path))
+    except (RuntimeError, TypeError) as exc:
+        first = str(exc).splitlines()
+        reason = first[1].strip() if len(first) > 1 else first[0]
+        raise ConfideError(f"{path} does not fit the model {META} describes ({reason[:200]})") from None
+
+
+class _DropRandomInit(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "random init" not in record.getMessage()
+
+
+@contextmanager
+def _without_random_init_note() -> Iterator[None]:
+    models_log, note = logging.getLogger("common.models"), _DropRandomInit()
+    models_log.addFilter(note)
+    try:
+        yield
+    finally:
+        models_log.removeFilter(note)
 
 
 def _load_pretrained(folder: Path, pooling: str) -> nn.Module:
@@ -97,6 +183,9 @@ def _load_pretrained(folder: Path, pooling: str) -> nn.Module:
     transformers.logging.disable_progress_bar()  # a local folder's "Loading weights" bar
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    except Exception as exc:  # transformers raises many types for a damaged folder
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfideError(f"{folder}: not a readable exported text model ({reason})") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
         if bars:

@@ -9,6 +9,11 @@ macro-F1, loss and, for two labels, ROC AUC (the second label's probability as t
 as JSON. ``--out`` also writes one CSV row per record: ``id`` (the ``--id-field`` column of a
 table file, else the record's 0-based row number in the file), ``text`` (text data, unless
 ``--no-text``), ``label`` (true), ``predicted`` and one ``p_<label>`` probability per class.
+
+Before anything is predicted the data must fit the model (simulations/score_checks.py): images of
+the channel count and size it was trained on (``--resize`` scales them to that size), 8-bit
+pixels unless ``--pixel-max`` (else the model's ``data.pixel_max``) says what white is, and only
+labels the model knows. A bad argument or file stops with one ``confide: ...`` line, exit code 2.
 """
 
 from __future__ import annotations
@@ -22,17 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
+from common import cli, logs
 from common import config as config_mod
-from common import logs
 from common.batches import make_dataset, make_loader
 from common.config import DataConfig
-from common.data import LabelSet, read_column, read_test, read_train
-from common.errors import ConfideError
-from common.export import SavedModel, load_model
+from common.data import TABLE_SOURCES, LabelSet, read_column, read_test, read_train
+from common.errors import ConfideError, DataError
+from common.export import ExportInfo, load_model, read_export
 from common.metrics import binary_roc_auc, classification_scores
 from common.train import classes, predict_logits, probabilities
+from simulations.score_checks import check_images, check_labels, expected_side
 
 SUFFIX_SOURCES = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".npz": "npz"}
+SOURCES = ", ".join([*SUFFIX_SOURCES.values(), "imagefolder"])
 
 
 def score(
@@ -41,16 +48,25 @@ def score(
     source: str = "",
     text_field: str = "",
     label_field: str = "",
-    split: str = "test",
+    split: str | None = None,
     out: Path | None = None,
     id_field: str = "",
     with_text: bool = True,
+    resize: bool = False,
+    pixel_max: float | None = None,
 ) -> dict[str, float]:
+    info = read_export(model_dir)
+    cfg = data_config(info, data, source, text_field, label_field, resize, pixel_max)
+    check_fits(info, cfg, data, split, id_field, text_field)
+    try:
+        records = read_test(cfg) if cfg.source == "npz" and split in (None, "test") else read_train(cfg)
+    except DataError as exc:
+        raise DataError(in_cli_terms(str(exc))) from None
+    check_images(records, info, data)
+    check_labels(records, info.labels, data, labels_at(cfg, split))
+    raw = records.with_labels(info.labels, where=str(data))
+    ids = record_ids(cfg, id_field, len(raw))  # checked before the model is built
     saved = load_model(model_dir)
-    cfg = data_config(saved, data, source, text_field, label_field)
-    records = read_test(cfg) if cfg.source == "npz" and split == "test" else read_train(cfg)
-    raw = records.with_labels(saved.labels, where=str(data))
-    ids = record_ids(cfg, id_field, len(raw))  # checked before the model runs
     loader = make_loader(make_dataset(raw, saved.model_cfg), 128, shuffle=False)
     y_logits, y_true, loss = predict_logits(saved.model, loader)
     y_pred, y_prob = classes(y_logits), probabilities(y_logits)
@@ -65,22 +81,85 @@ def score(
     return result
 
 
-def data_config(saved: SavedModel, data: Path, source: str, text_field: str, label_field: str) -> DataConfig:
-    """How to read ``data``: the model's recorded data settings, changed by the given ones."""
-    recorded = saved.experiment["data"]
+def source_of(data: Path, source: str) -> str:
     source = source or SUFFIX_SOURCES.get(data.suffix.lower(), "") or ("imagefolder" if data.is_dir() else "")
     if not source:
-        raise ConfideError(f"cannot tell the format of {data}; pass --source")
+        raise ConfideError(f"cannot tell the format of {data} from its name; pass --source (one of: {SOURCES})")
+    return source
+
+
+def data_config(
+    info: ExportInfo,
+    data: Path,
+    source: str,
+    text_field: str,
+    label_field: str,
+    resize: bool = False,
+    pixel_max: float | None = None,
+) -> DataConfig:
+    """How to read ``data``: the model's recorded data settings, changed by the given ones."""
+    recorded = info.experiment.get("data") or {}
+    source = source_of(data, source)
+    is_table = source in TABLE_SOURCES
+    if info.model_cfg.is_text and not is_table:
+        raise ConfideError(f"{data} is image data ({source}), but the model reads text (csv, json, jsonl, parquet)")
+    if not info.model_cfg.is_text and is_table:
+        raise ConfideError(f"{data} is a {source} table, but the model reads images (npz or an image folder)")
+    image_size = recorded.get("image_size", 0)
+    if resize:
+        image_size = expected_side(info)
+        if image_size is None:
+            raise ConfideError(f"--resize: the model does not record the image size it was trained on "
+                               f"(data.source {recorded.get('source')!r}, no data.image_size)")  # fmt: skip
     overrides = {
-        "model.name": saved.model_cfg.name,
+        "model.name": info.model_cfg.name,
         "data.source": source,
         "data.path": str(data),
         "data.text_field": text_field or recorded.get("text_field", "text"),
         "data.label_field": label_field or recorded.get("label_field", "label"),
-        "data.image_size": recorded.get("image_size", 0),
-        "data.labels": list(saved.labels.names),
+        "data.image_size": image_size,
+        "data.pixel_max": recorded.get("pixel_max", 0.0) if pixel_max is None else pixel_max,
+        "data.labels": list(info.labels.names),
     }
-    return config_mod.load(None, overrides).data
+    try:
+        return config_mod.load(None, overrides).data
+    except ConfideError as exc:
+        if "data.pixel_max" in str(exc):
+            raise ConfideError(f"--pixel-max {pixel_max:g} is out of range: pixel max >= 0 (0: 8-bit images)") from None
+        raise ConfideError(f"{data} with the model's settings: {exc}") from None
+
+
+def check_fits(
+    info: ExportInfo, cfg: DataConfig, data: Path, split: str | None, id_field: str, text_field: str
+) -> None:
+    """The options against the data's kind, before the file is read."""
+    is_table = cfg.source in TABLE_SOURCES
+    if id_field and not is_table:
+        raise ConfideError(f"--id-field '{id_field}': only table files ({', '.join(TABLE_SOURCES)}) have columns")
+    if text_field and not is_table:
+        raise ConfideError(f"--text-field '{text_field}': {data} holds images, not text")
+    if split is not None and cfg.source != "npz":
+        raise ConfideError(f"--split {split}: only .npz files have splits; {data} is {cfg.source}")
+
+
+def labels_at(cfg: DataConfig, split: str | None) -> str:
+    """Where a data file keeps its labels, as a refusal names it."""
+    if cfg.source in TABLE_SOURCES:
+        return f"column '{cfg.label_field}'"
+    if cfg.source == "npz":
+        return f"array '{split or 'test'}_labels'"
+    return "subfolder names"
+
+
+def in_cli_terms(message: str) -> str:
+    """A reader's message in the scorer's own terms: the options, not the experiment's config keys."""
+    return (
+        message.replace("(config key 'data.text_field')", "(--text-field; default: the model's text field)")
+        .replace("(config key 'data.label_field')", "(--label-field; default: the model's label field)")
+        .replace(" (config key 'data.path')", "")
+        .replace("set data.pixel_max to", "pass --pixel-max with")
+        .replace("above data.pixel_max=", "above the pixel maximum (--pixel-max, else the model's data.pixel_max) ")
+    )
 
 
 def record_ids(cfg: DataConfig, id_field: str, n: int) -> list[str]:
@@ -113,20 +192,44 @@ def write_predictions(
             writer.writerow([ids[i], *text, names[t], names[p], *(f"{v:.8g}" for v in y_prob[i])])
 
 
+def check_out(out: Path | None, data: Path) -> None:
+    if out is None:
+        return
+    cli.new_file(out, "--out")
+    if out.resolve() == data.resolve():
+        raise ConfideError(f"--out {out} is the data file being scored; give another file name")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(
+        prog=cli.prog("confide-score"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", type=Path, help="a run's model folder (runs/<run>/model)")
     parser.add_argument("data", type=Path, help="labelled file or image folder")
     parser.add_argument("--source", default="", choices=["", *SUFFIX_SOURCES.values(), "imagefolder"])
     parser.add_argument("--text-field", default="")
     parser.add_argument("--label-field", default="")
-    parser.add_argument("--split", default="test", choices=["train", "test"], help="npz split to score")
+    parser.add_argument("--split", default=None, choices=["train", "test"], help="npz split to score (test)")
     parser.add_argument("--out", type=Path, default=None, help="write per-record predictions (CSV)")
     parser.add_argument("--id-field", default="", help="column of a table file to write as each record's id")
     parser.add_argument("--no-text", action="store_true", help="leave the text out of the --out CSV")
-    args = parser.parse_args(argv)
-    logs.setup()
+    parser.add_argument(
+        "--resize", action="store_true", help="scale images to the size the model was trained on (else refused)"
+    )
+    parser.add_argument(
+        "--pixel-max",
+        type=float,
+        default=None,
+        help="the pixel value of white in the data (1 for [0, 1] floats, 4095 for 12-bit; default: the model's "
+        "data.pixel_max, 0 meaning 8-bit)",
+    )
     try:
+        args = parser.parse_args(argv)
+        cli.existing_folder(args.model, "model folder")
+        if not args.data.is_dir():
+            cli.existing_file(args.data, "data file")
+        check_out(args.out, args.data)
+        logs.setup()
         result = score(
             args.model,
             args.data,
@@ -137,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             id_field=args.id_field,
             with_text=not args.no_text,
+            resize=args.resize,
+            pixel_max=args.pixel_max,
         )
     except ConfideError as exc:
-        print(f"confide-score: {exc}", file=sys.stderr)
-        return 2
+        return cli.refuse(exc)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -59,11 +59,13 @@ def refused(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    **places: object,
 ) -> str:
-    """Run ``case`` and assert the refusal contract (module docstring); returns the one line."""
+    """Run ``case`` and assert the refusal contract (module docstring); returns the one line.
+    ``places`` fill other ``{name}`` fields of the arguments (e.g. a model folder a fixture made)."""
     monkeypatch.chdir(tmp_path)
     write_files(tmp_path, case.files)
-    argv = [a.format(tmp=tmp_path) for a in case.argv]
+    argv = [a.format(tmp=tmp_path, **places) for a in case.argv]
     for name in ("", "common", "client", "simulations"):  # handlers on this test's captured stderr
         monkeypatch.setattr(logging.getLogger(name or None), "handlers", [logging.StreamHandler()])
     code = main(argv)
