@@ -581,7 +581,19 @@ class ExperimentConfig:
             "strategy.min_sites",
             f"({self.strategy.min_sites}) exceeds data.num_sites ({self.data.num_sites})",
         )
-        st, need = self.strategy, self.strategy.min_replies()
+        st, need, n = self.strategy, self.strategy.min_replies(), self.data.num_sites
+        for key, frac in (("fraction_train", st.fraction_train), ("fraction_evaluate", st.fraction_evaluate)):
+            _require(
+                frac == 0 or int(n * frac) >= 1,
+                f"strategy.{key}",
+                f"({frac:g}) x data.num_sites ({n}) selects no site per round (Flower would fall back to "
+                "strategy.min_sites without a word); raise it",
+            )
+        _require(
+            st.num_selected <= n,
+            "strategy.num_selected",
+            f"({st.num_selected}) exceeds data.num_sites ({n})",
+        )
         _require(
             st.min_sites >= need,
             "strategy.min_sites",

@@ -397,6 +397,8 @@ def _label_str(value: object, source: str, row: int) -> str:
 def _require_file(path: str, key: str) -> None:
     if Path(path).is_dir():
         raise DataError(f"{path} is a directory; a data file is expected ({key})")
+    if Path(path).exists() and not Path(path).is_file():
+        raise DataError(f"{path} is not a regular file (a device or pipe); a data file is expected ({key})")
     if not Path(path).is_file():
         raise DataError(f"data file not found: {path} ({key})")
 

@@ -33,5 +33,13 @@ class RunFailed(ConfideError):
     run as failed and every entry point exits non-zero."""
 
 
+BAD_INPUT, FAILED_RUN = 2, 1
+
+
+def exit_code(exc: ConfideError) -> int:
+    """What an entry point exits with: 1 for a run that started and failed, 2 for bad input."""
+    return FAILED_RUN if isinstance(exc, RunFailed) else BAD_INPUT
+
+
 class PolicyRefused(ConfideError):
     """A site refuses a job (or a round) that its own privacy policy does not allow; names the rule."""

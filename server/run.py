@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from common.checkpoint import Checkpoint, capture_rng, flat_config, restore_rng
 from common.config import ExperimentConfig
 from common.data import LabelSet, check_sites, label_set, read_test, read_train
 from common.device import place
-from common.errors import ConfideError
+from common.errors import ConfideError, ConfigError
 from common.export import save_model, write_model_card
 from common.models import build_model, check_model_source
 from common.privacy import statement
@@ -70,11 +71,24 @@ def resolve_ledger_dir(exp: ExperimentConfig) -> ExperimentConfig:
     return config_mod.replace(exp, **{"privacy.ledger_dir": str(ledger_root(exp))})
 
 
+def check_output_dir(exp: ExperimentConfig) -> None:
+    """``output_dir`` is a folder, or can become one (not a file, nor below one)."""
+    out = config_mod.resolve_path(exp.output_dir)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"config key 'output_dir': {p} is a file; run folders need a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ConfigError(f"config key 'output_dir': {p} is not writable")
+            return
+
+
 def preflight(exp: ExperimentConfig, resume: Path | None = None) -> ExperimentConfig:
     """The checks that need no site, run before a simulation engine starts (seconds instead of
     Ray's start-up): the training file and its label set, the test file against it, and a run
     folder to resume against the experiment. Readers are cached per process, so the in-process
     ServerApp does not read the files again."""
+    check_output_dir(exp)
     exp = resolve_ledger_dir(resolve_labels(exp))
     check_model_source(exp)  # model.checkpoint / model.weights / >= 2 labels, before any tokenizer load
     check_sites(exp.data, exp.seed)  # training labels in the label set; enough records per site

@@ -29,9 +29,10 @@ from typing import Any, NoReturn
 from common import config as config_mod
 from common import logs, stopping
 from common.config import ExperimentConfig
-from common.errors import ConfideError
+from common.errors import ConfideError, RunFailed, exit_code
 from common.rundir import INCOMPLETE, failure_of
 from simulations.ray_cluster import attached, probe_cluster, ray_address_from
+from simulations.resources import check_site_resources
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ def simulate(
     (``<...>.incomplete``) to continue from its checkpoint instead of starting a new run.
     ``ray_address``: a running Ray cluster's HOST:PORT (or ``auto``) to attach to instead of
     starting a private Ray instance; ``RAY_ADDRESS`` when not given (see ``ray_address_from``)."""
-    if gpus_per_site < 0:
-        raise ConfideError(f"gpus_per_site must be >= 0; got {gpus_per_site}")
     from client.app import create_client_app
     from server.app import create_server_app
     from server.flower_internals import run_in_process
@@ -60,6 +59,7 @@ def simulate(
 
     address = ray_address_from(ray_address)
     cluster = probe_cluster(address) if address else None  # a wrong address stops here, in seconds
+    check_site_resources(cpus_per_site, gpus_per_site, cluster)
     exp = preflight(exp, resume)  # a bad data file, label or run folder stops here, before Ray starts
 
     if exp.train.threads == 0 and threads_per_site:
@@ -95,7 +95,7 @@ def simulate(
     while new and not any(map(failure_of, new)) and time.monotonic() < deadline:
         time.sleep(0.2)
     reasons = [r for r in map(failure_of, new) if r]
-    raise ConfideError(
+    raise RunFailed(
         reasons[-1]
         if reasons
         else f"the simulation of '{exp.name}' ended without a complete run folder in "
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConfideError as exc:
         print(f"confide: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     except KeyboardInterrupt as exc:
         _stopped(exc.args[0] if exc.args else signal.SIGINT)
     print(f"run folder: {path}")

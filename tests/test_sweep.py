@@ -122,6 +122,7 @@ def test_shipped_sweep_files_expand_to_the_full_grid(name: str) -> None:
         ({"set": {"data.num_sites": 3}}, "'data.num_sites' is a grid axis"),
         ({"audit": {"sites": 1}}, "unknown sweep key 'audit.sites'"),
         ({"reps": 3}, "unknown sweep key 'reps'"),
+        ({"audit": {"site": 2, "max_records": 40}}, r"cell \(.*data.num_sites=2\).*'audit.site' \(2\) names no site"),
     ],
 )
 def test_bad_sweep_files_stop_naming_the_key(tmp_path: Path, change: dict, message: str) -> None:
@@ -135,7 +136,9 @@ def test_bad_sweep_file_stops_the_cli_before_any_cell_runs(tmp_path: Path, capsy
     grid = {"privacy.target_epsilon": [8], "data.num_sites": [2, 3], "data.alpha": [0.5, -1]}
     file.write_text(json.dumps(sweep_raw(grid=grid)))
     assert sweep_main([str(file), "--out", str(tmp_path / "out")]) == 2
-    assert "config key 'data.alpha' must be > 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("config key 'data.alpha' must be > 0") == 2 and "(2 of 4 cells are invalid)" in err  # all at once
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -40,6 +40,7 @@ from common.errors import ConfideError
 from common.tracking import prepare_store
 from simulations.local import parse_sets
 from simulations.ray_cluster import RayCluster, probe_cluster, ray_address_from
+from simulations.resources import check_site_resources
 from simulations.study.cell import reaudit_cell, run_cell, tracked
 from simulations.study.cellstore import (
     CELL_LOG,
@@ -77,6 +78,7 @@ def run_sweep(
             "RAY_ADDRESS (docs/cluster.md)"
         )
     cluster = probe_cluster(address) if address else None  # a wrong address stops the sweep before any cell
+    check_site_resources(sweep.cpus_per_site, 0.0, cluster)
     out.mkdir(parents=True, exist_ok=True)
     write_plan(sweep, out, command)
     todo = [c for c in sweep.cells if load_result(cell_dir(out, c.id), c.id) is None]

@@ -126,8 +126,16 @@ def build_sweep(
         cpus_per_site=_positive(raw.get("cpus_per_site", 1.0), "cpus_per_site"),
     )
     base = raw.get("base")
-    cells = tuple(_cell(sweep, base, base_dir, values) for values in _combinations(grid))
-    return dataclasses.replace(sweep, cells=cells)
+    cells, errors = [], []
+    for values in _combinations(grid):  # every cell is checked, and all bad cells named at once
+        try:
+            cells.append(_cell(sweep, base, base_dir, values))
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        more = f" ({len(errors)} of {len(errors) + len(cells)} cells are invalid)" if len(errors) > 1 else ""
+        raise ConfigError("; ".join(errors) + more)
+    return dataclasses.replace(sweep, cells=tuple(cells))
 
 
 def _cell(sweep: Sweep, base: Any, base_dir: Path, values: dict[str, Any]) -> Cell:
@@ -142,6 +150,11 @@ def _cell(sweep: Sweep, base: Any, base_dir: Path, values: dict[str, Any]) -> Ce
         exp = config_mod.load(base_path, overrides)
     except ConfigError as exc:
         raise ConfigError(f"sweep {sweep.source}, cell ({where}): {exc}") from None
+    if sweep.audit.site >= exp.data.num_sites:
+        raise ConfigError(
+            f"sweep {sweep.source}, cell ({where}): sweep key 'audit.site' ({sweep.audit.site}) names no site: "
+            f"partition ids are 0..{exp.data.num_sites - 1}"
+        )
     return Cell(id=cell_id(exp, sweep.settings()), axes=dict(values), exp=exp)
 
 
