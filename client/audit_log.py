@@ -45,7 +45,6 @@ Privacy officer's view: ``python -m client.audit_log show <site>.audit.jsonl`` (
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -61,8 +60,9 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from common.cli import Parser, refuse
 from common.config import ExperimentConfig
-from common.errors import PolicyRefused
+from common.errors import ConfideError, PolicyRefused
 
 SUFFIX = ".audit.jsonl"
 FORMAT = 1
@@ -291,15 +291,64 @@ def audit_log_mod(fixed: ExperimentConfig | None = None) -> Mod:
 # -- the privacy officer's command ---------------------------------------------------------------
 
 
+# An audit line's fields that the table reads, with the JSON types each may hold.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "tensors": (list,),
+    "metrics": (dict,),
+    "configs": (dict,),
+    "error": (dict, type(None)),
+    "epsilon": (int, float, str, type(None)),  # non-finite floats are written as strings
+    "bytes": (int,),
+    "sha256": (str, type(None)),
+}
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
+    """Every line of an audit log, each checked to be an audit record; a bad line raises
+    ConfideError naming the file, the line and what is wrong."""
+    if path.is_dir():
+        raise ConfideError(f"audit log {path} is a folder; give a site's <site>{SUFFIX} file")
+    if not path.is_file():
+        raise ConfideError(f"audit log not found: {path}" if not path.exists() else f"audit log {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfideError(f"audit log {path} is not text (not UTF-8); give a site's <site>{SUFFIX} file") from None
+    except OSError as exc:
+        raise ConfideError(f"audit log {path} is unreadable ({exc.strerror or exc})") from None
     lines = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{i}: not a JSON line ({exc})") from None
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise ConfideError(f"audit log {path}, line {i}: not a JSON line ({exc})") from None
+            if problem := _record_problem(record):
+                raise ConfideError(f"audit log {path}, line {i}: {problem}")
+            lines.append(record)
     return lines
+
+
+def _record_problem(record: object) -> str | None:
+    """Why a parsed line is not an audit record, or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an audit record (an object per line)"
+    if "time" not in record or "outcome" not in record:
+        return "not an audit record (no 'time' or 'outcome'; is this a site's audit log?)"
+    for key, types in FIELD_TYPES.items():
+        if key in record and not isinstance(record[key], types):
+            return f"'{key}' is a {type(record[key]).__name__}, not {' or '.join(_json_name(t) for t in types)}"
+    return None
+
+
+def _json_name(t: type) -> str:
+    return {list: "a list", dict: "an object", int: "a number", float: "a number", str: "a string"}.get(t, "null")
+
+
+def _eps(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, int | float) else str(value)
 
 
 def _fmt(v: Any) -> str:
@@ -328,7 +377,7 @@ def table(records: list[dict[str, Any]]) -> str:
                 str(len(r.get("tensors", []))),
                 str(r.get("bytes", "")),
                 (r.get("sha256") or "-")[:16],
-                "-" if r.get("epsilon") is None else f"{r['epsilon']:.4f}",
+                _eps(r.get("epsilon")),
                 last,
             )
         )
@@ -342,19 +391,20 @@ def _prog(default: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=_prog("confide-site-audit"), description="A site's audit log of what it sent."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog=_prog("confide-site-audit"), description="A site's audit log of what it sent.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="show")
     show = sub.add_parser("show", help="print a site's audit log (<site>.audit.jsonl) as a table")
     show.add_argument("log", type=Path)
     show.add_argument("--json", action="store_true", help="print the log's JSON lines as they are")
-    args = parser.parse_args(argv)
-    if not args.log.is_file():
-        print(f"audit log not found: {args.log}", file=sys.stderr)
-        return 2
-    records = read_log(args.log)  # every line checked
-    print(args.log.read_text(encoding="utf-8").rstrip("\n") if args.json else table(records))
+    try:
+        args = parser.parse_args(argv)
+        records = read_log(args.log)  # every line checked
+    except ConfideError as exc:
+        return refuse(exc)
+    if not records:
+        print(f"{args.log}: no messages recorded (the site has sent nothing)")
+    else:
+        print(args.log.read_text(encoding="utf-8").rstrip("\n") if args.json else table(records))
     return 0
 
 
