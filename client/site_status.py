@@ -18,7 +18,6 @@ gives a slightly different figure. Reading only: nothing here writes to the ledg
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -26,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.audit_log import read_log
+from common.cli import Parser, prog, refuse
 from common.errors import ConfideError
 from common.privacy.accounting import epsilon
-from common.privacy.ledger import Ledger, history_of
+from common.privacy.check import read_entries
+from common.privacy.ledger import history_of
 from common.privacy.policy import NODE_KEYS, POLICY_FILE_KEY, SitePolicy, from_node_config
 
 IMAGE_POLICY = "/etc/confide/privacy-policy.json"
@@ -103,7 +105,7 @@ def more_jobs(entries: list[dict[str, Any]], last: list[dict[str, Any]], delta: 
 
 
 def ledger_status(path: Path, cap: float) -> LedgerStatus:
-    entries = Ledger.open(path).entries
+    entries = read_entries(path)
     delta = _delta(entries)
     spent = _epsilon(entries, delta)
     jobs = jobs_of(entries, delta)
@@ -131,7 +133,7 @@ def last_messages(ledger: Path, count: int) -> tuple[Path, list[dict[str, Any]],
     log = ledger.with_name(ledger.name.removesuffix(".json") + AUDIT_SUFFIX)
     if not log.is_file():
         return log, [], 0
-    lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
+    lines = read_log(log)
     return log, lines[-count:] if count else [], len(lines)
 
 
@@ -185,10 +187,44 @@ def report(policy: SitePolicy, ledger_dir: Path, site: str, last: int) -> str:
     return "\n".join(out)
 
 
+def check_args(args: argparse.Namespace) -> dict[str, str]:
+    """Every setting checked before anything is read; returns the policy overrides."""
+    if args.last < 0:
+        raise ConfideError(f"--last {args.last} is out of range: last >= 0 (messages to show)")
+    folder = args.ledger_dir
+    if folder.exists() and not folder.is_dir():
+        raise ConfideError(f"--ledger-dir {folder} is a file; the site's ledger folder is expected")
+    if not folder.exists():
+        raise ConfideError(f"--ledger-dir {folder} not found (default $CONFIDE_LEDGER_DIR, else {IMAGE_LEDGER_DIR})")
+    if args.policy:
+        policy = Path(args.policy)
+        if policy.is_dir():
+            raise ConfideError(f"--policy {policy} is a folder; the site's privacy policy JSON file is expected")
+        if not policy.is_file():
+            raise ConfideError(f"--policy {policy}: privacy policy file not found (default $CONFIDE_PRIVACY_POLICY)")
+        if not policy.read_bytes().strip():
+            raise ConfideError(f"--policy {policy} is empty; a privacy policy is a JSON object")
+    limits = {"max-epsilon": ("--max-epsilon", "$CONFIDE_MAX_EPSILON", "> 0", lambda v: v > 0),
+              "min-noise-multiplier": ("--min-noise-multiplier", "$CONFIDE_MIN_NOISE_MULTIPLIER", ">= 0",
+                                       lambda v: v >= 0)}  # fmt: skip
+    overrides = {"max-epsilon": args.max_epsilon, "min-noise-multiplier": args.min_noise_multiplier}
+    for key, value in overrides.items():
+        flag, env, bound, ok = limits[key]
+        if value == "":
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfideError(f"{flag} {value!r} (or {env}) is not a number; it must be {bound}") from None
+        if math.isnan(number) or not ok(number):
+            raise ConfideError(f"{flag} {value} (or {env}) is out of range: it must be {bound}")
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
-    parser = argparse.ArgumentParser(
-        prog=sys.argv[0] if sys.argv[0].startswith("confide ") else "python -m client.site_status",
+    parser = Parser(
+        prog=prog("python -m client.site_status"),
         description=__doc__.splitlines()[0].split(": ", 1)[1],
     )
     parser.add_argument(
@@ -210,22 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-epsilon",
         default=env.get("CONFIDE_MAX_EPSILON", ""),
-        help="the site's max-epsilon override (default $CONFIDE_MAX_EPSILON)",
+        help="the site's max-epsilon override, > 0 (default $CONFIDE_MAX_EPSILON)",
     )
     parser.add_argument(
         "--min-noise-multiplier",
         default=env.get("CONFIDE_MIN_NOISE_MULTIPLIER", ""),
-        help="the site's min-noise-multiplier override (default $CONFIDE_MIN_NOISE_MULTIPLIER)",
+        help="the site's min-noise-multiplier override, >= 0 (default $CONFIDE_MIN_NOISE_MULTIPLIER)",
     )
-    parser.add_argument("--last", type=int, default=5, help="how many of the last messages sent to show (5)")
-    args = parser.parse_args(argv)  # fmt: skip
-    overrides = {"max-epsilon": args.max_epsilon, "min-noise-multiplier": args.min_noise_multiplier}
+    parser.add_argument("--last", type=int, default=5, help="how many of the last messages sent to show (5; >= 0)")
     try:
+        args = parser.parse_args(argv)
+        overrides = check_args(args)
         policy = policy_in_force(args.policy, overrides, str(args.ledger_dir))
-        print(report(policy, args.ledger_dir, args.site, max(args.last, 0)))
-    except (ConfideError, json.JSONDecodeError) as exc:
-        print(f"confide site-status: {exc}", file=sys.stderr)
-        return 2
+        text = report(policy, args.ledger_dir, args.site, args.last)
+    except ConfideError as exc:
+        return refuse(str(exc).replace(f" (node config '{POLICY_FILE_KEY}')", " (--policy)"))
+    print(text)
     return 0
 
 
