@@ -399,6 +399,10 @@ class StrategyConfig:
     # one; with any strategy and with reject_norm_ratio. "off": updates are aggregated as sent.
     # Refused under secagg and central DP (server/norm_bound.py).
     norm_bound: Literal["off", "median"] = "off"
+    # Exclude an update whose cosine to the coordinate-wise median update of the round is below this
+    # (a sign-flipped update sits near -1, an honest one above 0), recorded like reject_norm_ratio.
+    # -1: off. Refused under secagg and central DP, as norm_bound.
+    min_cosine_to_median: float = -1.0
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "strategy.rounds", "must be >= 1")
@@ -407,6 +411,7 @@ class StrategyConfig:
             "strategy.reject_norm_ratio",
             "must be 0 (off) or > 1 (a multiple of the round's median update norm)",
         )
+        _require(-1 <= self.min_cosine_to_median < 1, "strategy.min_cosine_to_median", "must be in [-1, 1) (-1: off)")
         _require(0 < self.fraction_train <= 1, "strategy.fraction_train", "must be in (0, 1]")
         _require(0 <= self.fraction_evaluate <= 1, "strategy.fraction_evaluate", "must be in [0, 1]")
         _require(self.min_sites >= 1, "strategy.min_sites", "must be >= 1")
