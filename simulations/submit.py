@@ -11,11 +11,13 @@ once the stream ends this asks the SuperLink how the run ended (``flwr ls --run-
     0  the SuperLink reports ``finished:completed``
     1  it reports anything else (``finished:failed``, ``finished:stopped``, still running), naming it
     2  ``flwr run`` started no run (its own error is printed above), or the arguments are wrong
+       (checked before anything is submitted: one ``confide: ...`` line)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -24,10 +26,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common import cli
+from common.errors import ConfideError
+
 COMPLETED = "finished:completed"
 STARTED = re.compile(r"started run (\d+)")
 # flwr run's options that take a value: the positional arguments are what is left.
-VALUED = {"--run-config", "-c", "--federation-config", "--format"}
+VALUED = {"--run-config", "-c", "--federation-config", "--federation", "--format"}
+FLAGS = {"--stream"}  # flwr run's options without a value (--help is answered here)
 Runner = Callable[[list[str]], tuple[int, str]]
 
 
@@ -105,7 +111,7 @@ def submit(args: list[str], wait: float, run: Runner = stream, ask: Runner = qui
     code, output = run([flwr, "run", *args])
     run_id = run_id_of(output)
     if run_id is None:
-        print(f"confide submit: flwr run started no run (exit code {code}; its message is above)", file=sys.stderr)
+        print(f"confide: flwr run started no run (exit code {code}; its message is above)", file=sys.stderr)
         return 2
     connection = positionals(args)[1:2]  # flwr ls takes the connection, not the app folder
     status, details = final_status(flwr, run_id, connection, wait, ask, pause)
@@ -113,30 +119,81 @@ def submit(args: list[str], wait: float, run: Runner = stream, ask: Runner = qui
         print(f"confide submit: run {run_id} {COMPLETED}")
         return 0
     why = f" ({details})" if details else ""
-    print(f"confide submit: run {run_id} ended as {status or 'unknown'}{why}; not completed", file=sys.stderr)
+    print(f"confide: run {run_id} ended as {status or 'unknown'}{why}; not completed", file=sys.stderr)
     return 1
+
+
+def split_wait(args: list[str]) -> tuple[float, list[str]]:
+    """``--wait SECONDS`` (or ``--wait=SECONDS``) anywhere in ``args``: (seconds, the other args)."""
+    wait, rest, i = 60.0, [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--wait" or arg.startswith("--wait="):
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else None)
+            i += 1 if "=" in arg else 2
+            if value is None:
+                raise ConfideError("--wait needs a number of seconds (>= 0)")
+            try:
+                wait = float(value)
+            except ValueError:
+                raise ConfideError(f"--wait {value!r} is not a number of seconds (>= 0)") from None
+            if not math.isfinite(wait) or wait < 0:
+                raise ConfideError(f"--wait {value} is out of range: 0 <= seconds (finite)")
+            continue
+        rest.append(arg)
+        i += 1
+    return wait, rest
+
+
+def check_flwr_args(args: list[str]) -> None:
+    """flwr run's arguments as far as they can be checked here, before anything is submitted."""
+    known = ", ".join(sorted(VALUED | FLAGS | {"--wait"}))
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+        if name in VALUED:
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else None)
+            if value is None or (value.startswith("-") and "=" not in arg):
+                raise ConfideError(f"{name} needs a value")
+            if name == "--format" and value != "default":
+                raise ConfideError(f"--format {value}: confide submit reads flwr run's default output; leave it out")
+            if name in ("--run-config", "-c") and value.endswith(".toml") and "=" not in value:
+                cli.existing_file(Path(value), f"{name} file")
+            i += 1 if "=" in arg else 2
+            continue
+        if arg.startswith("-") and name not in FLAGS:
+            raise ConfideError(f"unknown option {arg} (confide submit takes flwr run's: {known})")
+        i += 1
+    places = positionals(args)
+    if not places:
+        raise ConfideError('give the app folder (and the connection), as to flwr run: confide submit . confide '
+                           '--run-config "..."')  # fmt: skip
+    if len(places) > 2:
+        raise ConfideError(f"too many arguments: {' '.join(places[2:])} (flwr run takes an app folder and a "
+                           "connection; quote --run-config's value)")  # fmt: skip
+    app = Path(places[0])
+    cli.existing_folder(app, "app folder")
+    if not (app / "pyproject.toml").is_file():
+        raise ConfideError(f"app folder {app} is not a Flower app (no pyproject.toml); give Confide's folder")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    wait = 60.0
-    if args[:1] in (["-h"], ["--help"]) or not args:
+    if args[:1] in (["-h"], ["--help"]):
         print(__doc__)
-        print("options: --wait SECONDS (before the flwr run arguments; default 60): how long to wait for the "
-              "SuperLink to report the run finished once the stream ends")  # fmt: skip
-        return 0 if args else 2
-    if args[0] == "--wait":
-        try:
-            wait = float(args[1])
-        except (IndexError, ValueError):
-            print("confide submit: --wait needs a number of seconds", file=sys.stderr)
-            return 2
-        args = args[2:]
-    if not positionals(args):
-        print("confide submit: give the app folder (and the connection), as to flwr run: "
-              "confide submit . confide --run-config \"...\"", file=sys.stderr)  # fmt: skip
-        return 2
-    return submit(args, wait)
+        print("options: --wait SECONDS (default 60, >= 0): how long to wait for the SuperLink to report the run "
+              "finished once the stream ends")  # fmt: skip
+        return 0
+    try:
+        wait, args = split_wait(args)
+        check_flwr_args(args)
+        flwr = flwr_command()
+        if shutil.which(flwr) is None:
+            raise ConfideError(f"flwr not found ({flwr}); install Confide's environment (scripts/install.sh)")
+    except ConfideError as exc:
+        return cli.refuse(exc)
+    return submit(args, wait, run=stream)
 
 
 if __name__ == "__main__":
