@@ -392,7 +392,7 @@ def _prog(default: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog=_prog("confide-site-audit"), description="A site's audit log of what it sent.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="show")
+    sub = parser.add_subparsers(dest="subcommand", required=True)
     show = sub.add_parser("show", help="print a site's audit log (<site>.audit.jsonl) as a table")
     show.add_argument("log", type=Path)
     show.add_argument("--json", action="store_true", help="print the log's JSON lines as they are")

@@ -34,7 +34,7 @@ SHOW = ("show", "a.audit.jsonl")
 
 # fmt: off
 CASES = [
-    Case("no-subcommand", (), ("required", "show")),
+    Case("no-subcommand", (), ("required", "subcommand")),
     Case("unknown-subcommand", ("list", "a.audit.jsonl"), ("'list'", "show")),
     Case("show-without-a-log", ("show",), ("required", "log")),
     Case("unknown-flag", (*SHOW, "--csv"), ("--csv",), {"a.audit.jsonl": log(RECORD)}),
