@@ -1,8 +1,9 @@
 """Robustness to malicious sites: clean vs attacked accuracy for each attacker and aggregation rule.
 
-Each cell is one federated run on scikit-learn's digits (ResNet-8, IID sites, 1 local epoch per
-round) with Confide's own pieces, in one process instead of Flower's engine (a simulation costs
-Ray's start-up and a process per site; this benchmark runs ~100 cells): every site trains with
+Each cell is one federated run on scikit-learn's digits (600 training images, ResNet-8, IID sites,
+1 local epoch per round) with Confide's own pieces, in one process instead of Flower's engine (a
+simulation costs Ray's start-up and a process per site; this benchmark runs ~50 cells): every site
+trains with
 ``common.site.train_round`` (what a simulated site runs), a malicious site's update is built by
 ``client.attacks`` (what ``client/faults.py`` sends), and the coordinator is the strategy
 ``server.strategy.build_strategy`` builds (its update checks, norm rule, norm bound and the Flower
@@ -10,10 +11,11 @@ aggregation rule). The test accuracy is the coordinator's central evaluation on 
 split after the last round.
 
 Setups: 1 attacker of 5 sites, and 2 colluding attackers of 10 (the same attack at both).
-Attackers (``faults.corrupt``): ``flip`` x10; ``evade``, a flip scaled to 0.95 x the largest norm
+Attackers (``faults.corrupt``): ``evade``, a flip scaled to 0.95 x the largest norm
 the rule lets through (its own update's norm standing in for the median: x2.85 under
 reject_norm_ratio 3, x10 where no norm rule rejects); ``bias``, its honest update plus a constant
-direction of corrupt_scale x its norm. Rules: see ``RULES``. Krum is told the number of attackers.
+direction of 2 x its norm; ``flip`` x10 (not run by default: it is ``evade`` wherever no norm
+rule rejects, and rejected where one does). Rules: see ``RULES``. Krum is told the number of attackers.
 
     nice -n 5 python -m benchmarks.attacks > /tmp/attacks.log 2>&1 &
     python -m benchmarks.attacks --rules fedavg,bound+reject3 --attacks clean,evade --seeds 0
@@ -52,17 +54,20 @@ BASE: dict[str, Any] = {
     "model.small_input": True,
     "data.source": "digits",
     "data.partitioner": "iid",
+    "data.max_samples": 600,  # of the 1,437 training digits: a cell in ~10 s on a free core
     "train.local_epochs": 1,
     "train.batch_size": 32,
-    "train.lr": 0.01,
-    "strategy.rounds": 4,
+    "train.lr": 0.02,
+    "strategy.rounds": 3,
     "strategy.fraction_evaluate": 0.0,
 }
 SETUPS = {"1of5": (5, 1), "2of10": (10, 2)}  # sites, attackers
+# "evade" is the x10 flip wherever no norm rule rejects (FedAvg, the robust rules, the bound alone);
+# "flip" adds the x10 flip against the rules that do (it is rejected there).
 ATTACKS: dict[str, dict[str, Any]] = {
     "clean": {},
-    "flip": {"faults.corrupt": "flip", "faults.corrupt_scale": 10.0},
     "evade": {"faults.corrupt": "evade", "faults.corrupt_scale": 10.0},
+    "flip": {"faults.corrupt": "flip", "faults.corrupt_scale": 10.0},
     "bias": {"faults.corrupt": "bias", "faults.corrupt_scale": 2.0},
 }
 RULES: dict[str, dict[str, Any]] = {
@@ -74,6 +79,7 @@ RULES: dict[str, dict[str, Any]] = {
     "bound": {"strategy.norm_bound": "median"},
     "bound+reject3": {"strategy.norm_bound": "median", "strategy.reject_norm_ratio": 3.0},
     "bound+trimmed": {"strategy.norm_bound": "median", "strategy.name": "fedtrimmedavg"},
+    "bound+cosine": {"strategy.norm_bound": "median", "strategy.min_cosine_to_median": 0.0},
 }
 
 
@@ -129,7 +135,8 @@ def run_cell(exp: ExperimentConfig) -> dict[str, Any]:
                 got = attack(exp.faults.corrupt, current, got, attack_scale(exp), direction)
             replies.append(reply(pid + 1, rt.spec.name, got, len(rt.train_set)))
         arrays, _ = strategy.aggregate_train(rnd, replies)
-        rejected += sum("reject_norm_ratio" in f["reason"] for f in recorder.current.failures)
+        rejected += sum(rule in f["reason"] for f in recorder.current.failures
+                        for rule in ("reject_norm_ratio", "min_cosine_to_median"))  # fmt: skip
         current = to_weights(arrays)
         set_weights(model, current, source="the aggregated global model")
         curve.append(round(evaluate(model, test_loader, len(labels)).as_dict()["accuracy"], 4))
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--rules", default=",".join(RULES))
-    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--attacks", default="clean,evade,bias")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--rounds", type=int, default=BASE["strategy.rounds"])
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ For each site's update u_i = w_i - w_global (the weight tensors, not buffers tha
 its L2 norm, its norm over the median norm of the round's updates, and its cosine to the
 coordinate-wise median update. A sign-flipped or scaled update stands out on both (cosine near -1,
 ratio near its scale). These are computed from the released weights only, and ``outliers`` applies
-the optional rule ``strategy.reject_norm_ratio``.
+the optional rules ``strategy.reject_norm_ratio`` and ``strategy.min_cosine_to_median``.
 
 Under central DP the coordinator clips every update to norm C before anything else reads it, so
 the statistics are computed on the clipped updates (``clip_norm``): nothing a run records says more
@@ -80,14 +80,20 @@ def update_statistics(
     return out
 
 
-def outliers(stats: Mapping[str, Mapping[str, float]], max_ratio: float) -> dict[str, str]:
-    """Sites whose update norm exceeds ``max_ratio`` x the round's median norm, with the reason
-    (``max_ratio`` 0: the rule is off)."""
-    if not max_ratio:
-        return {}
-    return {
-        name: f"update norm {s['update_norm']:.4g} is {s['update_norm_ratio']:.1f}x the median of this round's "
-        f"updates, above strategy.reject_norm_ratio={max_ratio:g}"
-        for name, s in stats.items()
-        if s["update_norm_ratio"] > max_ratio
-    }
+def outliers(stats: Mapping[str, Mapping[str, float]], max_ratio: float, min_cosine: float = -1.0) -> dict[str, str]:
+    """Sites whose update norm exceeds ``max_ratio`` x the round's median norm (``max_ratio`` 0: that
+    rule is off) or whose cosine to the median update is below ``min_cosine`` (-1: off), with the
+    reason."""
+    out = {}
+    for name, s in stats.items():
+        if max_ratio and s["update_norm_ratio"] > max_ratio:
+            out[name] = (
+                f"update norm {s['update_norm']:.4g} is {s['update_norm_ratio']:.1f}x the median of this round's "
+                f"updates, above strategy.reject_norm_ratio={max_ratio:g}"
+            )
+        elif min_cosine > -1 and s["update_cosine_to_median"] < min_cosine:
+            out[name] = (
+                f"update's cosine to the median update of this round is {s['update_cosine_to_median']:.2f}, below "
+                f"strategy.min_cosine_to_median={min_cosine:g}"
+            )
+    return out

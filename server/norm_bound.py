@@ -23,18 +23,21 @@ from common.weights import Weights
 
 
 def check(exp: ExperimentConfig) -> None:
-    """Refuse norm bounding where the coordinator cannot or must not read single updates."""
-    if exp.strategy.norm_bound == "off":
+    """Refuse norm bounding and the direction rule where the coordinator cannot or must not read
+    single updates."""
+    st = exp.strategy
+    key = "strategy.norm_bound" if st.norm_bound != "off" else "strategy.min_cosine_to_median"
+    if st.norm_bound == "off" and st.min_cosine_to_median == -1:
         return
     if exp.secagg.enabled:
         raise ConfigError(
-            "config key 'strategy.norm_bound' must be 'off' under secagg.enabled: the coordinator sees only the "
-            "sum of the updates, never one update's norm"
+            f"config key '{key}' must be off under secagg.enabled: the coordinator sees only the sum of the "
+            "updates, never one update"
         )
     if exp.privacy.mode == "central":
         raise ConfigError(
-            "config key 'strategy.norm_bound' must be 'off' with privacy.mode 'central': the coordinator already "
-            "clips every update to privacy.clipping_norm, and a bound taken from the round's median makes one "
+            f"config key '{key}' must be off with privacy.mode 'central': the coordinator already clips every "
+            "update to privacy.clipping_norm, and a bound or exclusion taken from the round's median makes one "
             "site change how the others are counted, beyond the one-site sensitivity the noise covers"
         )
 

@@ -207,12 +207,13 @@ class ConfideChecks:
     def _screen(self, valid: dict[str, tuple[Message, Weights]], received: dict[str, int]) -> list[Message]:
         """Record every valid update with its statistics (norm, norm over the round's median,
         cosine to the median update; of the clipped update under central DP); exclude those the norm
-        rule (strategy.reject_norm_ratio) flags; with strategy.norm_bound, scale the others down to
-        the round's median norm (the statistics are of the updates as they arrived)."""
+        and direction rules flag (strategy.reject_norm_ratio, min_cosine_to_median); with
+        strategy.norm_bound, scale the others down to the round's median norm (the statistics are of
+        the updates as they arrived)."""
         reference = self.global_arrays if self.global_arrays is not None else self.reference
         updates = {n: w for n, (_, w) in valid.items()}
         stats = update_statistics(reference, updates, skip=self.not_weights, clip_norm=self.clip_norm)
-        rejected = outliers(stats, self.cfg.reject_norm_ratio)
+        rejected = outliers(stats, self.cfg.reject_norm_ratio, self.cfg.min_cosine_to_median)
         factors = self._bound_factors(stats)
         accepted: list[Message] = []
         self.accepted_names = []

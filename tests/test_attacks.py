@@ -83,6 +83,7 @@ def test_colluding_sites_are_the_count_from_corrupt_site() -> None:
         ({"faults.corrupt_scale": 0.0}, "faults.corrupt_scale"),
         ({"faults.corrupt": "sneaky"}, "faults.corrupt"),
         ({"strategy.norm_bound": "mean"}, "strategy.norm_bound"),
+        ({"strategy.min_cosine_to_median": 1.0}, "strategy.min_cosine_to_median"),
     ],
 )
 def test_bad_values_stop_naming_the_key(overrides: dict, key: str) -> None:

@@ -1,7 +1,8 @@
 """Norm bounding (strategy.norm_bound: median, server/norm_bound.py): each accepted update is scaled
 down to the round's median update norm before the strategy aggregates it, the statistics record
-the update as it arrived, it composes with reject_norm_ratio, and it is refused where the
-coordinator cannot or must not read single updates (secure aggregation, central DP)."""
+the update as it arrived, it composes with reject_norm_ratio and min_cosine_to_median, and both
+are refused where the coordinator cannot or must not read single updates (secure aggregation,
+central DP)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,15 @@ def test_the_bound_composes_with_the_norm_rule() -> None:
     assert [f["site"] for f in recorder.current.failures] == ["c"]
 
 
+def test_the_bound_composes_with_the_direction_rule() -> None:
+    """The coordinate-wise median update is 1 everywhere: a and b have cosine 1, c -1, so
+    min_cosine_to_median 0 excludes c, naming the rule; the bound leaves a and b: (1 + 2) / 2."""
+    s, recorder = strategy(**{"strategy.norm_bound": "median", "strategy.min_cosine_to_median": 0.0})
+    arrays, _ = s.aggregate_train(1, updates())
+    assert np.allclose(arrays["w"].numpy(), 1.5)
+    assert [(f["site"], "min_cosine_to_median=0" in f["reason"]) for f in recorder.current.failures] == [("c", True)]
+
+
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
@@ -79,8 +89,11 @@ def test_the_bound_composes_with_the_norm_rule() -> None:
         ({"privacy.mode": "central", "privacy.noise_multiplier": 1.0}, "privacy.mode 'central'"),
     ],
 )
-def test_refused_where_the_coordinator_does_not_read_single_updates(overrides: dict, says: str) -> None:
-    exp = config_mod.load(None, {"strategy.min_sites": 1, "data.num_sites": 3, "strategy.norm_bound": "median",
+@pytest.mark.parametrize(("rule", "value"), [("norm_bound", "median"), ("min_cosine_to_median", 0.0)])
+def test_refused_where_the_coordinator_does_not_read_single_updates(
+    overrides: dict, says: str, rule: str, value: object
+) -> None:
+    exp = config_mod.load(None, {"strategy.min_sites": 1, "data.num_sites": 3, f"strategy.{rule}": value,
                                  **overrides})  # fmt: skip
-    with pytest.raises(ConfigError, match=rf"strategy\.norm_bound.*{says}"):
+    with pytest.raises(ConfigError, match=rf"strategy\.{rule}.*{says}"):
         build_strategy(exp, REF, RoundRecorder(None))

@@ -1,5 +1,5 @@
-"""common/update_stats.py: the coordinator's per-update statistics and its norm rule, checked
-against values worked out by hand on tiny updates."""
+"""common/update_stats.py: the coordinator's per-update statistics and its norm and direction
+rules, checked against values worked out by hand on tiny updates."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def test_norms_ratios_and_cosines_by_hand() -> None:
     assert list(flagged) == ["c"]
     assert "10.0x the median" in flagged["c"] and "strategy.reject_norm_ratio=3" in flagged["c"]
     assert outliers(stats, 0.0) == {} and outliers(stats, 11.0) == {}
+
+
+def test_the_direction_rule_flags_updates_pointing_away_from_the_median() -> None:
+    """Same updates as above: cosines 0.8, 0.8, -0.8. min_cosine 0 flags c alone, naming the key;
+    0.9 flags all three; -1 (off) none. The norm rule's reason wins where both apply."""
+    stats = update_statistics(GLOBAL, {"a": site((3, 0), 4), "b": site((0, 3), 4), "c": site((-30, 0), -40)})
+    flagged = outliers(stats, 0.0, 0.0)
+    assert list(flagged) == ["c"] and "-0.80, below strategy.min_cosine_to_median=0" in flagged["c"]
+    assert sorted(outliers(stats, 0.0, 0.9)) == ["a", "b", "c"]
+    assert outliers(stats, 0.0, -1.0) == {}
+    assert "reject_norm_ratio" in outliers(stats, 3.0, 0.0)["c"]
 
 
 def test_buffers_named_in_skip_are_left_out() -> None:
