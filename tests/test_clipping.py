@@ -131,7 +131,7 @@ def assert_matches_reference(kind: str, mode: str) -> None:
 
 def choose(kind: str, mode: str, with_batch: bool = True) -> str:
     model, inputs, _ = build(kind)
-    return choose_mode(PrivacyConfig(grad_sample_mode=mode), model, inputs if with_batch else None)
+    return choose_mode(PrivacyConfig(mode="local", grad_sample_mode=mode), model, inputs if with_batch else None)
 
 
 # --------------------------------------------------------------------------- right where accepted

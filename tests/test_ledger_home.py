@@ -46,7 +46,8 @@ def test_a_deployed_site_never_takes_its_ledger_folder_from_the_job(project_root
     ledger-dir: the site's own state folder; with ledger-dir: that folder)."""
     data = project_root / "mine.npz"
     np.savez(data, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.array([0, 1, 0, 1]))
-    exp = config_mod.load(None, {"privacy.ledger_dir": str(project_root / "chosen-by-the-job")})
+    job_dir = str(project_root / "chosen-by-the-job")
+    exp = config_mod.load(None, {"privacy.mode": "local", "privacy.ledger_dir": job_dir})
     node = {"data-path": str(data), "site-name": "st marys", "require-ledger": "false"}
     spec = SiteSpec.from_node_config(node)
     lenient = ledger_path(exp, spec, from_node_config(node, deployed=True))

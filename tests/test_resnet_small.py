@@ -152,9 +152,14 @@ def test_weights_file_loads_also_after_dp_surgery(tmp_path: Path) -> None:
         assert torch.equal(got.norm1.weight, donor.norm1.weight)
         assert got.fc.out_features == 3
     wrong = tmp_path / "rgb.pt"
-    torch.save(create_model(exp_for("resnet20", 3).model, 10).state_dict(), wrong)
-    got = create_model(exp_for("resnet20", 1, **{"model.weights": str(wrong)}).model, 10)
+    rgb = create_model(exp_for("resnet20", 3).model, 10)
+    torch.save(rgb.state_dict(), wrong)
+    with pytest.raises(ConfigError, match="conv1.weight: shape"):  # an RGB stem: not silently skipped
+        create_model(exp_for("resnet20", 1, **{"model.weights": str(wrong)}).model, 10)
+    partial = {"model.weights": str(wrong), "model.weights_partial": True}
+    got = create_model(exp_for("resnet20", 1, **partial).model, 10)
     assert got.conv1.weight.shape == (16, 1, 3, 3)  # the RGB stem is skipped, the rest loaded
+    assert torch.equal(got.layer3[2].conv2.weight, rgb.layer3[2].conv2.weight)
 
 
 # --------------------------------------------------------------------------- DP-SGD: clipping is exact
@@ -228,8 +233,8 @@ def test_every_accepting_engine_clips_exactly_like_single_sample_gradients(case:
     want, want_norms, c = reference(model, x, y)
     found = engine_problems(model, x)
     assert [m for m in MODES if not found[m]] == ["ghost", "hooks"]
-    assert choose_mode(PrivacyConfig(grad_sample_mode="auto"), model, x) == "ghost"
-    assert choose_mode(PrivacyConfig(grad_sample_mode="auto"), model) == "ghost"
+    assert choose_mode(PrivacyConfig(mode="local", grad_sample_mode="auto"), model, x) == "ghost"
+    assert choose_mode(PrivacyConfig(mode="local", grad_sample_mode="auto"), model) == "ghost"
     for mode in ("ghost", "hooks"):
         fresh, _, _ = CASES[case]()  # same seed: same weights
         got, norms = engine_step(fresh, x, y, mode, c)
@@ -242,7 +247,7 @@ def test_every_accepting_engine_clips_exactly_like_single_sample_gradients(case:
             torch.testing.assert_close(got[name], value, rtol=1e-4, atol=atol, msg=f"{mode}: {name}")
     refused = rf"{KEY}.*bookkeeping.*'?conv1? \(WSConv2d\).*use 'auto' or 'ghost' or 'hooks'"
     with pytest.raises(ConfigError, match=refused):
-        choose_mode(PrivacyConfig(grad_sample_mode="bookkeeping"), model)
+        choose_mode(PrivacyConfig(mode="local", grad_sample_mode="bookkeeping"), model)
     with pytest.raises(ConfigError, match=rf"{KEY}.*bookkeeping.*\(WSConv2d\)"):
         private(model, "bookkeeping", c, len(y))
 
