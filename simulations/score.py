@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +58,7 @@ def score(
 ) -> dict[str, float]:
     info = read_export(model_dir)
     cfg = data_config(info, data, source, text_field, label_field, resize, pixel_max)
-    check_fits(info, cfg, data, split, id_field, text_field)
+    check_fits(cfg, data, split, id_field, text_field, label_field)
     try:
         records = read_test(cfg) if cfg.source == "npz" and split in (None, "test") else read_train(cfg)
     except DataError as exc:
@@ -130,7 +131,7 @@ def data_config(
 
 
 def check_fits(
-    info: ExportInfo, cfg: DataConfig, data: Path, split: str | None, id_field: str, text_field: str
+    cfg: DataConfig, data: Path, split: str | None, id_field: str, text_field: str, label_field: str
 ) -> None:
     """The options against the data's kind, before the file is read."""
     is_table = cfg.source in TABLE_SOURCES
@@ -138,6 +139,10 @@ def check_fits(
         raise ConfideError(f"--id-field '{id_field}': only table files ({', '.join(TABLE_SOURCES)}) have columns")
     if text_field and not is_table:
         raise ConfideError(f"--text-field '{text_field}': {data} holds images, not text")
+    if label_field and not is_table:
+        raise ConfideError(
+            f"--label-field '{label_field}': only table files have label columns; {data} is {cfg.source}"
+        )
     if split is not None and cfg.source != "npz":
         raise ConfideError(f"--split {split}: only .npz files have splits; {data} is {cfg.source}")
 
@@ -196,6 +201,8 @@ def check_out(out: Path | None, data: Path) -> None:
     if out is None:
         return
     cli.new_file(out, "--out")
+    if not os.access(out.parent, os.W_OK):
+        raise ConfideError(f"--out {out}: folder {out.parent} is not writable")
     if out.resolve() == data.resolve():
         raise ConfideError(f"--out {out} is the data file being scored; give another file name")
 
@@ -245,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConfideError as exc:
         return cli.refuse(exc)
+    except OSError as exc:  # --out was checked; a write failing now (disk full, no permission) failed the run
+        print(f"confide: could not write --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return cli.FAILED
     print(json.dumps(result, indent=2))
     return 0
 

@@ -137,6 +137,7 @@ CASES = [
          {"t.npz": npz(pixels(), [0, 1, 7, 9])}),
     Case("resize-without-a-recorded-size", ("{npzimg}", "t.npz", "--resize"), ("--resize", "image size"), GOOD),
     Case("image-model-on-a-table", ("{img}", "t.csv"), ("t.csv", "reads images"), {"t.csv": CSV}),
+    Case("label-field-on-images", ("{img}", "t.npz", "--label-field", "y"), ("--label-field 'y'", "table"), GOOD),
     Case("id-field-on-images", ("{img}", "t.npz", "--id-field", "case"), ("--id-field 'case'", "table"), GOOD),
     # ------------------------------------------------------------------ --out
     Case("out-in-a-missing-folder", ("{img}", "t.npz", "--out", "nodir/p.csv"), ("--out nodir/p.csv", "nodir"), GOOD),
@@ -169,6 +170,24 @@ def test_bad_input_is_refused_in_one_line_before_any_prediction(
 ) -> None:
     COPY_FROM.update(models)
     refused(main, case, tmp_path, monkeypatch, capsys, **models)
+
+
+def test_a_write_that_fails_after_the_checks_is_a_failed_run(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out passes its checks, then the write fails (here: the file cannot be opened): exit code 1,
+    one line naming --out, no traceback."""
+    from simulations import score as score_mod
+
+    def unwritable(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(score_mod, "write_predictions", unwritable)
+    npz(pixels())(tmp_path / "t.npz")
+    assert main([str(models["img"]), str(tmp_path / "t.npz"), "--out", str(tmp_path / "p.csv")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("confide: could not write --out"), err
+    assert "Permission denied" in err and "Traceback" not in err
 
 
 def test_resize_scales_images_to_the_trained_size(
