@@ -133,6 +133,11 @@ def _inputs(args: argparse.Namespace) -> Inputs:
         entries = [e for e in entries if e.get("site") == args.site]
         cli.require(bool(entries), f"--site {args.site!r}: no entry of {args.ledger} is for that site "
                     f"(sites in it: {', '.join(sites) or 'none named'})")  # fmt: skip
+    if args.run:
+        runs = sorted({str(e.get("run")) for e in entries if e.get("kind", "dpsgd") == "dpsgd"})
+        if args.run not in runs:
+            raise ConfideError(f"--run {args.run!r}: no DP-SGD entry of {args.ledger} is for that run "
+                               f"(runs in it: {', '.join(runs) or 'none'})")  # fmt: skip
     exp = None
     if args.config is not None:
         cli.existing_file(args.config, "--config")
@@ -237,6 +242,8 @@ def run_lines(folder: Path) -> list[dict[str, Any]]:
                 line = json.loads(x)
                 if not isinstance(line, dict) or not isinstance(line.get("round"), int):
                     raise ValueError(f"line {i} is not an object with an integer 'round'")
+                if not isinstance(line.get("sites") or {}, dict):
+                    raise ValueError(f"line {i}: 'sites' is not an object")
                 lines.append(line)
     except (OSError, ValueError) as exc:
         raise ConfideError(f"--run-folder {folder}: metrics.jsonl is unreadable ({exc})") from None
