@@ -196,6 +196,12 @@ def check_args(args: argparse.Namespace) -> dict[str, str]:
         raise ConfideError(f"--ledger-dir {folder} is a file; the site's ledger folder is expected")
     if not folder.exists():
         raise ConfideError(f"--ledger-dir {folder} not found (default $CONFIDE_LEDGER_DIR, else {IMAGE_LEDGER_DIR})")
+    others = [p.name.removesuffix(".json") for p in ledgers_in(folder, "")]
+    own = ledgers_in(folder, args.site)[0] if args.site else None
+    if own is not None and not own.is_file() and others:
+        # A site with no ledger yet in a folder that holds other sites' ledgers: most likely a misspelt name.
+        raise ConfideError(f"--site {args.site!r} (or $CONFIDE_SITE_NAME): no ledger {own}; the folder holds "
+                           f"the ledgers of: {', '.join(others)}")  # fmt: skip
     if args.policy:
         policy = Path(args.policy)
         if policy.is_dir():

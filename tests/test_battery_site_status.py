@@ -53,6 +53,7 @@ CASES = [
     Case("max-epsilon-nan", (*DIR, "--max-epsilon", "nan"), ("--max-epsilon nan", "> 0"), {"led": directory}),
     Case("min-noise-negative", (*DIR, "--min-noise-multiplier", "-0.5"), ("--min-noise-multiplier -0.5", ">= 0"),
          {"led": directory}),
+    Case("site-misspelt", (*DIR, "--site", "site-b"), ("--site 'site-b'", "led/site-b.json", "site-a"), LEDGERS),
     Case("ledger-not-json", DIR, ("ledger led/site-a.json", "not JSON"), {"led/site-a.json": "{"}),
     Case("ledger-empty", DIR, ("ledger led/site-a.json", "empty"), {"led/site-a.json": ""}),
     Case("ledger-bad-entry", DIR, ("led/site-a.json", "entry 0", "steps"),
