@@ -22,7 +22,6 @@ from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
 from client.public_errors import public_failure
 from client.secagg import secagg_mod
-from common import logs
 from common.config import ExperimentConfig
 from common.data import LabelSet
 from common.errors import ConfigError, PolicyRefused
@@ -32,12 +31,15 @@ from common.privacy.policy import from_node_config as policy_from_node_config
 from common.schema import SchemaPins
 from common.site import SiteRuntime, SiteSpec, evaluate_round, site_runtime, train_round
 from common.weights import exchanged_state, set_weights
+from server import flower_runtime
 
 
 def _setup(
     msg: Message, context: Context, fixed: ExperimentConfig | None
 ) -> tuple[ExperimentConfig, SiteRuntime, SitePolicy]:
-    logs.setup()  # the site's own log: progress lines, the full reason of a failure
+    # The site's own log (progress lines, the full reason of a failure) and Flower's console in
+    # this process, quiet as the driver's (its notices, and no second copy through Opacus's root handler).
+    flower_runtime.setup_logging()
     spec = SiteSpec.from_node_config(context.node_config)
     if spec.deployed:  # a real site's DP noise comes from the OS's entropy, whatever else is loaded
         randomness.forbid_study_seeds()

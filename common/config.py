@@ -388,8 +388,9 @@ class StrategyConfig:
     # the highest site-weighted accuracy on the sites' held-out data: model selection without the
     # test set). It needs the sites' evaluation: under DP only with privacy.site_metrics noisy or
     # exact, and strategy.fraction_evaluate > 0; without it the last round's model is exported and
-    # the log and model card say so.
-    final_model: Literal["last", "best_held_out"] = "last"
+    # the log and model card say so. "auto": best_held_out where the sites release that accuracy,
+    # else last (the last round of a short or oscillating run lost 4-6 points on small real sets).
+    final_model: Literal["auto", "last", "best_held_out"] = "auto"
     # Exclude an update whose norm (w_site - w_global) exceeds this many times the median norm of
     # the round's updates (a scaled or poisoned update); recorded with the reason under the site's
     # name. 0: off (the statistics are recorded either way: common/update_stats.py).

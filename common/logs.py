@@ -24,6 +24,8 @@ VERBOSE_ENV = "CONFIDE_VERBOSE"
 WARNING_NOISE: tuple[tuple[type[Warning], str, str], ...] = (
     (FutureWarning, "Tip: In future versions of Ray", ""),
     (UserWarning, "Optimal order is the largest alpha", ""),  # Opacus' RDP accountant: a looser bound, not an error
+    # torch, once per Opacus hook on a first layer whose input needs no gradient: expected, not a fault.
+    (UserWarning, "Full backward hook is firing when gradients are computed with respect to module outputs", ""),
     (FutureWarning, "", r"(transformers|opacus|ray|flwr|peft|torch)(\.|$)"),
     (DeprecationWarning, "", r"(transformers|opacus|ray|flwr|peft|torch)(\.|$)"),
 )
@@ -50,10 +52,18 @@ def setup(level: int = logging.INFO, *, loud: bool | None = None) -> None:
         quiet_libraries()
 
 
+# Ray's driver reads these when it is imported: no colour codes around its "(ClientAppActor pid=...)"
+# prefix (they land in redirected logs as escape sequences), and every site's line shown as it is
+# instead of merged into "[repeated Nx]" with a tip about Ray's own settings.
+RAY_PLAIN = {"RAY_COLOR_PREFIX": "0", "RAY_DEDUP_LOGS": "0"}
+
+
 def quiet_libraries() -> None:
     """Leave the libraries' routine lines out of the terminal (warnings and errors stay)."""
     for category, message, module in WARNING_NOISE:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for key, value in RAY_PLAIN.items():
+        os.environ.setdefault(key, value)
     _quiet_transformers()
 
 

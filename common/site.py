@@ -120,7 +120,14 @@ def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> Sit
     if exp.privacy.local:  # report before the first DP round what DP-SGD will do with this model
         from common.privacy.compat import readiness
 
-        log.info("site %s: %s", spec.name, readiness(runtime.model, exp.privacy, exp.train.batch_size).summary())
+        head_rounds = min(exp.train.head_only_rounds, exp.strategy.rounds)
+        if head_rounds:  # what those rounds train: the head alone
+            with head_only(runtime.model):
+                head = readiness(runtime.model, exp.privacy, exp.train.batch_size).summary()
+            log.info("site %s: rounds 1-%d (head only): %s", spec.name, head_rounds, head)
+        if head_rounds < exp.strategy.rounds:
+            full = readiness(runtime.model, exp.privacy, exp.train.batch_size).summary()
+            log.info("site %s: %s%s", spec.name, f"rounds {head_rounds + 1}+: " if head_rounds else "", full)
 
     _CACHE[key] = runtime
     while len(_CACHE) > _CACHE_SIZE:

@@ -53,7 +53,10 @@ def check_update(reference: Mapping[str, np.ndarray], update: Mapping[str, np.nd
         if arr.shape != ref.shape:
             raise UpdateError(f"update from {source}: tensor '{key}' has shape {arr.shape}, expected {ref.shape}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise UpdateError(f"update from {source}: tensor '{key}' has non-finite values")
+            raise UpdateError(
+                f"update from {source}: tensor '{key}' has non-finite values: its local training diverged "
+                "(most often config key 'train.lr' or 'train.head_lr' too large for this model; lower it)"
+            )
         if arr.dtype.kind not in "fiub":
             raise UpdateError(f"update from {source}: tensor '{key}' has non-numeric dtype {arr.dtype}")
 

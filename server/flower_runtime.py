@@ -23,6 +23,7 @@ FLOWER_NOISE = (
     "Since flwr 1.32, default simulated SuperNodes",
     flower_internals.SIMULATION_DEPRECATION,
     "fraction_evaluate is set to 0.0",
+    "Manually terminating",  # its actors at the end of every simulation
 )
 _exit_handler_installed = False
 

@@ -145,7 +145,7 @@ def _run_rounds(
     strategy = build_strategy(exp, initial, recorder, job, buffers)
     central = strategy if isinstance(strategy, CentralDP) else None
     checks = central.base if central else strategy
-    selection = ModelSelection(exp.strategy.final_model)
+    selection = ModelSelection(selection_rule(exp), exp.strategy.final_model)
     first_round, arrays = 1, ArrayRecord(exchanged_state(model))
     if start:
         checkpoint, history = start
@@ -219,6 +219,13 @@ def _run_rounds(
     return RunSummary(path=path, rounds=recorder.history)
 
 
+def selection_rule(exp: ExperimentConfig) -> str:
+    """``strategy.final_model`` resolved: "auto" selects on held-out accuracy where the sites release it."""
+    if exp.strategy.final_model == "auto":
+        return "best_held_out" if strategy_evaluates(exp) else "last"
+    return exp.strategy.final_model
+
+
 def strategy_evaluates(exp: ExperimentConfig) -> bool:
     """Whether the sites evaluate and release their held-out accuracy in this job."""
     return sites_release_evaluation(exp) and exp.strategy.fraction_evaluate > 0
@@ -228,8 +235,8 @@ class ModelSelection:
     """``strategy.final_model``: the last round's global model, or the one with the best site-weighted
     held-out accuracy (the sites' validation data; the server's test set is never used to choose)."""
 
-    def __init__(self, rule: str) -> None:
-        self.rule = rule
+    def __init__(self, rule: str, configured: str = "") -> None:
+        self.rule, self.configured = rule, configured or rule
         self.best: tuple[float, int, Weights] | None = None
 
     def offer(self, server_round: int, line: dict[str, Any], weights: Weights) -> None:
@@ -246,7 +253,8 @@ class ModelSelection:
 
     def describe(self) -> str:
         if self.rule != "best_held_out":
-            return "the last round's global model (strategy.final_model=last)"
+            why = "auto: the sites release no held-out accuracy" if self.configured == "auto" else "last"
+            return f"the last round's global model (strategy.final_model={why})"
         if self.best is None:
             return "the last round's global model (no round had a held-out accuracy to select on)"
         return f"round {self.best[1]}'s global model, best site-weighted held-out accuracy {self.best[0]:.4f}"

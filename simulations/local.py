@@ -31,6 +31,7 @@ from common import logs, stopping
 from common.config import ExperimentConfig
 from common.errors import ConfideError, RunFailed, exit_code
 from common.rundir import INCOMPLETE, failure_of
+from simulations.processes import reaped
 from simulations.ray_cluster import attached, probe_cluster, ray_address_from
 from simulations.resources import check_site_resources
 
@@ -70,7 +71,10 @@ def simulate(
     init_args = {"logging_level": "INFO" if logs.verbose() else "ERROR", "log_to_driver": True} | (
         {} if cluster else {"address": "local"}
     )
-    with attached(cluster, max_actors=exp.data.num_sites) if cluster else nullcontext():
+    with (
+        reaped(shutdown_ray=cluster is None),
+        attached(cluster, max_actors=exp.data.num_sites) if cluster else nullcontext(),
+    ):
         run_in_process(
             server_app=create_server_app(exp, resume=resume),
             client_app=create_client_app(exp, mods=client_mods),

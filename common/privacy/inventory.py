@@ -71,11 +71,14 @@ FAILURE = Protection(
     "which site failed",
     "which site failed, refused or was rejected, and in which phase: its answer (or silence), not its records",
 )
-REASON = Protection(
-    "the reason",
-    "the reason: a site's refusal or error text (a deployed site's carries no data, client/public_errors.py) or "
-    "the coordinator's check of the update (under central DP, of the clipped update)",
-)
+def reason(mode: str) -> Protection:
+    """Why a site failed or was rejected; under central DP the coordinator checks the clipped update."""
+    checked = "the clipped update it sees before noise" if mode == "central" else "the update it received"
+    return Protection(
+        "the reason",
+        "the reason: a site's refusal or error text (a deployed site's carries no data, client/public_errors.py) or "
+        f"the coordinator's check of {checked}",
+    )
 CENTRAL_TEST = Protection(
     "coordinator's test set", "the coordinator's own test set (data.test_path or the built-in split): no site's records"
 )
@@ -157,7 +160,7 @@ def metrics_jsonl(mode: str, site_metrics: str) -> dict[str, str]:
         ),
         "failures[].site": FAILURE,
         "failures[].phase": FAILURE,
-        "failures[].reason": REASON,
+        "failures[].reason": reason(mode),
         "privacy.mode": CONFIGURATION,
     }
     out |= {f"central.{k}": CENTRAL_TEST for k in CENTRAL_KEYS}
@@ -184,7 +187,7 @@ def model_card(mode: str, site_metrics: str, labels: str) -> dict[str, str]:
         "data": CONFIGURATION.text,
         "federation": "the job's configuration, and how many sites took part or failed: run bookkeeping",
         "privacy": STATEMENT.text,
-        "failures": f"{FAILURE.text}; {REASON.text}",
+        "failures": f"{FAILURE.text}; {reason(mode).text}",
     }
     columns = {"records": "num_examples"}
     out |= {f"metrics.central.{c}": CENTRAL_TEST.text for c in CARD_COLUMNS}
