@@ -175,10 +175,11 @@ def label_set(cfg: DataConfig, train: Unlabelled | None = None) -> LabelSet:
     return derived
 
 
-def check_sites(cfg: DataConfig, seed: int) -> None:
+def check_sites(cfg: DataConfig, seed: int) -> list[int]:
     """What the simulated sites will do with the training data, checked once before a simulation
     starts: every record's label is in the (resolved) label set, and each of ``data.num_sites``
-    partitions gets the 2 records a site needs (training + held-out). Sites check again."""
+    partitions gets the 2 records a site needs (training + held-out). Sites check again. Returns
+    the partitions' sizes."""
     from common.partition import partition_indices
 
     where = str(resolve_path(cfg.path)) if cfg.path else f"built-in '{cfg.source}'"
@@ -193,12 +194,14 @@ def check_sites(cfg: DataConfig, seed: int) -> None:
             f"{where}: {len(raw)} training records{capped} cannot be split into {cfg.num_sites} sites of at "
             f"least 2 (training + held-out) (config keys {keys})"
         )
-    for site, part in enumerate(partition_indices(raw.labels, cfg, seed)):
+    parts = partition_indices(raw.labels, cfg, seed)
+    for site, part in enumerate(parts):
         if len(part) < 2:
             raise DataError(
                 f"{where}: site-{site}'s partition has {len(part)} record(s), at least 2 are needed "
                 f"(config keys 'data.num_sites', 'data.partitioner', 'data.alpha', 'data.min_partition_size')"
             )
+    return [len(part) for part in parts]
 
 
 # --------------------------------------------------------------------------- readers

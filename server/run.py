@@ -29,6 +29,7 @@ from common.errors import ConfideError, ConfigError
 from common.export import save_model, write_model_card
 from common.models import build_model, check_model_source
 from common.privacy import statement
+from common.privacy.accounting import check_delta
 from common.privacy.ledger_home import ledger_root
 from common.progress import clock_text
 from common.rundir import RunDir, check_resumable, open_resumed
@@ -91,7 +92,9 @@ def preflight(exp: ExperimentConfig, resume: Path | None = None) -> ExperimentCo
     check_output_dir(exp)
     exp = resolve_ledger_dir(resolve_labels(exp))
     check_model_source(exp)  # model.checkpoint / model.weights / >= 2 labels, before any tokenizer load
-    check_sites(exp.data, exp.seed)  # training labels in the label set; enough records per site
+    sizes = check_sites(exp.data, exp.seed)  # training labels in the label set; enough records per site
+    if exp.privacy.local and exp.privacy.delta:  # each site refuses a delta >= 1/n; the clear cases here
+        check_delta(exp.privacy.delta, min(sizes), "privacy.delta", "n: the smallest simulated site's records")
     _central_loader(exp, LabelSet(exp.data.labels))
     if resume is not None:
         check_resumable(resume, exp)

@@ -84,9 +84,10 @@ class Prepared:
     run_config: str
 
 
-def prepare(experiment: str, overrides: str) -> Prepared:
-    """Check the experiment and overrides (and a run folder to resume) as the ServerApp will, and
-    return the run config for ``flwr run --run-config`` with absolute paths."""
+def prepare(experiment: str, overrides: str, check: bool = True) -> Prepared:
+    """Check the experiment, overrides, data and model source (and a run folder to resume) as the
+    ServerApp will, and return the run config for ``flwr run --run-config`` with absolute paths.
+    ``check=False`` leaves out the files' contents (the paths alone are rewritten)."""
     from flwr.common.config import parse_config_args
 
     pairs = [(key, toml_value(value)) for key, value in split_pairs(overrides)]
@@ -113,11 +114,14 @@ def prepare(experiment: str, overrides: str) -> Prepared:
         elif key in given:
             paths[key] = value
     resume = unquote(given.get(config.RESUME_KEY, "''"))
-    if resume:  # the folder checked against the experiment before any Flower process starts
+    if resume:
+        paths[config.RESUME_KEY] = config.resolve_path(resume)
+    # The data files, labels, sites' partitions, model source and a folder to resume, checked before
+    # any Flower process starts: found inside the ServerApp they would end in Flower's traceback.
+    if check:
         from server.run import preflight
 
-        paths[config.RESUME_KEY] = config.resolve_path(resume)
-        preflight(exp, paths[config.RESUME_KEY])
+        preflight(exp, paths.get(config.RESUME_KEY))
     absolute = " ".join(f"{k}={quote(str(v))}" for k, v in paths.items())
     return Prepared(exp.data.num_sites, f"{absolute} {text}".strip())
 

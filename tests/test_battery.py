@@ -200,6 +200,8 @@ CASES = [
     Case("device-unknown", ("'train.device'", "gpu", "cuda"), sets=("train.device=gpu",)),
     # ------------------------------------------------------------------ privacy combinations
     Case("delta-one", ("'privacy.delta'", "[0, 1)"), sets=("privacy.mode=local", "privacy.delta=1")),
+    Case("delta-above-one-over-n", ("'privacy.delta'", "1/n", "smallest simulated site"),
+         sets=("privacy.mode=local", "privacy.delta=0.5")),
     Case("delta-negative", ("'privacy.delta'",), sets=("privacy.mode=local", "privacy.delta=-1e-5")),
     Case("epsilon-negative", ("'privacy.target_epsilon'",), sets=("privacy.mode=local", "privacy.target_epsilon=-1")),
     Case("epsilon-zero", ("'privacy.target_epsilon'", "> 0"), sets=("privacy.mode=local", "privacy.target_epsilon=0")),

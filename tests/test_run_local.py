@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.common.config import parse_config_args
 
@@ -54,6 +55,38 @@ def test_a_given_output_dir_is_kept_and_made_absolute(project_root: Path) -> Non
 def test_bad_overrides_are_refused_in_one_line(overrides: str, message: str) -> None:
     with pytest.raises(ConfideError, match=message):
         prepare(DEFAULT, overrides)
+
+
+def _one_label_csv(root: Path) -> str:
+    (root / "one.csv").write_text("text,label\n" + "".join(f"query {i},card\n" for i in range(12)))
+    return f"experiment='{REPO}/simulations/configs/default_bert.yaml' data.path=one.csv data.source='csv'"
+
+
+def _mixed_sizes(root: Path) -> str:
+    from PIL import Image
+
+    for label, side in (("a", 8), ("b", 12)):
+        (root / "imgs" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((side, side), np.uint8)).save(root / "imgs" / label / f"{i}.png")
+    return "data.source='imagefolder' data.path=imgs"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (_one_label_csv, "every record has the label 'card'"),
+        (_mixed_sizes, "images have different sizes"),
+        (lambda root: "privacy.mode='local' privacy.delta=0.5", "'privacy.delta'=0.5 must be below 1/n"),
+    ],
+    ids=["one-label-csv", "mixed-image-sizes", "delta-half"],
+)
+def test_prepare_checks_the_data_before_flower_starts(project_root: Path, build, message: str) -> None:  # noqa: ANN001
+    """What the ServerApp would find only after Flower started (and print inside Flower's
+    traceback) is refused by the script's first step, in one line."""
+    with pytest.raises(ConfideError, match=message):
+        prepare(DEFAULT, build(project_root))
 
 
 @pytest.mark.system
@@ -116,14 +149,16 @@ def test_another_users_superlink_is_refused(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_file_paths_in_the_experiment_and_overrides_are_passed_absolute(project_root: Path) -> None:
     """A SuperLink started in another folder resolves relative paths against that folder; the run config
-    carries them as this checkout reads them ($CONFIDE_ROOT, else the working directory)."""
+    carries them as this checkout reads them ($CONFIDE_ROOT, else the working directory). The files
+    need not exist here (check=False): the paths alone are under test."""
     (project_root / "ckpt").mkdir()
     bert = str(REPO / "simulations/configs/bank_bert_banking77.yaml")
-    parsed = parse_config_args([prepare(bert, "data.test_path=held/out.csv model.checkpoint=ckpt").run_config])
+    prepared = prepare(bert, "data.test_path=held/out.csv model.checkpoint=ckpt", check=False)
+    parsed = parse_config_args([prepared.run_config])
     assert parsed["data.path"] == str((project_root / "../shared/datasets/banking77/train.csv").resolve())  # the YAML's
     assert parsed["data.test_path"] == str(project_root / "held" / "out.csv")  # an override's
     assert parsed["model.checkpoint"] == str(project_root / "ckpt")  # a local folder
-    hub_name = parse_config_args([prepare(bert, "").run_config])
+    hub_name = parse_config_args([prepare(bert, "", check=False).run_config])
     assert "model.checkpoint" not in hub_name  # all-MiniLM-L6-v2 is not a folder here: left as the YAML has it
-    resnet = parse_config_args([prepare(DEFAULT, "model.weights=w/resnet18.pt").run_config])
+    resnet = parse_config_args([prepare(DEFAULT, "model.weights=w/resnet18.pt", check=False).run_config])
     assert resnet["model.weights"] == str(project_root / "w" / "resnet18.pt")
