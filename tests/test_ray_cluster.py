@@ -138,7 +138,7 @@ def test_parallel_sweep_needs_a_reachable_cluster(tmp_path: Path, no_ray_address
         address = f"127.0.0.1:{free_port()}"
         assert sweep_main([str(file), "--out", str(out), "--ray-address", address, "--parallel", "2"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"confide-sweep: no Ray cluster at {address}")
+        assert len(err) == 1 and err[0].startswith(f"confide: no Ray cluster at {address}")
     finally:
         signal.signal(signal.SIGINT, handler)
     assert not out.exists()  # stopped before any cell

@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from common import cli
 from common import config as config_mod
 from common.errors import ConfideError
 from common.tracking import prepare_store
 from simulations.local import parse_sets
 from simulations.ray_cluster import RayCluster, probe_cluster, ray_address_from
-from simulations.resources import check_site_resources
+from simulations.resources import local_cpus
 from simulations.study.cell import reaudit_cell, run_cell, tracked
 from simulations.study.cellstore import (
     CELL_LOG,
@@ -78,7 +79,7 @@ def run_sweep(
             "RAY_ADDRESS (docs/cluster.md)"
         )
     cluster = probe_cluster(address) if address else None  # a wrong address stops the sweep before any cell
-    check_site_resources(sweep.cpus_per_site, 0.0, cluster)
+    _check_cpus(sweep.cpus_per_site, cluster)
     out.mkdir(parents=True, exist_ok=True)
     write_plan(sweep, out, command)
     todo = [c for c in sweep.cells if load_result(cell_dir(out, c.id), c.id) is None]
@@ -98,6 +99,23 @@ def run_sweep(
         path = build_report(out)
         echo(f"[sweep] report: {path}")
     return {"cells": n, "skipped": n - len(todo), "ran": len(todo) - failed, "failed": failed}
+
+
+def _check_cpus(cpus: float, cluster: RayCluster | None) -> None:
+    """The sweep's cpus_per_site against the machine (or the cluster's nodes) before any cell: a site
+    no node can hold leaves Flower's actor pool empty and the cell waiting forever."""
+    if cluster is not None:
+        if cluster.slots(cpus) == 0:
+            raise ConfideError(
+                f"sweep key 'cpus_per_site' ({cpus:g}) is more than any node of the Ray cluster at {cluster.address} "
+                f"has ({cluster.describe()}); lower it"
+            )
+        return
+    have = local_cpus()
+    if cpus > have:
+        raise ConfideError(
+            f"sweep key 'cpus_per_site' ({cpus:g}) is more than this machine's {have} CPUs; use at most {have}"
+        )
 
 
 def _run_sequential(
@@ -286,6 +304,20 @@ def default_out(sweep: Sweep) -> Path:
     return config_mod.resolve_path(f"runs/sweeps/{sweep.name}")
 
 
+def _output_folder(given: Path | None, sweep: Sweep) -> Path:
+    """--out (or the default) when it is, or can be made, a folder: checked before any cell runs."""
+    out = given or default_out(sweep)
+    flag = "--out" if given else "the default output folder"
+    if out.exists() and not out.is_dir():
+        raise ConfideError(f"{flag} {out} is a file; a folder is expected")
+    ancestor = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not ancestor.is_dir():
+        raise ConfideError(f"{flag} {out}: {ancestor} is a file, so the folder cannot be made")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfideError(f"{flag} {out}: {ancestor} is not writable")
+    return out
+
+
 def _brief(m: dict[str, Any]) -> str:
     parts = [f"acc {m['final_accuracy']:.4f}", f"worst site {m['final_worst_site_accuracy']:.4f}"]
     parts.append(f"eps {m['epsilon_spent']:.3g}")
@@ -333,7 +365,11 @@ def _on_interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(
+        prog=cli.prog("python -m simulations.study.sweep"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("sweep", help="sweep YAML file")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/sweeps/<name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override in every cell")
@@ -358,13 +394,16 @@ def main(argv: list[str] | None = None) -> int:
         help="with a Ray cluster: run up to N cells at once, each in its own process, as many as the "
         "cluster's CPUs hold (sites x cpus_per_site each)",
     )
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ConfideError as exc:
+        return cli.refuse(exc)
     from server.flower_runtime import setup_logging
 
     setup_logging()
     try:
         sweep = load_sweep(args.sweep, parse_sets(args.set), parse_sets(args.grid))
-        out = args.out or default_out(sweep)
+        out = _output_folder(args.out, sweep)
         command = "python -m simulations.study.sweep " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         if args.reaudit:
             print(f"[sweep] {reaudit_sweep(sweep, out)} cell(s) re-audited: {out}")
@@ -383,8 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             parallel=args.parallel,
         )
     except ConfideError as exc:
-        print(f"confide-sweep: {exc}", file=sys.stderr)
-        return 2
+        return cli.refuse(exc)
     except KeyboardInterrupt:
         _interrupted()
 

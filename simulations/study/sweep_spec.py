@@ -17,7 +17,8 @@ unknown key or a bad value stops the sweep naming the key. A finite ``privacy.ta
 (or a positive ``privacy.noise_multiplier``) turns on DP-SGD at every site (``privacy.mode:
 local``) unless the base or the grid sets ``privacy.mode``; ``inf`` (or a noise multiplier of 0)
 means ``privacy.mode: off`` for that cell, whose other ``privacy.*`` keys are reset (they are the
-private cells' settings). A cell's id is a hash of its resolved config and the
+private cells' settings); a grid that writes ``privacy.mode: off`` beside other ``privacy.*`` values
+is refused (that cell would train without DP under a DP label). A cell's id is a hash of its resolved config and the
 study settings, so the same cell always lands in the same folder and a rerun can skip it.
 """
 
@@ -110,7 +111,7 @@ def build_sweep(
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise ConfigError(f"unknown sweep key '{unknown[0]}' in {source}; known keys: {', '.join(TOP_KEYS)}")
-    name = str(raw.get("name") or Path(source).stem)
+    name = _name(raw.get("name"), source)
     grid = _grid(raw.get("grid") or {}, source)
     fixed = {**_mapping(raw.get("set") or {}, "set", source), **(overrides or {})}
     clash = sorted(set(fixed) & set(grid))
@@ -125,35 +126,42 @@ def build_sweep(
         deterministic_sites=_bool(raw.get("deterministic_sites", True), "deterministic_sites"),
         cpus_per_site=_positive(raw.get("cpus_per_site", 1.0), "cpus_per_site"),
     )
-    base = raw.get("base")
-    cells, errors = [], []
+    base_path, base_overrides = _base(raw.get("base"), base_dir, source)
+    if base_path is not None:  # checked once here, not once per cell
+        yamlfile.read_mapping(base_path, f"sweep key 'base' in {source}: experiment file")
+    cells: list[Cell] = []
+    errors: list[tuple[str, str]] = []  # (cell, why)
     for values in _combinations(grid):  # every cell is checked, and all bad cells named at once
         try:
-            cells.append(_cell(sweep, base, base_dir, values))
+            cells.append(_cell(sweep, base_path, base_overrides, values))
         except ConfigError as exc:
-            errors.append(str(exc))
+            errors.append((", ".join(f"{k}={v}" for k, v in values.items()), str(exc)))
     if errors:
-        more = f" ({len(errors)} of {len(errors) + len(cells)} cells are invalid)" if len(errors) > 1 else ""
-        raise ConfigError("; ".join(errors) + more)
+        raise ConfigError(_cell_errors(source, errors, len(cells)))
     return dataclasses.replace(sweep, cells=tuple(cells))
 
 
-def _cell(sweep: Sweep, base: Any, base_dir: Path, values: dict[str, Any]) -> Cell:
-    base_path, base_overrides = _base(base, base_dir)
+def _cell_errors(source: str, errors: list[tuple[str, str]], valid: int) -> str:
+    """One line for the invalid cells: the reason once when every cell fails for the same one."""
+    reasons = {why for _, why in errors}
+    if not valid and len(errors) > 1 and len(reasons) == 1:
+        return f"sweep {source}, every cell: {reasons.pop()}"
+    more = f" ({len(errors)} of {len(errors) + valid} cells are invalid)" if len(errors) > 1 else ""
+    return "; ".join(f"sweep {source}, cell ({where}): {why}" for where, why in errors) + more
+
+
+def _cell(sweep: Sweep, base_path: Path | None, base_overrides: dict[str, Any], values: dict[str, Any]) -> Cell:
     mode = _base_mode(base_path, {**base_overrides, **sweep.fixed})
     cell_overrides = _privacy_overrides(values, mode)
     overrides = {**base_overrides, **sweep.fixed, **cell_overrides, "name": sweep.name}
     if cell_overrides.get(MODE_KEY) == "off":
         overrides.update(_NO_DP)
-    where = ", ".join(f"{k}={v}" for k, v in values.items())
-    try:
-        exp = config_mod.load(base_path, overrides)
-    except ConfigError as exc:
-        raise ConfigError(f"sweep {sweep.source}, cell ({where}): {exc}") from None
+        if MODE_KEY in values:  # 'off' in the grid: its other DP values stay, so config names them
+            overrides.update({k: v for k, v in values.items() if k.startswith("privacy.") and not _no_dp(k, v)})
+    exp = config_mod.load(base_path, overrides)
     if sweep.audit.site >= exp.data.num_sites:
         raise ConfigError(
-            f"sweep {sweep.source}, cell ({where}): sweep key 'audit.site' ({sweep.audit.site}) names no site: "
-            f"partition ids are 0..{exp.data.num_sites - 1}"
+            f"sweep key 'audit.site' ({sweep.audit.site}) names no site: partition ids are 0..{exp.data.num_sites - 1}"
         )
     return Cell(id=cell_id(exp, sweep.settings()), axes=dict(values), exp=exp)
 
@@ -185,7 +193,12 @@ def _privacy_overrides(values: dict[str, Any], base_mode: str) -> dict[str, Any]
     return out
 
 
-def _base(base: Any, base_dir: Path) -> tuple[Path | None, dict[str, Any]]:
+def _no_dp(key: str, value: Any) -> bool:
+    """The grid values that mean 'this cell has no DP' (or set the mode itself)."""
+    return key == MODE_KEY or (key == EPSILON_KEY and math.isinf(value)) or (key == NOISE_KEY and value == 0)
+
+
+def _base(base: Any, base_dir: Path, source: str) -> tuple[Path | None, dict[str, Any]]:
     if base is None:
         return None, {}
     if isinstance(base, str):
@@ -193,7 +206,7 @@ def _base(base: Any, base_dir: Path) -> tuple[Path | None, dict[str, Any]]:
         return path, {}
     if isinstance(base, dict):
         return None, config_mod.flatten(base)
-    raise ConfigError("sweep key 'base' must be an experiment file or a mapping")
+    raise ConfigError(f"sweep key 'base' in {source} must be an experiment file or a mapping; got {base!r}")
 
 
 def _base_mode(base_path: Path | None, overrides: dict[str, Any]) -> str:
@@ -251,6 +264,19 @@ def _audit(raw: Any, source: str) -> AuditSettings:
             raise ConfigError(f"sweep key 'audit.{key}' must be an integer; got {value!r}")
         values[key] = value
     return AuditSettings(**values)
+
+
+def _name(value: Any, source: str) -> str:
+    """The sweep's name (default: the file's stem); it names the default output folder, so one plain part."""
+    if value is None:
+        return Path(source).stem
+    name = str(value).strip()
+    if isinstance(value, (dict, list, bool)) or not name or name in (".", "..") or any(c in name for c in "/\\"):
+        raise ConfigError(
+            f"sweep key 'name' in {source} must be a plain name (it names the output folder runs/sweeps/<name>); "
+            f"got {value!r}"
+        )
+    return name
 
 
 def _mapping(value: Any, key: str, source: str) -> dict[str, Any]:
