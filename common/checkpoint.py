@@ -12,7 +12,6 @@ ledger on disk (the coordinator's for central DP), which a resumed job keeps com
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import zipfile
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import atomic
 from common import config as config_mod
 from common.config import ExperimentConfig
 from common.errors import ConfigError
@@ -69,7 +69,6 @@ def flat_config(exp: ExperimentConfig) -> dict[str, Any]:
 
 def write(path: Path, ckpt: Checkpoint) -> None:
     """Atomically replace ``path``: a temporary file, fsync'd, then renamed over it."""
-    tmp = path.with_name(path.name + ".tmp")
     payload = {
         "format": FORMAT,
         "round": ckpt.round,
@@ -83,11 +82,8 @@ def write(path: Path, ckpt: Checkpoint) -> None:
         else {"accuracy": ckpt.best[0], "round": ckpt.best[1], "state_dict": _tensors(ckpt.best[2])},  # fmt: skip
         "rng": {k: _plain(v) for k, v in ckpt.rng.items()},
     }
-    with open(tmp, "wb") as f:
+    with atomic.replacing(path) as f:
         torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read(path: Path) -> Checkpoint:

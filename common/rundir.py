@@ -15,6 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from common import atomic
 from common import checkpoint as ckpt_mod
 from common import config as config_mod
 from common.checkpoint import Checkpoint
@@ -165,9 +166,7 @@ def _read_lines(path: Path) -> list[dict]:
 
 
 def _rewrite_lines(path: Path, lines: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(json.dumps(line) + "\n" for line in lines))
 
 
 def failure_of(folder: Path) -> str | None:

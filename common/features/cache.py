@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from common import atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,8 @@ def load_or(name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-                torch.save(value, tmp.name)
-            os.replace(tmp.name, path)
+            with atomic.replacing(path) as fh:
+                torch.save(value, fh)
         except OSError as exc:
             log.info("feature cache %s not written (%s)", path, exc)
     return value

@@ -23,9 +23,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
 import stat
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from common import atomic
 from common.errors import ConfideError
 from common.privacy.accounting import HistoryEntry
 
@@ -163,30 +162,11 @@ class Ledger:
     def _write(self, entries: list[dict[str, Any]]) -> None:
         """Replace the ledger by ``entries``; the caller holds the lock."""
         text = json.dumps({"entries": entries}, indent=1, allow_nan=False)  # fails before any file exists
-        folder = self.path.parent
-        prefix, suffix = f".{self.path.name}.", ".tmp"
-        for name in os.listdir(folder):  # temp files of this ledger left by a writer killed mid-write
-            middle = name[len(prefix) : -len(suffix)]  # mkstemp's random part never holds a dot
-            if name.startswith(prefix) and name.endswith(suffix) and middle and "." not in middle:
-                (folder / name).unlink(missing_ok=True)
+        for stale in atomic.stale_temps(self.path):  # left by a writer killed mid-write
+            stale.unlink(missing_ok=True)
         try:
             mode = stat.S_IMODE(self.path.stat().st_mode)
         except FileNotFoundError:
             mode = stat.S_IMODE(self._lock_path.stat().st_mode)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fchmod(fh.fileno(), mode)
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic.write_text(self.path, text, mode)
         self.entries = entries

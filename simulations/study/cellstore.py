@@ -14,9 +14,10 @@ leaves either a complete result or none.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from common import atomic as common_atomic
 
 PLAN = "sweep.json"  # the expanded sweep, in the output folder
 RESULT = "result.json"
@@ -54,9 +55,4 @@ def failure_of(folder: Path) -> str | None:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temp file in the same folder, flushed to disk, then renamed over the target."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    common_atomic.write_text(path, text)

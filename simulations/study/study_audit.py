@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from common import atomic
 from common import config as config_mod
 from common.audit import SampleScores, calibrated_attack, loss_attack, matched_sample, sample_scores
 from common.batches import make_dataset, make_loader
@@ -163,9 +163,8 @@ def _reference(
         )
     m, n = _scores(model, ref_exp.model, members, ref_exp), _scores(model, ref_exp.model, nonmembers, ref_exp)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, m_loss=m.loss, m_phi=m.phi, n_loss=n.loss, n_phi=n.phi)
-    os.replace(tmp, cache)
+    with atomic.replacing(cache) as fh:
+        np.savez(fh, m_loss=m.loss, m_phi=m.phi, n_loss=n.loss, n_phi=n.phi)
     return m, n
 
 
