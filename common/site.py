@@ -10,6 +10,7 @@ every round (Flower builds a new ClientApp object for every message).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import typing
 from collections import OrderedDict
@@ -32,7 +33,9 @@ from common.models import build_model
 from common.partition import partition_of, train_val_split
 from common.privacy import release
 from common.privacy.ledger_home import simulated_ledger, state_dir
-from common.privacy.policy import SIMULATION, SitePolicy
+from common.privacy.policy import NODE_KEYS as POLICY_KEYS
+from common.privacy.policy import POLICY_FILE_KEY, SIMULATION, SitePolicy
+from common.schema import PIN_KEYS
 from common.train import head_only, train
 
 log = logging.getLogger(__name__)
@@ -59,10 +62,10 @@ class SiteSpec:
 
     @staticmethod
     def from_node_config(node_config: Mapping[str, Any]) -> SiteSpec:
+        _check_keys(node_config)
         pid = _opt_int(node_config, "partition-id")
         nparts = _opt_int(node_config, "num-partitions")
         data_path = str(node_config.get("data-path", "") or "")
-        name = str(node_config.get("site-name", "") or "")
         data_format = str(node_config.get("data-format", "") or "")
         if not data_path and pid is None:
             raise ConfigError("node config needs 'data-path' (a site's own data) or 'partition-id' (simulation)")
@@ -73,7 +76,7 @@ class SiteSpec:
         if pid is not None and (nparts is None or not 0 <= pid < nparts):
             raise ConfigError(f"node config 'partition-id'={pid} is outside 'num-partitions'={nparts}")
         return SiteSpec(
-            name=name or f"site-{pid}",
+            name=_site_name(node_config, deployed=bool(data_path)),
             partition_id=pid,
             num_partitions=nparts,
             data_path=data_path,
@@ -193,6 +196,50 @@ def _site_data_config(exp: ExperimentConfig, spec: SiteSpec) -> DataConfig:
             f"which this experiment (data.source '{exp.data.source}') needs"
         )
     return dataclasses.replace(exp.data, source=spec.data_format, path=spec.data_path)
+
+
+# What a node config may hold: Flower's simulation keys, the site's identity and data, its privacy
+# policy (common/privacy/policy.py) and its schema pins (common/schema.py). Anything else is a typo
+# that would otherwise be ignored (a misspelt policy key leaves the default in force unnoticed).
+SITE_KEYS = ("partition-id", "num-partitions", "data-path", "site-name", "data-format")
+NODE_CONFIG_KEYS = (*SITE_KEYS, POLICY_FILE_KEY, *POLICY_KEYS, *PIN_KEYS)
+
+
+def _check_keys(node_config: Mapping[str, Any]) -> None:
+    unknown = sorted(str(k) for k in node_config if k not in NODE_CONFIG_KEYS)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0].replace("_", "-"), NODE_CONFIG_KEYS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(NODE_CONFIG_KEYS)}"
+        raise ConfigError(f"unknown node config key '{unknown[0]}'; {hint}")
+
+
+def _site_name(node_config: Mapping[str, Any], deployed: bool) -> str:
+    """The site's name: it labels its metrics and model cards and names its ledger file, so a
+    deployed site must give one, and it must be one plain part (no path, no control character)."""
+    if "site-name" not in node_config:
+        if deployed:
+            raise ConfigError(
+                "node config 'site-name' is missing: a site with its own 'data-path' needs a name "
+                "(its metrics, model cards and privacy ledger carry it)"
+            )
+        return f"site-{node_config.get('partition-id')}"
+    value = node_config["site-name"]
+    name = str(value)
+    bad = (
+        isinstance(value, bool)
+        or not isinstance(value, (str, int))
+        or not name.strip()
+        or name != name.strip()
+        or name in (".", "..")
+        or any(c in name for c in "/\\")
+        or any(not c.isprintable() for c in name)
+    )
+    if bad:
+        raise ConfigError(
+            f"node config 'site-name' must be a plain name (no path separator, no leading or trailing space, "
+            f"not '.' or '..'); got {value!r}"
+        )
+    return name
 
 
 def _opt_int(cfg: Mapping[str, Any], key: str) -> int | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from common.config import PrivacyConfig
+from common.config import PrivacyConfig, resolve_path
 from common.errors import ConfigError, PolicyRefused
 
 MODES = ("off", "local", "central")
@@ -144,44 +144,88 @@ class SitePolicy:
 
 
 def from_node_config(node_config: Mapping[str, Any], deployed: bool) -> SitePolicy:
-    """The site's policy: built-in default < its policy file < its node config keys."""
-    base = STRICT if deployed else SIMULATION
-    values: dict[str, Any] = {}
-    sources = [base.source]
+    """The site's policy: built-in default < its policy file < its node config keys. Each layer
+    is checked on its own, so a bad value is named with the file or node config it came from."""
+    policy = STRICT if deployed else SIMULATION
+    sources = [policy.source]
     policy_file = str(node_config.get(POLICY_FILE_KEY, "") or "")
     if policy_file:
-        values.update(_read_file(Path(policy_file)))
-        sources.append(f"policy file {policy_file}")
+        where = f"policy file {policy_file}"
+        policy = _layer(policy, _read_file(Path(policy_file)), where)
+        sources.append(where)
     inline = {k: v for k, v in node_config.items() if k in NODE_KEYS and v != ""}
     if inline:
-        values.update({NODE_KEYS[k]: _parse(k, v, "node config") for k, v in inline.items()})
+        values = {NODE_KEYS[k]: _parse(k, v, "node config") for k, v in inline.items()}
+        policy = _layer(policy, values, "node config")
         sources.append("node config")
-    return replace(base, **values, source=" < ".join(sources))
+    return replace(policy, source=" < ".join(sources))
+
+
+def _layer(policy: SitePolicy, values: dict[str, Any], where: str) -> SitePolicy:
+    try:
+        return replace(policy, **values)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (in {where})") from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(
+            f"privacy policy file {path} is a folder; a JSON file is expected (node config '{POLICY_FILE_KEY}')"
+        )
     if not path.is_file():
         raise ConfigError(f"privacy policy file not found: {path} (node config '{POLICY_FILE_KEY}')")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"privacy policy file {path} is not valid JSON ({type(exc).__name__})") from None
+        raw = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_unique_keys)
+    except OSError as exc:
+        raise ConfigError(f"privacy policy file {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"privacy policy file {path} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        what = (
+            "is empty"
+            if not exc.doc.strip()
+            else f"is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        )
+        raise ConfigError(f"privacy policy file {path} {what}") from None
+    except ValueError as exc:  # a repeated key (_unique_keys)
+        raise ConfigError(f"privacy policy file {path}: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"privacy policy file {path} must hold a JSON object")
+        raise ConfigError(f"privacy policy file {path} must hold a JSON object; got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(NODE_KEYS))
     if unknown:
         raise ConfigError(f"privacy policy file {path}: unknown key '{unknown[0]}'; known: {', '.join(NODE_KEYS)}")
     return {NODE_KEYS[k]: _parse(k, v, f"policy file {path}") for k, v in raw.items()}
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (json keeps the last of two silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key '{key}' appears twice; keep one")
+        out[key] = value
+    return out
+
+
 def _parse(key: str, value: Any, where: str) -> Any:
     name = NODE_KEYS[key]
     try:
-        if name == "accountant":
-            return str(value).strip()
+        if name in ("accountant", "site_metrics", "ledger_dir"):
+            if not isinstance(value, str):
+                raise ValueError
+            if name == "ledger_dir" and value.strip() and resolve_path(value.strip()).is_file():
+                raise ConfigError(
+                    f"privacy policy key '{key}' in {where}: {value.strip()} is a file; a folder is expected"
+                )
+            return value.strip()
         if name in ("allowed_modes", "accountants"):
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(v).strip() for v in items if str(v).strip())
+            if not isinstance(value, (str, list)):
+                raise ValueError
+            items = value.split(",") if isinstance(value, str) else value
+            if not all(isinstance(v, str) for v in items):
+                raise ValueError
+            return tuple(v.strip() for v in items if v.strip())
         if name in ("max_epsilon", "max_delta", "min_noise_multiplier"):
             if isinstance(value, bool):
                 raise ValueError
@@ -192,12 +236,22 @@ def _parse(key: str, value: Any, where: str) -> Any:
         if name in ("require_ledger", "require_client_clipping", "require_secure_aggregation"):
             if isinstance(value, bool):
                 return value
-            if str(value).lower() in ("true", "false"):
-                return str(value).lower() == "true"
+            if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+                return value.strip().lower() == "true"
             raise ValueError
-        return str(value)
+        raise ValueError
     except (TypeError, ValueError):
-        raise ConfigError(f"privacy policy key '{key}' in {where} has a bad value {value!r}") from None
+        raise ConfigError(f"privacy policy key '{key}' in {where} has a bad value {value!r}{_expected(name)}") from None
+
+
+def _expected(name: str) -> str:
+    if name in ("require_ledger", "require_client_clipping", "require_secure_aggregation"):
+        return "; expected true or false"
+    if name in ("max_epsilon", "max_delta", "min_noise_multiplier"):
+        return "; expected a number"
+    if name in ("allowed_modes", "accountants"):
+        return "; expected names separated by commas (or a JSON list of them)"
+    return "; expected a string"
 
 
 def _check(ok: bool, key: str, why: str) -> None:
