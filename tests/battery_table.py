@@ -8,6 +8,7 @@ cases, regenerate it:
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from pathlib import Path
 
@@ -57,5 +58,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("`", "'").replace("\n", " ")
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description="Print docs/battery.md, the table of every battery case.").parse_args(argv)
     print(render(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
