@@ -8,6 +8,7 @@
     confide check-ledger <ledger.json> --records <n>                    # = python -m common.privacy.check
     confide submit . confide --run-config "..."   # = flwr run --stream, exits 1 unless the job completed
     confide site-status                           # = python -m client.site_status (at a site)
+    confide plan <experiment> --records 900,1200  # = python -m client.plan (releases and writes nothing)
 
 Each subcommand is the same code as the command on its right, with the same options
 (``confide <subcommand> --help``); a deployed job still runs through ``flwr run`` (README).
@@ -37,6 +38,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "check-ledger": Subcommand("common.privacy.check", "recompute a privacy ledger's epsilon independently"),
     "submit": Subcommand("simulations.submit", "submit a job (flwr run --stream); exit 1 unless it completed"),
     "site-status": Subcommand("client.site_status", "a site's policy, privacy budget left and last messages sent"),
+    "plan": Subcommand("client.plan", "plan a DP job: noise, epsilon by round and a verdict, per site (writes nothing)"),
 }
 
 
