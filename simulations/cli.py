@@ -38,7 +38,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "check-ledger": Subcommand("common.privacy.check", "recompute a privacy ledger's epsilon independently"),
     "submit": Subcommand("simulations.submit", "submit a job (flwr run --stream); exit 1 unless it completed"),
     "site-status": Subcommand("client.site_status", "a site's policy, privacy budget left and last messages sent"),
-    "plan": Subcommand("client.plan", "plan a DP job: noise, epsilon by round and a verdict, per site (writes nothing)"),
+    "plan": Subcommand("client.plan", "plan a DP job: noise, epsilon by round, a verdict per site (writes nothing)"),
 }
 
 
