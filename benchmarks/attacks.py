@@ -1,14 +1,13 @@
 """Robustness to malicious sites: clean vs attacked accuracy for each attacker and aggregation rule.
 
-Each cell is one federated run on scikit-learn's digits (600 training images, ResNet-8, IID sites,
-1 local epoch per round) with Confide's own pieces, in one process instead of Flower's engine (a
-simulation costs Ray's start-up and a process per site; this benchmark runs ~50 cells): every site
-trains with
-``common.site.train_round`` (what a simulated site runs), a malicious site's update is built by
-``client.attacks`` (what ``client/faults.py`` sends), and the coordinator is the strategy
-``server.strategy.build_strategy`` builds (its update checks, norm rule, norm bound and the Flower
-aggregation rule). The test accuracy is the coordinator's central evaluation on the digits test
-split after the last round.
+Each cell is one federated run on scikit-learn's digits (1,437 training images, ResNet-8, IID
+sites, 1 local epoch per round, 3 rounds) with Confide's own pieces, in one process instead of
+Flower's engine (a simulation costs Ray's start-up and a process per site; this benchmark runs ~50
+cells): every site trains with ``common.site.train_round`` (what a simulated site runs), a
+malicious site's update is built by ``client.attacks`` (what ``client/faults.py`` sends), and the
+coordinator is the strategy ``server.strategy.build_strategy`` builds (its update checks, norm and
+direction rules, norm bound and the Flower aggregation rule). The test accuracy is the
+coordinator's central evaluation on the digits test split after the last round.
 
 Setups: 1 attacker of 5 sites, and 2 colluding attackers of 10 (the same attack at both).
 Attackers (``faults.corrupt``): ``evade``, a flip scaled to 0.95 x the largest norm
@@ -19,6 +18,7 @@ rule rejects, and rejected where one does). Rules: see ``RULES``. Krum is told t
 
     nice -n 5 python -m benchmarks.attacks > /tmp/attacks.log 2>&1 &
     python -m benchmarks.attacks --rules fedavg,bound+reject3 --attacks clean,evade --seeds 0
+    python -m benchmarks.attacks --table benchmarks/results/attacks-*.json   # one table of saved runs
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import json
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,10 +55,9 @@ BASE: dict[str, Any] = {
     "model.small_input": True,
     "data.source": "digits",
     "data.partitioner": "iid",
-    "data.max_samples": 600,  # of the 1,437 training digits: a cell in ~10 s on a free core
     "train.local_epochs": 1,
     "train.batch_size": 32,
-    "train.lr": 0.02,
+    "train.lr": 0.01,
     "strategy.rounds": 3,
     "strategy.fraction_evaluate": 0.0,
 }
@@ -151,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", default="clean,evade,bias")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--rounds", type=int, default=BASE["strategy.rounds"])
+    parser.add_argument("--table", nargs="+", metavar="JSON", help="print the table of saved results (merged)")
     args = parser.parse_args(argv)
+    if args.table:
+        print(summary([c for f in args.table for c in json.loads(Path(f).read_text())["cells"]]))
+        return 0
     setups, rules, attacks = args.setups.split(","), args.rules.split(","), args.attacks.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     choices = (("--setups", SETUPS, setups), ("--rules", RULES, rules), ("--attacks", ATTACKS, attacks))
@@ -192,7 +196,9 @@ def summary(cells: list[dict[str, Any]]) -> str:
         mean[key] = float(np.mean([c["final"] for c in cells if (c["setup"], c["rule"], c["attack"]) == key]))
     kinds = [k for k in ATTACKS if any(c["attack"] == k for c in cells)]
     rows = []
-    for setup, rule in dict.fromkeys((c["setup"], c["rule"]) for c in cells):
+    order = {name: i for i, name in enumerate([*SETUPS, *RULES])}
+    pairs = sorted(dict.fromkeys((c["setup"], c["rule"]) for c in cells), key=lambda p: (order[p[0]], order[p[1]]))
+    for setup, rule in pairs:
         clean = mean.get((setup, "fedavg", "clean"))
         row: list[Any] = [setup, rule]
         for k in kinds:
