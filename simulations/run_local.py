@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import config
+from common import cli, config
 from common.errors import ConfideError
 
 # Flower's own pattern for --run-config (flwr.common.config.parse_config_args).
@@ -229,8 +229,9 @@ def stop_superlinks(links: list[SuperLink], uid: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = cli.Parser(prog="python -m simulations.run_local", description=__doc__, formatter_class=raw)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
     prep = sub.add_parser("prepare", help="check and complete the run config (prints sites, then run config)")
     prep.add_argument("experiment")
     prep.add_argument("overrides", nargs="?", default="")
@@ -238,13 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("repo", type=Path)
     link = sub.add_parser("superlink", help="show the running local SuperLink")
     link.add_argument("--stop", action="store_true", help="stop it (SIGTERM by process id; yours only)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ConfideError as exc:
+        return cli.refuse(exc)
     if args.command == "prepare":
         try:
             prepared = prepare(args.experiment, args.overrides)
         except ConfideError as exc:
-            print(f"confide: {exc}", file=sys.stderr)
-            return 2
+            return cli.refuse(exc)
         print(prepared.sites)
         print(prepared.run_config)
         return 0
