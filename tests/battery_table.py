@@ -14,7 +14,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 # Entry points whose module name does not spell their command.
-NAMES = {"": "confide run", "node_config": "a site's node config (SuperNode)"}
+NAMES = {"": "confide run", "node_config": "a site's node config (SuperNode)", "run_local": "scripts/run-local.sh"}
 
 
 def modules() -> list[tuple[str, str]]:
