@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from common import logs
 from common.cli import Parser, existing_file, prog, refuse, require
 from common.config import ExperimentConfig
 from common.errors import ConfideError
@@ -213,6 +214,7 @@ def render(exp: ExperimentConfig, plans: list[Any], clips: dict[str, str], verdi
 
 
 def main(argv: list[str] | None = None) -> int:
+    logs.setup()  # Confide's lines; the libraries' notices (an accountant's order warnings) left out
     try:
         args = _parser().parse_args(argv)
         require(

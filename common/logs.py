@@ -23,7 +23,8 @@ VERBOSE_ENV = "CONFIDE_VERBOSE"
 # (category, message regex, module regex) for warnings.filterwarnings; "" matches anything.
 WARNING_NOISE: tuple[tuple[type[Warning], str, str], ...] = (
     (FutureWarning, "Tip: In future versions of Ray", ""),
-    (UserWarning, "Optimal order is the largest alpha", ""),  # Opacus' RDP accountant: a looser bound, not an error
+    # Opacus' RDP accountant at the edge of its orders: a slightly looser (still valid) bound, not an error.
+    (UserWarning, "Optimal order is the (largest|smallest) alpha", ""),
     # torch, once per Opacus hook on a first layer whose input needs no gradient: expected, not a fault.
     (UserWarning, "Full backward hook is firing when gradients are computed with respect to module outputs", ""),
     (FutureWarning, "", r"(transformers|opacus|ray|flwr|peft|torch)(\.|$)"),

@@ -157,7 +157,11 @@ def verdict(exp: ExperimentConfig, plans: list[SitePlan]) -> Verdict:
         if level == "collapses"
         else "between the measured ranges: runs near it ranged from learning slowly to collapsing"
     )
-    lines = [head, f"verdict: {what}", f"a recipe that fits this budget: {recipe_for(exp)}"]
+    lines = [head, f"verdict: {what}"]
+    if exp.model.name != "linear":  # a linear job is already the recipe with the least noise per weight
+        lines.append(f"a recipe that fits this budget: {recipe_for(exp)}")
+    else:
+        lines.append("what lowers it: fewer features (pixels, not scatter), a larger expected batch, more epsilon")
     eps = epsilon_to_learn(exp, [p.records for p in plans], d)
     if eps is None:
         lines.append(f"this recipe stays above {LEARNED_MAX:g} at every epsilon up to {EPSILON_GRID[-1]:g}")
