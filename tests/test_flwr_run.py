@@ -100,15 +100,17 @@ def test_flwr_run_local_simulation_with_override(tmp_path: Path) -> None:
 
 
 def test_a_failed_run_exits_non_zero_from_run_local_and_flower_records_it_failed(tmp_path: Path) -> None:
-    """The ServerApp stops on a missing data file: scripts/run-local.sh (over `flwr run`, which
-    itself exits 0 whatever the run's fate) exits 1, the error names the file and its key, and
-    Flower's own record of the run is finished:failed, not completed."""
-    overrides = "data.source='npz' data.path='/nonexistent/xrays.npz' strategy.rounds=1"
+    """A run that passes every check before Flower starts and then fails inside the ServerApp (a
+    site crashes, leaving fewer valid updates than strategy.min_sites): scripts/run-local.sh (over
+    `flwr run`, which itself exits 0 whatever the run's fate) exits 1, the error names the round and
+    the key, and Flower's own record of the run is finished:failed, not completed."""
+    overrides = "faults.crash_site=0 strategy.min_sites=3 strategy.rounds=1"
     cmd = ["bash", str(REPO / "scripts" / "run-local.sh"), "simulations/configs/default.yaml", overrides]
     proc = run_with_superlink(cmd, tmp_path, cwd=REPO)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-3000:]
-    assert "[confide] error: data file not found: /nonexistent/xrays.npz (config key 'data.path')" in output
+    assert "round 1: 2 valid update(s), fewer than strategy.min_sites=3" in output, output[-3000:]
+    assert "injected crash of site" in output
     assert "ended as finished:failed" in output
 
 

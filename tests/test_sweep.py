@@ -375,3 +375,17 @@ def test_reaudit_redoes_the_audit_from_saved_runs_without_simulating(interrupted
     assert again is not None and again["metrics"] == pytest.approx(result["metrics"], nan_ok=True)
     assert again["audit_notes"]["nonmembers"] == "held-out training-split records"
     assert sorted(p for c in sweep.cells for p in (cell_dir(out, c.id) / "runs").iterdir()) == runs  # no new run
+
+
+@pytest.mark.unit
+def test_an_audit_reference_model_of_a_private_cell_trains_without_dp() -> None:
+    """The calibrated attack's reference models train without DP: the cell's whole privacy section
+    goes back to its defaults (a DP setting left beside mode off would be refused), seed moved."""
+    from common import config as config_mod
+    from simulations.study.study_audit import _reference_experiment
+
+    private = {"privacy.mode": "local", "privacy.target_epsilon": 8, "privacy.site_metrics": "exact"}
+    cell = config_mod.load(None, private)
+    ref = _reference_experiment(cell, 0)
+    assert ref.privacy == config_mod.PrivacyConfig() and ref.seed == cell.seed + 7919
+    assert ref.model == cell.model and ref.data == cell.data
