@@ -836,7 +836,7 @@ def test_documented_non_container_commands(federation: Federation) -> None:
     is this federation's site folder, so the SuperNodes read the trial data and keep their ledgers
     where the docs look): the trial data is written, the trial job passes the sites' strict
     default policy and completes (confide submit exits 0), and site-status, the audit log and
-    check-ledger read the site's ledger; then the documented refused job (privacy.mode='off')
+    check-ledger read the site's ledger; then the documented refused job (privacy.site_metrics='exact')
     makes confide submit exit non-zero, and the coordinator records the refusal under each
     site's name, not its node id. Runs last: it replaces the sites' data files."""
     from tests.doc_commands import Session
@@ -855,5 +855,5 @@ def test_documented_non_container_commands(federation: Federation) -> None:
     lines = metrics(runs[0])
     assert [x["round"] for x in lines] == [0, 1, 2] and all(set(x["sites"]) == set(SITES) for x in lines[1:])
     failed = (runs[1] / "FAILED.txt").read_text()
-    assert "site-a" in failed and "site-b" in failed and "rule 'allowed-modes'" in failed, failed
+    assert "site-a" in failed and "site-b" in failed and "rule 'site-metrics'" in failed, failed
     assert "site-a failed" in refused and "node-" not in failed + refused, refused[-2000:]

@@ -62,7 +62,7 @@ def test_the_documented_trial_covers_the_first_hour() -> None:
     assert walk.count("confide submit") == 2 and "flwr run" not in walk
     host = blocks("host")
     assert [b.kind for b in host] == ["host", "host expect-fail"]
-    assert "confide site-status" in host[0].text and "privacy.mode='off'" in host[1].text
+    assert "confide site-status" in host[0].text and "privacy.site_metrics='exact'" in host[1].text
     for name in ("confide-coordinator", "confide-site-a", "confide-site-b"):
         assert f"container_name: {name}" in COMPOSE.read_text()
     for script in ("docker/make-trial-data.sh", "scripts/deploy-containers.sh", "docker/site-tool.sh"):
