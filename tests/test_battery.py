@@ -32,6 +32,7 @@ import yaml
 from common import config as config_mod
 from common import logs
 from simulations import local
+from tests.one_line import directory, write_files
 
 pytestmark = pytest.mark.unit
 
@@ -86,10 +87,6 @@ def torch_save(obj: object) -> Callable[[Path], None]:
         torch.save(obj, path)
 
     return write
-
-
-def directory(path: Path) -> None:
-    path.mkdir()
 
 
 # --------------------------------------------------------------------------- experiments
@@ -426,14 +423,7 @@ def test_bad_input_is_refused_in_one_line_before_the_simulation_starts(
     monkeypatch.chdir(tmp_path)
     if case.yaml is not None:
         (tmp_path / "exp.yaml").write_text(case.yaml)
-    for name, content in case.files.items():
-        path = tmp_path / name
-        if callable(content):
-            content(path)
-        elif isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(str(content))
+    write_files(tmp_path, case.files)
     argv = [*case.argv, *(a for s in case.sets for a in ("--set", s))]
 
     start = time.monotonic()
