@@ -29,8 +29,7 @@ from common.privacy import randomness
 from common.privacy.policy import SitePolicy
 from common.privacy.policy import from_node_config as policy_from_node_config
 from common.schema import SchemaPins
-from common.site import SiteRuntime, SiteSpec, evaluate_round, site_runtime, train_round
-from common.weights import exchanged_state, set_weights
+from common.site import SiteRuntime, SiteSpec, evaluate_round, load_global, released_state, site_runtime, train_round
 from server import flower_runtime
 
 
@@ -53,7 +52,7 @@ def _setup(
     SchemaPins.from_node_config(context.node_config).check(exp.data, labels.names, spec.name)  # before any read
     runtime = site_runtime(exp, spec, labels)
     weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-    set_weights(runtime.model, weights, source="the server")
+    load_global(exp, runtime, weights, run_id=_job(msg, context), policy=policy)
     return exp, runtime, policy
 
 
@@ -85,7 +84,8 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
     def train(msg: Message, context: Context) -> Message:
         exp, rt, policy = _setup(msg, context, fixed)
         metrics = train_round(exp, rt, _round(msg), run_id=_job(msg, context), policy=policy)
-        return _reply(msg, rt, metrics, ArrayRecord(exchanged_state(rt.model)))
+        # Under strategy.personalize the site's head stays here: the update carries the body only.
+        return _reply(msg, rt, metrics, ArrayRecord(released_state(exp, rt)))
 
     @client_app.evaluate()
     @_no_data_in_errors

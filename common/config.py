@@ -404,9 +404,17 @@ class StrategyConfig:
     # (a sign-flipped update sits near -1, an honest one above 0), recorded like reject_norm_ratio.
     # -1: off. Refused under secagg and central DP, as norm_bound.
     min_cosine_to_median: float = -1.0
+    # Per-site personalisation (common/personalize.py). "head": the body is federated and each site
+    # keeps its own classification head, which it never sends and the coordinator never aggregates
+    # (FedPer/FedRep style, for skewed sites); "off": the whole model is federated.
+    personalize: Literal["off", "head"] = "off"
+    # Epochs of local training of the whole model at each site after the last round; the result stays
+    # at the site. Only without DP (privacy.mode off): those steps run outside any DP mechanism.
+    local_finetune: int = 0
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "strategy.rounds", "must be >= 1")
+        _require(self.local_finetune >= 0, "strategy.local_finetune", "must be >= 0 (epochs after the last round)")
         _require(
             self.reject_norm_ratio == 0 or self.reject_norm_ratio > 1,
             "strategy.reject_norm_ratio",
@@ -429,6 +437,11 @@ class StrategyConfig:
         _require(self.num_malicious >= 0, "strategy.num_malicious", "must be >= 0")
         _require(self.num_selected >= 0, "strategy.num_selected", "must be >= 0")
         _require(self.q >= 0, "strategy.q", "must be >= 0")
+
+    @property
+    def personalized(self) -> bool:
+        """Whether sites keep a model of their own (a personal head, or a fine-tuned copy)."""
+        return self.personalize != "off" or self.local_finetune > 0
 
     @property
     def local_proximal_mu(self) -> float:
@@ -654,6 +667,7 @@ class ExperimentConfig:
             )
         if self.secagg.enabled:
             self._check_secagg()
+        _personalize_checks(self)
         if st.name == "qfedavg" and self.privacy.mode != "off":
             _require(
                 self.privacy.site_metrics == "exact",
@@ -661,6 +675,36 @@ class ExperimentConfig:
                 "'qfedavg' weights sites by their training loss, which DP sites release only with "
                 "privacy.site_metrics 'exact' (unprotected); use another strategy or set it",
             )
+
+
+def _personalize_checks(exp: ExperimentConfig) -> None:
+    """What per-site personalisation rules out (common/personalize.py, docs/privacy.md)."""
+    st = exp.strategy
+    _require(
+        st.local_finetune == 0 or exp.privacy.mode == "off",
+        "strategy.local_finetune",
+        f"needs privacy.mode 'off': its steps would train on the site's records outside DP-SGD and the site's "
+        f"evaluation would release what they learned, uncharged (privacy.mode is '{exp.privacy.mode}')",
+    )
+    if st.personalize == "off":
+        return
+    _require(
+        exp.model.name != "linear",
+        "strategy.personalize",
+        "'head' needs a model with a body beside its head; model 'linear' is only a head (use a ResNet or BERT)",
+    )
+    _require(
+        not exp.secagg.enabled,
+        "strategy.personalize",
+        "'head' is not supported with secagg.enabled (secure aggregation of body-only updates is untested)",
+    )
+    _require(
+        exp.privacy.mode != "central",
+        "strategy.personalize",
+        "'head' cannot be used with privacy.mode 'central': each site's head would train outside any DP "
+        "mechanism and its evaluation would release what it learned; use privacy.mode 'local' (the head is "
+        "trained by the same DP-SGD steps as the body) or 'off'",
+    )
 
 
 def _secagg_checks(exp: ExperimentConfig) -> None:

@@ -259,9 +259,42 @@ def write_model_card(
     ]
     for name, m in sorted(sites.items()):
         lines.append(f"| {name} | {_f(m.get('accuracy'))} | {_f(m.get('macro_f1'))} | {_n(m.get('num_examples'))} |")
+    if exp.strategy.personalized:
+        lines += _personalisation(exp, sites)
     lines += ["", "## Sites that failed or refused (by round)", ""]
     lines += [f"- round {rnd}: `{f['site']}` in {f['phase']}: {f['reason']}" for rnd, f in failures] or ["- none"]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _personalisation(exp: ExperimentConfig, sites: dict[str, dict[str, float]]) -> list[str]:
+    """Each site's own model (strategy.personalize, strategy.local_finetune) beside the references it
+    must beat, on that site's held-out data, as far as the sites released them."""
+    st = exp.strategy
+    what = []
+    if st.personalize == "head":
+        what.append(
+            "each site trained and kept its own classification head, which never left it; the coordinator "
+            "federated the body only, so the exported model carries the coordinator's untrained initial head "
+            "(a site predicts with its own model)"
+        )
+    if st.local_finetune:
+        what.append(f"each site fine-tuned its model for {st.local_finetune} epoch(s) after the last round and kept it")
+    lines = ["", "## Personalisation (each site's own model, on its own held-out data)", "", f"- {'; '.join(what)}."]
+    if not any("accuracy" in m for m in sites.values()):
+        return [*lines, "- Per-site figures withheld: the sites release no held-out metrics in this job "
+                        f"(privacy.site_metrics '{exp.privacy.site_metrics}' or the site policy)."]  # fmt: skip
+    lines += [
+        "- local-only: the same model trained on the site's records alone for the same epochs (computed only "
+        "without DP); global: the federated model before the site's own epochs (with a personal head there is "
+        "none: run the job with strategy.personalize off for it).",
+        "",
+        "| site | local-only accuracy | global accuracy | personalised accuracy |",
+        "|---|---|---|---|",
+    ]
+    for name, m in sorted(sites.items()):
+        cells = [_f(m.get(k)) for k in ("local_only_accuracy", "global_accuracy", "accuracy")]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
 
 
 def _final_metrics(final: dict[str, Any]) -> list[str]:

@@ -36,7 +36,8 @@ from common.privacy.ledger_home import simulated_ledger, state_dir
 from common.privacy.policy import NODE_KEYS as POLICY_KEYS
 from common.privacy.policy import POLICY_FILE_KEY, SIMULATION, SitePolicy
 from common.schema import PIN_KEYS
-from common.train import head_only, train
+from common.train import evaluate, head_only, is_head, train
+from common.weights import Weights, check_update, exchanged_state, set_weights
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ _CACHE: OrderedDict[tuple, SiteRuntime] = OrderedDict()
 _CACHE_SIZE = 8
 _MODELS: OrderedDict[tuple, nn.Module] = OrderedDict()
 _MODELS_SIZE = 2
+# Each model's head as built (seeded, the same at every site): a personalised site's head before its
+# first round, since the shared model may hold another site's head by then.
+_INITIAL_HEADS: dict[int, dict[str, torch.Tensor]] = {}
 
 
 def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> SiteRuntime:
@@ -142,9 +146,11 @@ def _model(exp: ExperimentConfig, labels: LabelSet) -> nn.Module:
     """One model per experiment and process, shared by the sites it serves in turn."""
     key = (exp, labels)
     if key not in _MODELS:
-        _MODELS[key] = place(build_model(exp, len(labels)), exp.train)
+        model = place(build_model(exp, len(labels)), exp.train)
+        _MODELS[key] = model
+        _INITIAL_HEADS[id(model)] = {k: v.detach().clone() for k, v in model.state_dict().items() if is_head(k)}
         while len(_MODELS) > _MODELS_SIZE:
-            _MODELS.popitem(last=False)
+            _INITIAL_HEADS.pop(id(_MODELS.popitem(last=False)[1]), None)
     _MODELS.move_to_end(key)
     return _MODELS[key]
 
@@ -262,6 +268,42 @@ def ledger_path(exp: ExperimentConfig, spec: SiteSpec, policy: SitePolicy) -> Pa
     return simulated_ledger(exp, spec.name)
 
 
+def load_global(
+    exp: ExperimentConfig, rt: SiteRuntime, weights: Weights, run_id: str, policy: SitePolicy = SIMULATION
+) -> None:
+    """The coordinator's model into the site's model. Under ``strategy.personalize: head`` the
+    coordinator sends the body only: the head is the site's own from its state folder (saved by its
+    last round of this job), or the model's initial head before the site's first round."""
+    if exp.strategy.personalize == "off":
+        set_weights(rt.model, weights, source="the server")
+        return
+    from common import personalize
+
+    own = {k: v.detach().cpu().numpy() for k, v in exchanged_state(rt.model).items()}
+    personalize.check_split(list(own), exp.model.name)
+    check_update(personalize.body_of(own), weights, "the server")
+    state = {k: torch.as_tensor(v).to(rt.model.state_dict()[k].dtype) for k, v in weights.items()}
+    rt.model.load_state_dict(state, strict=False)
+    if not personalize.restore_head(rt.model, personal_head(exp, rt, policy, run_id)):
+        rt.model.load_state_dict(_INITIAL_HEADS[id(rt.model)], strict=False)
+
+
+def released_state(exp: ExperimentConfig, rt: SiteRuntime) -> dict[str, torch.Tensor]:
+    """The tensors the site's update carries: the exchanged ones, without the head when personalised."""
+    state = exchanged_state(rt.model)
+    if exp.strategy.personalize == "off":
+        return state
+    from common.personalize import body_of
+
+    return body_of(state)
+
+
+def personal_head(exp: ExperimentConfig, rt: SiteRuntime, policy: SitePolicy, run_id: str) -> Path:
+    from common.personalize import head_path
+
+    return head_path(ledger_path(exp, rt.spec, policy), run_id)
+
+
 def train_round(
     exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy = SIMULATION
 ) -> dict[str, float]:
@@ -269,7 +311,12 @@ def train_round(
     those the job asks for and the site's policy allows (common/privacy/release.py). The first
     ``train.head_only_rounds`` rounds train the classification head alone (LP-FT)."""
     with head_only(rt.model, server_round <= exp.train.head_only_rounds):
-        return _train_round(exp, rt, server_round, run_id, policy)
+        metrics = _train_round(exp, rt, server_round, run_id, policy)
+    if exp.strategy.personalize != "off":  # kept for the site's next round (and a resumed job)
+        from common.personalize import save_head
+
+        save_head(rt.model, personal_head(exp, rt, policy, run_id))
+    return metrics
 
 
 def _train_round(
@@ -320,7 +367,58 @@ def evaluate_round(
     if release.level(exp.privacy) == "noisy":  # never without DP
         _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "evaluation")])
     loader = make_loader(rt.val_set, exp.train.eval_batch_size, shuffle=False)
-    return release.evaluation_metrics(exp.privacy, rt.model, loader, len(rt.labels))
+    last = server_round == exp.strategy.rounds
+    if not (last and exp.strategy.personalized):
+        return release.evaluation_metrics(exp.privacy, rt.model, loader, len(rt.labels))
+    extra: dict[str, float] = {}
+    if exp.strategy.local_finetune:  # privacy.mode is off (common/config.py)
+        if exp.strategy.personalize == "off":  # the global model, before the site's own epochs
+            extra["global_accuracy"] = evaluate(rt.model, loader, len(rt.labels)).accuracy
+        _finetune(exp, rt, policy, run_id)
+    if exp.privacy.mode == "off":
+        extra["local_only_accuracy"] = _local_only_accuracy(exp, rt, policy, run_id)
+    return release.evaluation_metrics(exp.privacy, rt.model, loader, len(rt.labels)) | extra
+
+
+def _finetune(exp: ExperimentConfig, rt: SiteRuntime, policy: SitePolicy, run_id: str) -> None:
+    """``strategy.local_finetune`` epochs of the whole model on the site's records after the last
+    round; the result is kept in the site's state folder and sent nowhere."""
+    from common.personalize import finetuned_path, save_state, with_epochs
+
+    loader = make_loader(
+        rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + exp.strategy.rounds + 1,
+        drop_single=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in rt.model.modules()),
+    )  # fmt: skip
+    train(rt.model, loader, with_epochs(exp.train, exp.strategy.local_finetune))
+    path = finetuned_path(ledger_path(exp, rt.spec, policy), run_id)
+    save_state({k: v.detach().cpu() for k, v in rt.model.state_dict().items()}, path)
+    log.info("site %s: fine-tuned %d epoch(s) after the last round; kept at %s", rt.spec.name,
+             exp.strategy.local_finetune, path)  # fmt: skip
+
+
+def _local_only_accuracy(exp: ExperimentConfig, rt: SiteRuntime, policy: SitePolicy, run_id: str) -> float:
+    """Held-out accuracy of the reference a personalised model must beat: the same model trained on
+    this site's records alone for the epochs the site trains in the job (rounds x local epochs plus
+    the fine-tuning epochs). Only without DP (its steps are outside any DP mechanism); computed once
+    per job and kept in the site's state folder."""
+    import json
+
+    from common.personalize import head_path, with_epochs
+
+    path = head_path(ledger_path(exp, rt.spec, policy), run_id).with_name(f"job-{run_id}.local-only.json")
+    if path.is_file():
+        return float(json.loads(path.read_text())["accuracy"])
+    model = place(build_model(exp, len(rt.labels)), exp.train)
+    epochs = exp.strategy.rounds * exp.train.local_epochs + exp.strategy.local_finetune
+    loader = make_loader(
+        rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + 7,
+        drop_single=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+    )  # fmt: skip
+    train(model, loader, with_epochs(exp.train, epochs))
+    accuracy = evaluate(model, make_loader(rt.val_set, exp.train.eval_batch_size, shuffle=False), len(rt.labels))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"accuracy": accuracy.accuracy, "epochs": epochs}))
+    return accuracy.accuracy
 
 
 def central_entry(exp: ExperimentConfig) -> dict:

@@ -40,20 +40,39 @@ def run_rounds(
     ``secure``, training runs under SecAgg+ (server/secagg.py): the strategy gets only the sum."""
     if first_round == 1:
         evaluate_fn(0, arrays)
+    # Tensors that stay with the sites (strategy.personalize: each site's own head): the strategy sends,
+    # checks and aggregates the rest; the coordinator's copy is put back beside the aggregate.
+    kept = getattr(strategy, "site_owned", frozenset())
     for server_round in range(first_round, num_rounds + 1):
         log.debug("[ROUND %s/%s]", server_round, num_rounds)
-        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        shared = shared_part(arrays, kept)
+        messages = strategy.configure_train(server_round, shared, train_config, grid)
         if secure is not None:
-            result = run_secure_round(secure, grid, server_round, list(messages), arrays)
-            aggregated = aggregate_secure(strategy, server_round, result, arrays)
+            result = run_secure_round(secure, grid, server_round, list(messages), shared)
+            aggregated = aggregate_secure(strategy, server_round, result, shared)
         else:
             replies = grid.send_and_receive(messages=messages, timeout=timeout)
             aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
-            arrays = aggregated
+            arrays = with_kept(aggregated, arrays, kept)
         replies = grid.send_and_receive(
-            messages=strategy.configure_evaluate(server_round, arrays, evaluate_config, grid), timeout=timeout
+            messages=strategy.configure_evaluate(server_round, shared_part(arrays, kept), evaluate_config, grid),
+            timeout=timeout,
         )
         strategy.aggregate_evaluate(server_round, replies)
         evaluate_fn(server_round, arrays)
     return arrays
+
+
+def shared_part(arrays: ArrayRecord, kept: frozenset[str]) -> ArrayRecord:
+    """What the sites are sent: ``arrays`` without the ``kept`` tensors (all of it when none)."""
+    if not kept:
+        return arrays
+    return ArrayRecord({k: v for k, v in arrays.items() if k not in kept})
+
+
+def with_kept(aggregated: ArrayRecord, previous: ArrayRecord, kept: frozenset[str]) -> ArrayRecord:
+    """The new global model: the aggregate, with the ``kept`` tensors as they were, in the model's order."""
+    if not kept:
+        return aggregated
+    return ArrayRecord({k: previous[k] if k in kept else aggregated[k] for k in previous.keys()})

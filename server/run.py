@@ -266,6 +266,9 @@ class ModelSelection:
 def _central_loader(exp: ExperimentConfig, labels: LabelSet) -> DataLoader | None:
     if not exp.data.central_eval:
         return None
+    if exp.strategy.personalize != "off":  # the coordinator's head is never trained: nothing to test
+        log.info("strategy.personalize: each site's model has its own head; federated (per-site) evaluation only")
+        return None
     records = read_test(exp.data)
     if records is None:
         log.info("no server-side test set (data.test_path is empty): federated evaluation only")

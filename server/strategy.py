@@ -101,6 +101,9 @@ class ConfideChecks:
         # the update statistics are computed on the clipped updates too, never on what arrived.
         self.clip_norm = clip_norm
         self.accepted_names: list[str] = []
+        # The global model's tensors that stay with the sites (strategy.personalize): never sent,
+        # never aggregated; the loop keeps the coordinator's copy aside (server/loop.py).
+        self.site_owned: frozenset[str] = frozenset()
         self.reference = {k: np.zeros(v.shape, v.dtype) for k, v in reference.items()}
         self.recorder = recorder
         self.names: dict[int, str] = {}
@@ -386,6 +389,15 @@ def build_strategy(
     cfg = exp.strategy
     p = exp.privacy
     norm_bound.check(exp)
+    # strategy.personalize 'head': the sites send their body only, so the body is all the strategy
+    # checks and aggregates; the coordinator's copy of the head is never sent (server/loop.py).
+    site_owned = frozenset()
+    if cfg.personalize == "head":
+        from common.personalize import check_split, head_keys
+
+        check_split(list(reference), exp.model.name)
+        site_owned = head_keys(reference)
+        reference = {k: v for k, v in reference.items() if k not in site_owned}
     # Sites evaluate only where they may release what evaluation measures.
     evaluate = sites_release_evaluation(exp)
     cls = confide_class(CLASSES[cfg.name])
@@ -393,6 +405,7 @@ def build_strategy(
     base = cls(cfg, reference, recorder, uniform=central, evaluate=evaluate, buffers=buffers,
                transport=exp.transport, clip_norm=p.clipping_norm if central else None,
                **strategy_kwargs(exp))  # fmt: skip
+    base.site_owned = site_owned
     log.info("strategy: %s", describe(exp))
     if p.mode != "central":
         return base

@@ -132,7 +132,10 @@ def site_evaluate(mode: str, site_metrics: str) -> dict[str, Protection]:
     how = _level(mode, site_metrics)
     if how == "exact":
         exact = NO_DP if mode == "off" else EXACT
-        return dict.fromkeys(("weight", "num_examples", "loss", "accuracy", "macro_f1"), exact)
+        # strategy.personalize / local_finetune (last round, only without DP): the local-only reference
+        # model's and the global model's held-out accuracy beside the site's own model's
+        personal = ("local_only_accuracy", "global_accuracy") if mode == "off" else ()
+        return dict.fromkeys(("weight", "num_examples", "loss", "accuracy", "macro_f1", *personal), exact)
     if how == "noisy":
         noisy = NOISY_LOCAL if mode == "local" else NOISY_CENTRAL
         return dict.fromkeys(("weight", "num_examples_noisy", "loss", "accuracy"), noisy)
