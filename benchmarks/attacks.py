@@ -13,11 +13,15 @@ Setups: 1 attacker of 5 sites, and 2 colluding attackers of 10 (the same attack 
 Attackers (``faults.corrupt``): ``evade``, a flip scaled to 0.95 x the largest norm
 the rule lets through (its own update's norm standing in for the median: x2.85 under
 reject_norm_ratio 3, x10 where no norm rule rejects); ``bias``, its honest update plus a constant
-direction of 2 x its norm; ``flip`` x10 (not run by default: it is ``evade`` wherever no norm
-rule rejects, and rejected where one does). Rules: see ``RULES``. Krum is told the number of attackers.
+direction of 2 x its norm; ``disguise``, the evading flip pushed along its honest sign pattern until
+its cosine to its own update is 0.1 above ``min_cosine_to_median`` (the plain evading flip where that
+rule is off); ``flip`` x10 (not run by default: it is ``evade`` wherever no norm rule rejects, and
+the table shows the ``evade`` figure there). Rules: see ``RULES``. Krum is told the number of
+attackers. ``--partitioner dirichlet`` splits the sites Dirichlet(0.5) by label instead of IID.
 
     nice -n 5 python -m benchmarks.attacks > /tmp/attacks.log 2>&1 &
     python -m benchmarks.attacks --rules fedavg,bound+reject3 --attacks clean,evade --seeds 0
+    python -m benchmarks.attacks --setups 1of5 --rules fedavg,bound+cosine --attacks clean --partitioner dirichlet
     python -m benchmarks.attacks --table benchmarks/results/attacks-*.json   # one table of saved runs
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -37,7 +42,7 @@ from flwr.app.message.message import make_message
 from flwr.app.metadata import Metadata
 
 from benchmarks._util import RESULTS, machine, table
-from client.attacks import attack, attack_scale, bias_direction, corrupting
+from client.attacks import attack, attack_cosine, attack_scale, bias_direction, corrupting
 from common import config as config_mod
 from common.config import ExperimentConfig
 from common.data import LabelSet
@@ -69,7 +74,9 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "evade": {"faults.corrupt": "evade", "faults.corrupt_scale": 10.0},
     "flip": {"faults.corrupt": "flip", "faults.corrupt_scale": 10.0},
     "bias": {"faults.corrupt": "bias", "faults.corrupt_scale": 2.0},
+    "disguise": {"faults.corrupt": "disguise", "faults.corrupt_scale": 10.0},
 }
+PARTITIONERS = ("iid", "dirichlet")  # dirichlet: data.alpha 0.5, the config's default
 RULES: dict[str, dict[str, Any]] = {
     "fedavg": {},
     "reject3": {"strategy.reject_norm_ratio": 3.0},
@@ -83,10 +90,11 @@ RULES: dict[str, dict[str, Any]] = {
 }
 
 
-def experiment(setup: str, rule: str, kind: str, seed: int, rounds: int) -> ExperimentConfig:
+def experiment(setup: str, rule: str, kind: str, seed: int, rounds: int, partitioner: str = "iid") -> ExperimentConfig:
     sites, attackers = SETUPS[setup]
     over: dict[str, Any] = {**BASE, "seed": seed, "data.num_sites": sites, "strategy.rounds": rounds,
-                            "strategy.min_sites": sites - attackers, **RULES[rule]}  # fmt: skip
+                            "data.partitioner": partitioner, "strategy.min_sites": sites - attackers,
+                            **RULES[rule]}  # fmt: skip
     if rule == "krum":
         over.update({"strategy.num_malicious": attackers, "strategy.min_sites": 2 * attackers + 3})
     if kind != "clean":
@@ -109,7 +117,9 @@ def reply(node: int, site: str, weights: dict[str, np.ndarray], records: int):  
 
 
 def run_cell(exp: ExperimentConfig) -> dict[str, Any]:
-    """One federated run; the central test accuracy after every round and what the coordinator excluded."""
+    """One federated run: the central test accuracy after every round, what the coordinator excluded
+    (and how many of those were honest sites), and per round the lowest cosine to the median update
+    among the honest sites it accepted."""
     labels = LabelSet(exp.data.labels)
     model = build_model(exp, len(labels))
     test_loader = _central_loader(exp, labels)
@@ -121,7 +131,8 @@ def run_cell(exp: ExperimentConfig) -> dict[str, Any]:
     current = {k: v.detach().cpu().numpy().copy() for k, v in exchanged_state(model).items()}
     n = exp.data.num_sites
     direction = bias_direction(current, exp.seed) if exp.faults.corrupt == "bias" else None
-    curve, rejected = [], 0
+    curve, rejected, honest_rejected, honest_min_cosine = [], 0, 0, []
+    honest = {f"site-{pid}" for pid in range(n) if not corrupting(exp, pid)}
     for rnd in range(1, exp.strategy.rounds + 1):
         recorder.begin(rnd, bytes_down=0)
         strategy.global_arrays = current  # what configure_train records when it sends the model
@@ -132,16 +143,21 @@ def run_cell(exp: ExperimentConfig) -> dict[str, Any]:
             train_round(exp, rt, rnd, "attacks-benchmark")
             got = {k: v.detach().cpu().numpy().copy() for k, v in exchanged_state(rt.model).items()}
             if corrupting(exp, pid):
-                got = attack(exp.faults.corrupt, current, got, attack_scale(exp), direction)
+                got = attack(exp.faults.corrupt, current, got, attack_scale(exp), direction, attack_cosine(exp))
             replies.append(reply(pid + 1, rt.spec.name, got, len(rt.train_set)))
         arrays, _ = strategy.aggregate_train(rnd, replies)
-        rejected += sum(rule in f["reason"] for f in recorder.current.failures
-                        for rule in ("reject_norm_ratio", "min_cosine_to_median"))  # fmt: skip
+        excluded = [f["site"] for f in recorder.current.failures
+                    if any(rule in f["reason"] for rule in ("reject_norm_ratio", "min_cosine_to_median"))]  # fmt: skip
+        rejected += len(excluded)
+        honest_rejected += sum(site in honest for site in excluded)
+        cosines = [m["update_cosine_to_median"] for site, m in recorder.current.train.items() if site in honest]
+        honest_min_cosine.append(round(min(cosines), 3) if cosines else None)
         current = to_weights(arrays)
         set_weights(model, current, source="the aggregated global model")
         curve.append(round(evaluate(model, test_loader, len(labels)).as_dict()["accuracy"], 4))
         recorder.close(None)
-    return {"final": curve[-1], "curve": curve, "rejected_updates": rejected}
+    return {"final": curve[-1], "curve": curve, "rejected_updates": rejected, "honest_rejected": honest_rejected,
+            "honest_min_cosine": honest_min_cosine}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", default="clean,evade,bias")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--rounds", type=int, default=BASE["strategy.rounds"])
+    parser.add_argument("--partitioner", default="iid", choices=PARTITIONERS)
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print the table of saved results (merged)")
     args = parser.parse_args(argv)
     if args.table:
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[confide] error: {name}: unknown {', '.join(unknown)} (known: {', '.join(known)})", file=sys.stderr)
             return 2
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    path = RESULTS / f"attacks-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = RESULTS / f"attacks-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"  # runs side by side
     RESULTS.mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
     for setup in setups:
@@ -174,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                 finals = []
                 for seed in seeds:
                     t0 = time.monotonic()
-                    result = run_cell(experiment(setup, rule, kind, seed, args.rounds))
+                    result = run_cell(experiment(setup, rule, kind, seed, args.rounds, args.partitioner))
                     finals.append(result["final"])
-                    cells.append({"setup": setup, "rule": rule, "attack": kind, "seed": seed, **result,
+                    cells.append({"setup": setup, "rule": rule, "attack": kind, "seed": seed,
+                                  "partitioner": args.partitioner, **result,
                                   "seconds": round(time.monotonic() - t0, 1)})  # fmt: skip
                     print(f"[attacks] {setup} {rule} {kind} seed {seed}: {result['final']:.4f} "
                           f"(rejected {result['rejected_updates']}, {cells[-1]['seconds']}s)", flush=True)  # fmt: skip

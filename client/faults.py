@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from client.attacks import attack, attack_scale, bias_direction, corrupting
+from client.attacks import attack, attack_cosine, attack_scale, bias_direction, corrupting
 from client.experiment import experiment_of
 from common.config import ExperimentConfig
 from common.errors import ConfigError
@@ -82,5 +82,5 @@ def _corrupt(sent: ArrayRecord, got: ArrayRecord, exp: ExperimentConfig) -> Arra
     new = {k: v.numpy() for k, v in got.items()}
     kind = exp.faults.corrupt
     direction = bias_direction(old, exp.seed) if kind == "bias" else None
-    bad = attack(kind, old, new, attack_scale(exp), direction)
+    bad = attack(kind, old, new, attack_scale(exp), direction, attack_cosine(exp))
     return ArrayRecord({k: Array(v) for k, v in bad.items()})

@@ -471,10 +471,12 @@ class FaultConfig:
     # (sign-flipped and x corrupt_scale), "evade" (sign-flipped and scaled to 0.95 x the largest norm
     # strategy.reject_norm_ratio lets through, its own update's norm standing in for the round's
     # median; x corrupt_scale where no norm rule rejects) or "bias" (its update plus a fixed direction,
-    # the same every round and at every colluding site, of norm corrupt_scale x its update's norm).
+    # the same every round and at every colluding site, of norm corrupt_scale x its update's norm) or
+    # "disguise" (the evading flip pushed along its honest sign pattern until its cosine to its own
+    # update is just above strategy.min_cosine_to_median).
     # corrupt_count: the sites corrupt_site, corrupt_site + 1, ... that collude (the same attack).
     corrupt_site: int = -1
-    corrupt: Literal["nan", "scale", "flip", "evade", "bias"] = "flip"
+    corrupt: Literal["nan", "scale", "flip", "evade", "bias", "disguise"] = "flip"
     corrupt_scale: float = 10.0
     corrupt_count: int = 1
     # This site's training labels are shifted by one class (a mislabelled site).

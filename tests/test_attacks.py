@@ -1,13 +1,22 @@
 """The adaptive attackers of failure injection (client/attacks.py) as pure functions on tiny
 arrays, with their config keys: what each sends, that an attacker who knows
-strategy.reject_norm_ratio slips under it, and that bad values stop naming the key."""
+strategy.reject_norm_ratio slips under it, that one who knows strategy.min_cosine_to_median
+slips over it, and that bad values stop naming the key."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from client.attacks import attack, attack_scale, bias_direction, corrupting, evade_scale
+from client.attacks import (
+    attack,
+    attack_cosine,
+    attack_scale,
+    bias_direction,
+    corrupting,
+    disguise_push,
+    evade_scale,
+)
 from client.faults import _check_colluders
 from common import config as config_mod
 from common.errors import ConfigError
@@ -68,6 +77,50 @@ def test_an_evading_flip_passes_the_norm_rule_where_a_plain_flip_is_rejected() -
         stats = update_statistics(ref, updates)
         assert stats["bad"]["update_norm_ratio"] == pytest.approx(scale)
         assert ("bad" in outliers(stats, ratio)) is rejected
+
+
+def test_the_disguise_push_gives_the_cosine_asked_for() -> None:
+    """g solves (g rho - 1) / sqrt(1 - 2 g rho + g^2) = c. Worked by hand: c = 0 needs g rho = 1;
+    rho 0.8, c 0.5: g = (0.8 * 0.75 + 0.5 * sqrt(0.75 * 0.36)) / (0.64 - 0.25) = 2.20464; c = -1
+    is the plain flip (g = 0); c at or above rho is out of reach."""
+    assert disguise_push(0.8, 0.0) == pytest.approx(1.25)
+    assert disguise_push(0.8, 0.5) == pytest.approx(2.20464, abs=1e-5)
+    assert disguise_push(0.8, -1.0) == pytest.approx(0.0)
+    assert disguise_push(0.5, -0.5) == pytest.approx(1.0)  # c = -rho: g = 1 / (2 rho)
+    assert disguise_push(0.8, 0.8) == float("inf")
+
+
+def test_disguise_flips_the_large_coordinate_and_keeps_the_cosine_at_the_target() -> None:
+    """Update u = [1, 2] (sent [1, 1], trained [2, 3]): rho = 3 / sqrt(10), and at cosine 0
+    v = -u + (5 / 3) [1, 1] = [2/3, -1/3], scaled to norm 1 x ||u|| = sqrt(5): [2, -1], sent as
+    [3, 0]. The large coordinate is flipped, the small one honest; cosine to u exactly 0. At
+    cosine -1 it is the flip; at a cosine above rho it sends the sign pattern [1, 1] at norm sqrt(5)."""
+    sent = attack("disguise", SENT, GOT, 1.0, cosine=0.0)
+    assert np.allclose(sent["w"], [3.0, 0.0]) and sent["w"].dtype == np.float32 and sent["n"] == 7
+    assert np.allclose(attack("disguise", SENT, GOT, 2.0, cosine=-1.0)["w"], [-1.0, -3.0])
+    assert np.allclose(attack("disguise", SENT, GOT, 1.0, cosine=0.99)["w"], 1 + np.sqrt(2.5))
+    v = attack("disguise", {"w": np.zeros(3)}, {"w": np.array([0.5, -3.0, 1.0])}, 4.0, cosine=0.3)["w"]
+    u = np.array([0.5, -3.0, 1.0])
+    assert float(v @ u) / (np.linalg.norm(v) * np.linalg.norm(u)) == pytest.approx(0.3)
+    assert np.linalg.norm(v) == pytest.approx(4.0 * np.linalg.norm(u))
+    assert v[1] > 0  # the largest coordinate, -3, flipped
+
+
+def test_a_disguised_flip_passes_the_direction_rule_where_a_plain_flip_is_rejected() -> None:
+    """Four honest sites send the same update as the attacker's own honest one, so the
+    coordinate-wise median of the round is that update: the flip has cosine -1 to it (rejected at
+    min_cosine_to_median 0), the disguised flip the cosine it aimed at, 0.1 (accepted)."""
+    ref = {"w": np.zeros(4)}
+    own = {"w": np.array([0.2, -1.0, 0.5, 2.0])}
+    honest = {f"h{i}": {"w": own["w"].copy()} for i in range(4)}
+    e = exp(**{"strategy.min_cosine_to_median": 0.0, "strategy.norm_bound": "median"})
+    assert attack_cosine(e) == pytest.approx(0.1)
+    for kind, rejected in (("flip", True), ("disguise", False)):
+        updates = {**honest, "bad": attack(kind, ref, own, 1.0, cosine=attack_cosine(e))}
+        stats = update_statistics(ref, updates)
+        assert ("bad" in outliers(stats, 0.0, 0.0)) is rejected
+    assert stats["bad"]["update_cosine_to_median"] == pytest.approx(0.1)
+    assert attack_cosine(exp()) == -1.0  # no direction rule: the plain flip
 
 
 def test_colluding_sites_are_the_count_from_corrupt_site() -> None:
@@ -133,3 +186,13 @@ def test_the_fault_mod_sends_the_evading_flip_from_every_colluding_site_and_mark
         assert np.allclose(sent["w"], [-1.85, -4.7]) and injected == 1.0
     sent, injected = run_fault_mod(e, 0)
     assert sent["w"].tolist() == [2.0, 3.0] and injected == 0.0
+
+
+def test_the_fault_mod_sends_the_disguised_flip_under_both_rules() -> None:
+    """Site 0 attacks with 'disguise' under reject_norm_ratio 3 and min_cosine_to_median -0.1: it
+    aims at cosine 0, i.e. [2, -1] / sqrt(5) (see the hand-worked case above), at 2.85 x its norm
+    sqrt(5): [5.7, -2.85] around the sent [1, 1]."""
+    e = exp(**{"faults.corrupt_site": 0, "faults.corrupt": "disguise", "strategy.reject_norm_ratio": 3.0,
+               "strategy.min_cosine_to_median": -0.1})  # fmt: skip
+    sent, injected = run_fault_mod(e, 0)
+    assert np.allclose(sent["w"], [6.7, -1.85]) and injected == 1.0
