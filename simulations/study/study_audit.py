@@ -29,7 +29,6 @@ import torch
 
 from common import atomic
 from common import config as config_mod
-from common.audit import SampleScores, calibrated_attack, loss_attack, matched_sample, sample_scores
 from common.batches import make_dataset, make_loader
 from common.config import ExperimentConfig, ModelConfig
 from common.data import LabelSet, RawData, Unlabelled, read_test, read_train
@@ -39,6 +38,7 @@ from common.models import build_model
 from common.partition import partition_indices
 from common.site import SiteSpec, site_records
 from common.train import train
+from simulations.study.membership import SampleScores, calibrated_attack, loss_attack, matched_sample, sample_scores
 from simulations.study.sweep_spec import AuditSettings
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Membership-inference audit (common/audit.py).
+"""Membership-inference attacks (simulations/study/membership.py).
 
 Proves: the ROC metrics are right on scores with a known answer (perfect separation, chance,
 inverted; TPR at a low FPR read off the curve); members and non-members are drawn with equal
@@ -18,7 +18,12 @@ import pytest
 import torch
 
 from common import config as config_mod
-from common.audit import (
+from common.batches import make_dataset, make_loader
+from common.data import LabelSet, RawData, read_test, read_train
+from common.errors import ConfideError
+from common.models import build_model
+from common.train import train
+from simulations.study.membership import (
     SampleScores,
     calibrated_attack,
     loss_attack,
@@ -26,11 +31,6 @@ from common.audit import (
     roc_attack,
     sample_scores,
 )
-from common.batches import make_dataset, make_loader
-from common.data import LabelSet, RawData, read_test, read_train
-from common.errors import ConfideError
-from common.models import build_model
-from common.train import train
 
 
 @pytest.mark.unit
