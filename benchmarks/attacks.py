@@ -206,27 +206,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def same_as_evade(rule: str, kind: str) -> bool:
+    """Whether attack ``kind`` sends exactly the ``evade`` update under ``rule``: the x10 flip where
+    no norm rule rejects, the disguise where no direction rule excludes."""
+    if kind == "flip":
+        return not RULES[rule].get("strategy.reject_norm_ratio")
+    return kind == "disguise" and "strategy.min_cosine_to_median" not in RULES[rule]
+
+
 def summary(cells: list[dict[str, Any]]) -> str:
     """Mean final accuracy per (setup, rule) and attack, in brackets its difference in points from
-    FedAvg without attackers in the same setup (what the rule and the attack cost together)."""
+    FedAvg without attackers in the same setup (what the rule and the attack cost together). A
+    flip or disguise cell not run where it is the same update as ``evade`` shows that figure,
+    marked "= evade". A non-IID split is its own setup ("1of5 dirichlet")."""
+    cells = [{**c, "setup": " ".join([c["setup"], *[p for p in [c.get("partitioner", "iid")] if p != "iid"]])}
+             for c in cells]  # fmt: skip
     mean: dict[tuple[str, str, str], float] = {}
     for key in {(c["setup"], c["rule"], c["attack"]) for c in cells}:
         mean[key] = float(np.mean([c["final"] for c in cells if (c["setup"], c["rule"], c["attack"]) == key]))
     kinds = [k for k in ATTACKS if any(c["attack"] == k for c in cells)]
     rows = []
     order = {name: i for i, name in enumerate([*SETUPS, *RULES])}
-    pairs = sorted(dict.fromkeys((c["setup"], c["rule"]) for c in cells), key=lambda p: (order[p[0]], order[p[1]]))
+    pairs = sorted(dict.fromkeys((c["setup"], c["rule"]) for c in cells),
+                   key=lambda p: (order[p[0].split()[0]], p[0], order[p[1]]))  # fmt: skip
     for setup, rule in pairs:
         clean = mean.get((setup, "fedavg", "clean"))
         row: list[Any] = [setup, rule]
         for k in kinds:
             acc = mean.get((setup, rule, k))
+            mark = ""
+            if acc is None and same_as_evade(rule, k) and (setup, rule, "evade") in mean:
+                acc, mark = mean[(setup, rule, "evade")], " = evade"
             if acc is None:
                 row.append("")
             elif clean is None or (rule == "fedavg" and k == "clean"):
-                row.append(f"{acc:.3f}")
+                row.append(f"{acc:.3f}{mark}")
             else:
-                row.append(f"{acc:.3f} ({100 * (acc - clean):+.1f})")
+                row.append(f"{acc:.3f} ({100 * (acc - clean):+.1f}){mark}")
         rows.append(row)
     return table(["setup", "rule", *kinds], rows)
 
