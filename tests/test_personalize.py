@@ -217,3 +217,25 @@ def test_local_dp_with_a_personal_head_is_accepted() -> None:
         None, {"strategy.personalize": "head", "privacy.mode": "local", "privacy.noise_multiplier": 1.0}
     )
     assert exp.strategy.personalize == "head"
+
+
+def test_under_local_dp_the_head_trains_inside_dp_sgd_and_the_ledger_charges_the_same() -> None:
+    """A local-DP round of a personalised site spends exactly what the same round of a plain site
+    spends (the head is trained by the same DP-SGD steps: nothing extra, nothing skipped), its
+    ledger records the round, and its update still carries no head."""
+    dp = {"privacy.mode": "local", "privacy.noise_multiplier": 1.0, "strategy.rounds": 1}
+    spent = {}
+    for mode, job in (("head", "11"), ("off", "12")):
+        exp = experiment(**dp, **{"strategy.personalize": mode})
+        rt = runtime(exp, 0)
+        weights = (
+            body_from(rt) if mode == "head" else {k: v.detach().cpu().numpy() for k, v in rt.model.state_dict().items()}
+        )
+        site_mod.load_global(exp, rt, weights, run_id=job)
+        metrics = site_mod.train_round(exp, rt, 1, run_id=job)
+        spent[mode] = (metrics["epsilon_run"], metrics["steps"])
+        ledger = site_mod.ledger_path(exp, rt.spec, site_mod.SIMULATION)
+        assert job in ledger.read_text()  # the round is in the site's ledger under its job
+        if mode == "head":
+            assert not any(k.startswith("fc.") for k in site_mod.released_state(exp, rt))
+    assert spent["head"][1] > 0 and spent["head"] == pytest.approx(spent["off"])
