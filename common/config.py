@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from common import yamlfile
+from common import class_weight, yamlfile
 from common.errors import ConfigError
 
 ModelName = Literal["bert", "resnet18", "resnet34", "resnet50", "resnet8", "resnet20", "linear"]
@@ -220,8 +220,12 @@ class TrainConfig:
     # decay min(ema_decay, (1 + t) / (10 + t)) at step t; the site sends the averaged weights
     # (post-processing: no privacy cost). 0: off, the last iterate is sent.
     ema_decay: float = 0.0
+    # Class-weighted loss (common/class_weight.py): "none", "balanced" (from the site's own label
+    # counts; not under local DP) or one weight per class in label-set order, e.g. "1.9,0.7".
+    class_weight: str = "none"
 
     def __post_init__(self) -> None:
+        class_weight.parse(self.class_weight)
         _require(self.local_epochs >= 1, "train.local_epochs", "must be >= 1")
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
@@ -620,6 +624,18 @@ class ExperimentConfig:
             "strategy.min_sites",
             f"({st.min_sites}) is below the {need} valid updates strategy '{st.name}' needs per round with "
             f"strategy.num_malicious={st.num_malicious}; raise strategy.min_sites (and data.num_sites)",
+        )
+        _require(
+            not (self.privacy.local and self.train.class_weight == "balanced"),
+            "train.class_weight",
+            "'balanced' is computed from the site's label counts, a statistic outside DP-SGD's per-record "
+            "accounting; under privacy.mode 'local' leave it 'none'",
+        )
+        _require(
+            not (self.privacy.local and class_weight.explicit(self.train.class_weight)),
+            "train.class_weight",
+            f"'{self.train.class_weight}': class weights are not applied by DP-SGD's per-sample losses; under "
+            "privacy.mode 'local' leave it 'none'",
         )
         _require(
             not (self.privacy.local and self.train.precision != "fp32"),

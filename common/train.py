@@ -20,6 +20,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from common.batches import Batch
+from common.class_weight import class_weights, weighted_cross_entropy
 from common.config import TrainConfig
 from common.device import autocast_dtype, model_device, on_model_device
 from common.errors import ConfigError
@@ -164,7 +165,7 @@ def train(
     noise-only step, which some layers (GroupNorm, per-sample convolution gradients) cannot run.
     """
     optimizer = optimizer or make_optimizer(model, cfg, proximal_mu)
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    loss_fn = loss_fn or _loss(cfg, loader)
     model.train()
     device = model_device(model)
     amp = autocast_dtype(cfg)
@@ -217,6 +218,17 @@ def train(
     seconds = time.perf_counter() - start
     mean = total_loss / seen if seen else math.nan
     return TrainResult(loss=mean, num_examples=seen, steps=steps, seconds=seconds)
+
+
+def _loss(cfg: TrainConfig, loader: DataLoader) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """Cross-entropy, weighted by class when ``train.class_weight`` asks (common/class_weight.py);
+    'balanced' reads the labels of the site's training set (every dataset here keeps them as ``y``)."""
+    if cfg.class_weight == "none":
+        return nn.CrossEntropyLoss()
+    labels = getattr(loader.dataset, "y", None)
+    if labels is None:
+        raise TypeError(f"{type(loader.dataset).__name__} keeps no labels (y) for train.class_weight")
+    return weighted_cross_entropy(class_weights(cfg.class_weight, labels))
 
 
 class WeightAverage:
