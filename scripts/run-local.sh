@@ -24,8 +24,6 @@ python -m simulations.run_local check .
 # The app's dependencies are already installed here: stop the SuperLink from building a
 # fresh environment per run (it would try to download torch).
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
-LOG=$(mktemp)
-trap 'rm -f "$LOG"' EXIT
 # Flower's notices printed before Confide's code loads (its default federation size, how to resize
 # it: this script sets it) and Ray's tip are left out; CONFIDE_VERBOSE=1 keeps every line.
 NOISE='Since flwr 1\.32, default simulated SuperNodes|To change federation size, use|flwr federation simulation-config|Tip: In future versions of Ray|^[^a-zA-Z]*warnings\.warn\($'
@@ -36,15 +34,6 @@ FEDERATION="num-supernodes=$SITES"
 # Flower's own verbose switch reaches its simulation process (which the SuperLink starts, not this
 # shell); Confide's ServerApp then keeps every line too (common/logs.py).
 [ "${CONFIDE_VERBOSE:-0}" = 1 ] && FEDERATION="$FEDERATION verbose=true"
-flwr run . --stream --federation-config "$FEDERATION" --run-config "$RUN_CONFIG" 2>&1 | tee "$LOG" | quiet
-# `flwr run --stream` exits 0 whatever became of the run: ask the SuperLink how it finished.
-RUN_ID=$(grep -oE 'started run [0-9]+' "$LOG" | tail -1 | grep -oE '[0-9]+$' || true)
-if [ -z "$RUN_ID" ]; then
-  echo "run-local: flwr run did not start a run (see above)" >&2
-  exit 1
-fi
-STATUS=$(flwr ls --run-id "$RUN_ID" --format json | python -c 'import json, sys; print(json.load(sys.stdin)["runs"][0]["status"])')
-if [ "$STATUS" != "finished:completed" ]; then
-  echo "run-local: run $RUN_ID ended as $STATUS" >&2
-  exit 1
-fi
+# `flwr run --stream` exits 0 whatever became of the run; `confide submit` (simulations/submit.py)
+# asks the SuperLink how it ended and exits 0 only for a completed run (1 failed or stopped, 2 none started).
+python -m simulations.submit . --federation-config "$FEDERATION" --run-config "$RUN_CONFIG" 2>&1 | quiet

@@ -3,7 +3,8 @@ of it back with the verbose switch) and Flower's exit path (a run stopped by ``f
 or kill writes why, common/stopping.py). Kept out of common/, which never imports flwr.
 
 Flower has its own console handler on the ``flwr`` logger. By default it shows warnings and
-errors only, less its notices about its own defaults; ``CONFIDE_VERBOSE=1`` or Flower's own
+errors only, less its notices about its own defaults and the traceback it logs around a run
+Confide ended with one clear line (``RunFailed``); ``CONFIDE_VERBOSE=1`` or Flower's own
 verbose switch (``--federation-config "... verbose=true"``, which sets that handler to DEBUG)
 keep every line.
 """
@@ -16,6 +17,7 @@ from flwr.common.logger import console_handler
 from flwr.supercore.exit import add_exit_handler
 
 from common import logs, stopping
+from common.errors import RunFailed
 from server import flower_internals
 
 # Flower WARNING lines about Flower's own defaults or Confide's deliberate choices, not the run.
@@ -53,6 +55,11 @@ def flower_verbose() -> bool:
 
 class _DropFlowerNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RunFailed):
+            # Flower's "ServerApp/Simulation raised an exception" with the traceback of a run
+            # Confide stopped on purpose: its one line is already printed (server/app.py), and
+            # the run's status ("finished:failed" and its details) still says so.
+            return False
         message = record.getMessage()
         return not any(noise in message for noise in FLOWER_NOISE)
 

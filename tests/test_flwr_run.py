@@ -103,7 +103,7 @@ def test_a_failed_run_exits_non_zero_from_run_local_and_flower_records_it_failed
     """A run that passes every check before Flower starts and then fails inside the ServerApp (a
     site crashes, leaving fewer valid updates than strategy.min_sites): scripts/run-local.sh (over
     `flwr run`, which itself exits 0 whatever the run's fate) exits 1, the error names the round and
-    the key, and Flower's own record of the run is finished:failed, not completed."""
+    the key, with no traceback around it, and Flower's own record of the run is finished:failed."""
     overrides = "faults.crash_site=0 strategy.min_sites=3 strategy.rounds=1"
     cmd = ["bash", str(REPO / "scripts" / "run-local.sh"), "simulations/configs/default.yaml", overrides]
     proc = run_with_superlink(cmd, tmp_path, cwd=REPO)
@@ -112,6 +112,8 @@ def test_a_failed_run_exits_non_zero_from_run_local_and_flower_records_it_failed
     assert "round 1: 2 valid update(s), fewer than strategy.min_sites=3" in output, output[-3000:]
     assert "injected crash of site" in output
     assert "ended as finished:failed" in output
+    # Flower's traceback around the ServerApp's RunFailed is dropped: the clear line stands alone.
+    assert "raise RunFailed" not in output and "ServerApp raised an exception" not in output, output[-3000:]
 
 
 def test_run_local_refuses_a_bad_override_in_one_line(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import pytest
 from flwr.common.logger import console_handler
 
 from common import logs
+from common.errors import RunFailed
 from server import flower_runtime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,25 @@ def test_quiet_by_default_drops_flower_info_and_its_notices(flower_console, monk
         warnings.warn("Tip: In future versions of Ray, Ray will ...", FutureWarning, stacklevel=1)
         warnings.warn("something Confide should show", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something Confide should show"]
+
+
+@pytest.mark.unit
+def test_quiet_drops_flowers_traceback_around_a_run_confide_ended(flower_console, monkeypatch) -> None:  # noqa: ANN001
+    """Flower logs "ServerApp raised an exception" with the traceback of whatever the ServerApp
+    raised; for a RunFailed (Confide already printed its one line) the record is dropped, while a
+    real crash (any other exception) keeps its traceback."""
+    monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
+    flower_runtime.setup_logging()
+
+    def raised(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:  # noqa: BLE001
+            info = sys.exc_info()
+        return logging.LogRecord("flwr", logging.ERROR, __file__, 1, "%s raised an exception", ("ServerApp",), info)
+
+    assert not console_handler.filter(raised(RunFailed("round 1: too few valid updates")))
+    assert console_handler.filter(raised(ValueError("a bug")))
 
 
 @pytest.mark.unit
