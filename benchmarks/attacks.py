@@ -119,7 +119,7 @@ def reply(node: int, site: str, weights: dict[str, np.ndarray], records: int):  
 def run_cell(exp: ExperimentConfig) -> dict[str, Any]:
     """One federated run: the central test accuracy after every round, what the coordinator excluded
     (and how many of those were honest sites), and per round the lowest cosine to the median update
-    among the honest sites it accepted."""
+    among the honest sites it accepted (and the highest among the attackers it accepted)."""
     labels = LabelSet(exp.data.labels)
     model = build_model(exp, len(labels))
     test_loader = _central_loader(exp, labels)
@@ -131,7 +131,7 @@ def run_cell(exp: ExperimentConfig) -> dict[str, Any]:
     current = {k: v.detach().cpu().numpy().copy() for k, v in exchanged_state(model).items()}
     n = exp.data.num_sites
     direction = bias_direction(current, exp.seed) if exp.faults.corrupt == "bias" else None
-    curve, rejected, honest_rejected, honest_min_cosine = [], 0, 0, []
+    curve, rejected, honest_rejected, honest_min_cosine, attacker_max_cosine = [], 0, 0, [], []
     honest = {f"site-{pid}" for pid in range(n) if not corrupting(exp, pid)}
     for rnd in range(1, exp.strategy.rounds + 1):
         recorder.begin(rnd, bytes_down=0)
@@ -152,12 +152,14 @@ def run_cell(exp: ExperimentConfig) -> dict[str, Any]:
         honest_rejected += sum(site in honest for site in excluded)
         cosines = [m["update_cosine_to_median"] for site, m in recorder.current.train.items() if site in honest]
         honest_min_cosine.append(round(min(cosines), 3) if cosines else None)
+        bad = [m["update_cosine_to_median"] for site, m in recorder.current.train.items() if site not in honest]
+        attacker_max_cosine.append(round(max(bad), 3) if bad else None)
         current = to_weights(arrays)
         set_weights(model, current, source="the aggregated global model")
         curve.append(round(evaluate(model, test_loader, len(labels)).as_dict()["accuracy"], 4))
         recorder.close(None)
     return {"final": curve[-1], "curve": curve, "rejected_updates": rejected, "honest_rejected": honest_rejected,
-            "honest_min_cosine": honest_min_cosine}  # fmt: skip
+            "honest_min_cosine": honest_min_cosine, "attacker_max_cosine": attacker_max_cosine}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
