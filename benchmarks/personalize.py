@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune", type=int, default=0, help="strategy.local_finetune epochs (default 0)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for both jobs")
     parser.add_argument("--global-run", default="", help="reuse a finished global job's run folder")
+    parser.add_argument("--personal-run", default="", help="reuse a finished personalised job's run folder")
     args = parser.parse_args(argv)
     setup_logging()
     try:
@@ -97,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         chosen = exported_round(g_rounds, "last" if rule == "last" else "best_held_out")
         result["global"] = {"run": str(g_path), "seconds": round(g_secs), "exported_round": chosen["round"]}
         personal = {**extra, "strategy.personalize": "head", "strategy.local_finetune": args.finetune}
-        p_path, p_rounds, p_secs = _run(args.task, f"pers-{args.task}-head-ft{args.finetune}", personal)
+        if args.personal_run:
+            p_path, p_rounds, p_secs = Path(args.personal_run), read_rounds(Path(args.personal_run)), 0.0
+        else:
+            p_path, p_rounds, p_secs = _run(args.task, f"pers-{args.task}-head-ft{args.finetune}", personal)
         result["personalised"] = {"run": str(p_path), "seconds": round(p_secs)}
         result["comparison"] = compare(
             per_site(g_rounds, "accuracy", chosen), per_site(p_rounds, "accuracy"),
