@@ -4,7 +4,9 @@ So a crashed or interrupted run never leaves a folder that looks finished. Conte
 ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per round), ``checkpoint.pt``
 (latest global weights and the strategy's state, replaced atomically), ``model/`` (final export), ``MODEL_CARD.md``.
 A run that stops early keeps the ``.incomplete`` name and says why in ``FAILED.txt``; it can be
-continued from its checkpoint (``open_resumed``), in the same folder.
+continued from its checkpoint (``open_resumed``), in the same folder. While incomplete the folder
+names its writer (``owner.json``, common/run_owner.py), so a writer killed without a word is told
+from a run still going.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from common import atomic
+from common import atomic, run_owner
 from common import checkpoint as ckpt_mod
 from common import config as config_mod
 from common.checkpoint import Checkpoint
@@ -42,15 +44,18 @@ class RunDir:
             self.path = resume
             self.final = resume.with_name(resume.name.removesuffix(INCOMPLETE))
             self.metrics = JsonlLog(self.path / "metrics.jsonl")
+            run_owner.claim(self.path)
             _OPEN.add(self)
             return
         base = resolve_path(exp.output_dir)
+        mark_abandoned(base)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.final = base / f"{stamp}-{_slug(exp.name)}-{run_id}"
         self.path = self.final.with_name(self.final.name + INCOMPLETE)
         if self.final.exists():
             raise FileExistsError(f"run folder already exists: {self.final}")
         self.path.mkdir(parents=True, exist_ok=False)
+        run_owner.claim(self.path)
         config_mod.dump(exp, self.path / "config.yaml")
         self.metrics = JsonlLog(self.path / "metrics.jsonl")
         _OPEN.add(self)
@@ -70,6 +75,7 @@ class RunDir:
         """Rename to the final name; only a complete run carries it."""
         self.wait_for_checkpoint()
         self._writer.shutdown()
+        run_owner.release(self.path)
         os.replace(self.path, self.final)
         _OPEN.discard(self)
         self.path = self.final
@@ -80,6 +86,7 @@ class RunDir:
         """Record why the run stopped; the folder keeps its '.incomplete' name."""
         self._writer.shutdown(wait=True)
         (self.path / FAILED).write_text(reason.rstrip() + "\n")
+        run_owner.release(self.path)
         _OPEN.discard(self)
 
 
@@ -91,6 +98,7 @@ def record_stop(reason: str) -> list[Path]:
     for run_dir in list(_OPEN):
         if run_dir.path.is_dir() and run_dir.path.name.endswith(INCOMPLETE):
             (run_dir.path / FAILED).write_text(reason.rstrip() + "\n")
+            run_owner.release(run_dir.path)
             stopped.append(run_dir.path)
         _OPEN.discard(run_dir)
     return stopped
@@ -106,6 +114,12 @@ def check_resumable(folder: Path, exp: ExperimentConfig) -> tuple[Checkpoint, li
         raise ConfigError(
             f"resume: {folder} is not a stopped run (its name does not end in '{INCOMPLETE}'); "
             "a complete run has nothing to resume"
+        )
+    writer = run_owner.alive_writer(folder)
+    if writer is not None:
+        raise ConfigError(
+            f"resume: {folder} is still being written by process {writer}; stop that run first (flwr stop, "
+            "or Ctrl-C where it runs) and resume once it has ended"
         )
     checkpoint = ckpt_mod.read(folder / ckpt_mod.FILE)
     diff = ckpt_mod.differences(checkpoint.config, exp)
@@ -170,9 +184,22 @@ def _rewrite_lines(path: Path, lines: list[dict]) -> None:
 
 
 def failure_of(folder: Path) -> str | None:
-    """The recorded reason an incomplete run stopped, if any."""
+    """The recorded reason an incomplete run stopped, else why its process is gone (common/run_owner.py)."""
     path = folder / FAILED
-    return path.read_text().strip() if path.is_file() else None
+    return path.read_text().strip() if path.is_file() else run_owner.gone(folder)
+
+
+def mark_abandoned(base: Path) -> list[Path]:
+    """Write FAILED.txt into each incomplete run folder under ``base`` whose process on this host
+    ended without a word (killed outright), so no stopped run reads as one still going."""
+    marked = []
+    for folder in sorted(base.glob(f"*{INCOMPLETE}")) if base.is_dir() else []:
+        if folder.is_dir() and not (folder / FAILED).exists():
+            reason = run_owner.gone(folder)
+            if reason is not None:
+                atomic.write_text(folder / FAILED, reason + "\n")
+                marked.append(folder)
+    return marked
 
 
 def _slug(text: str) -> str:
