@@ -30,6 +30,19 @@ def images(path) -> None:  # noqa: ANN001 - a writer
             Image.fromarray(np.zeros((side, side), np.uint8)).save(path / label / f"{i}.png")
 
 
+def stopped_run(path) -> None:  # noqa: ANN001 - a writer
+    """A stopped run of the default experiment at 2 rounds (round 1 checkpointed), as a run leaves it."""
+    import json
+
+    from common import checkpoint, config
+
+    exp = config.load(DEFAULT, {"strategy.rounds": 2})
+    path.mkdir()
+    saved = checkpoint.Checkpoint(round=1, job="1", config=checkpoint.flat_config(exp), weights={})
+    checkpoint.write(path / checkpoint.FILE, saved)
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"round": r}) + "\n" for r in (0, 1)))
+
+
 def prep(*args: str) -> tuple[str, ...]:
     return ("prepare", *args)
 
@@ -61,6 +74,8 @@ CASES = [
     Case("weights-missing", prep(DEFAULT, "model.weights=w.pt"), ("'model.weights'", "w.pt")),
     Case("output-dir-a-file", prep(DEFAULT, "output_dir=runs"), ("'output_dir'", "is a file"), {"runs": "x"}),
     Case("resume-missing", prep(DEFAULT, "resume=runs/gone.incomplete"), ("gone.incomplete",)),
+    Case("resume-changed-experiment", prep(DEFAULT, "strategy.rounds=2 train.lr=0.5 resume=r.incomplete"),
+         ("resume:", "belongs to another experiment", "train.lr"), {"r.incomplete": stopped_run}),
 ]
 # fmt: on
 
