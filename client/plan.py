@@ -260,7 +260,30 @@ def report(exp: ExperimentConfig, sites: list[Site], labels: Any, probe_batches:
             f"clipped: fraction of per-sample gradient norms above C over {probe_batches} batches "
             "of the first round's model"
         )
+    notes.extend(length_lines(exp, readable))
     return render(exp, plans, clips, (*notes, *verdict(exp, plans).lines))
+
+
+def length_lines(exp: ExperimentConfig, sites: list[Site]) -> list[str]:
+    """Per readable site of a text job: its token lengths against model.max_length, and the rule's
+    value (common/text_lengths.py). Printed here only; nothing is sent."""
+    if not exp.model.is_text or exp.model.name == "linear" or not sites:
+        return []
+    from common.checkpoints import checkpoint_path, load_tokenizer
+    from common.text_lengths import measure, token_counts
+
+    tokenizer = load_tokenizer(checkpoint_path(exp.model))
+    limit = int(getattr(tokenizer, "model_max_length", 512) or 512)
+    ceiling = limit if limit < 100_000 else 512  # tokenizers without a limit report a huge number
+    lines = []
+    for site in sites:
+        m = measure(token_counts(site.train.texts, tokenizer), exp.model.max_length, ceiling)
+        lines.append(
+            f"token lengths at {site.name}: median {m.p50}, 95th percentile {m.p95}, longest {m.longest}; "
+            f"model.max_length={exp.model.max_length} cuts {100 * m.truncated:.1f} % of records; "
+            f"the rule (95th percentile, rounded up to a multiple of 8) gives {m.suggested}"
+        )
+    return lines
 
 
 if __name__ == "__main__":
