@@ -209,3 +209,55 @@ def test_auto_falls_back_to_hooks_for_a_reused_layer_bookkeeping_cannot_clip() -
     finally:
         step.close()
     assert_matches_reference("rmsnorm", "hooks")
+
+
+def _fast_clipping_optimizer(seed: int, noise: float, in_place: bool) -> tuple[nn.Parameter, object]:
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    from common.privacy.clipping import _noise_in_place
+
+    w = nn.Parameter(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+    opt = DPOptimizerFastGradientClipping(
+        torch.optim.SGD([w], lr=0.5), noise_multiplier=noise, max_grad_norm=2.0, expected_batch_size=4,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    if in_place:
+        _noise_in_place(opt)
+    return w, opt
+
+
+def _two_physical_batches(w: nn.Parameter, opt: object, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """One logical step over two physical batches (as Opacus's BatchMemoryManager runs it), with
+    an in-place zero_grad between them, as a training loop may call it."""
+    opt.zero_grad(set_to_none=True)
+    w.grad = g1.clone()
+    opt.signal_skip_step(do_skip=True)
+    opt.step()
+    opt.zero_grad(set_to_none=False)
+    w.grad = g2.clone()
+    opt.step()
+    return w.detach().clone()
+
+
+def test_bookkeeping_optimizer_noises_in_place_with_opacus_arithmetic() -> None:
+    """The book-keeping optimizer adds Opacus's noise to the clipped sum in place (no gradient copy):
+    without noise, w - lr * (g1 + g2) / B worked out by hand (0.5 * [[4, 0], [2, 6]] / 4), also when
+    zero_grad(set_to_none=False) runs between physical batches (an aliased sum would be zeroed); with
+    noise, the same update as Opacus's own optimizer from the same generator seed; and a single
+    batch's step leaves the noised gradient in the very tensor the engine handed over."""
+    g1, g2 = torch.tensor([[1.0, 0.0], [2.0, 2.0]]), torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    w, opt = _fast_clipping_optimizer(0, 0.0, in_place=True)
+    expected = torch.tensor([[1.0 - 0.5, -2.0], [0.5 - 0.25, 3.0 - 0.75]])
+    assert torch.allclose(_two_physical_batches(w, opt, g1, g2), expected)
+
+    w_ref, opt_ref = _fast_clipping_optimizer(7, 1.5, in_place=False)
+    w_new, opt_new = _fast_clipping_optimizer(7, 1.5, in_place=True)
+    ref = _two_physical_batches(w_ref, opt_ref, g1, g2)
+    assert not torch.allclose(ref, expected)  # the noise is there
+    assert torch.equal(_two_physical_batches(w_new, opt_new, g1, g2), ref)
+
+    opt_new.zero_grad(set_to_none=True)
+    handed = g1.clone()
+    w_new.grad = handed
+    opt_new.step()
+    assert w_new.grad.data_ptr() == handed.data_ptr()
