@@ -19,7 +19,9 @@ in every real round). Variants are interleaved across ``--repeats`` and the medi
 background load affects all variants alike; samples per CPU-second (process CPU time) is also
 reported, which is the steadier figure when the machine is shared (use ``--threads 1`` then).
 Memory: the process's peak RSS, and the peak above the RSS measured just before training (model,
-data and libraries loaded): the training working set.
+data and libraries loaded): the training working set; both are the largest over the repeats.
+Each run records its training batch sizes: Poisson sampling draws DP batches around the expected
+size, and the largest batch of a run sets its activation memory, while plain batches are fixed.
 
 Inputs are real records where ``../shared/datasets`` has them (BANKING77 queries joined to fill
 64 tokens; PneumoniaMNIST images), else the built-in offline sets; the JSON records which.
@@ -142,6 +144,14 @@ def measure_one(model: str, variant: str, warmup: int, steps: int, threads: int)
     seq = len(first) if isinstance(first, list) else tuple(first.shape)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     base_rss = _rss_mib()
+    batches: list[int] = []  # every training forward's batch size (DP: Poisson-sampled)
+
+    def count(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if module.training and torch.is_grad_enabled():
+            first = next(iter(kwargs.values()), None) if not args else args[0]
+            batches.append(int(first.shape[0]) if isinstance(first, torch.Tensor) else -1)
+
+    net.register_forward_pre_hook(count, with_kwargs=True)
     results, cpu = [], 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for n_steps in (warmup, steps):
@@ -173,6 +183,7 @@ def measure_one(model: str, variant: str, warmup: int, steps: int, threads: int)
         "samples_per_cpu_s": measured.num_examples / cpu,
         "peak_rss_mib": peak,
         "train_mem_mib": peak - base_rss,
+        "batch_sizes": batches,  # warm-up and measured rounds: peak memory follows the largest
         "threads": threads,
     }
 
@@ -202,6 +213,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["samples_per_s_all"] = [round(r["samples_per_s"], 2) for r in mine]
             row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in mine)
             row["train_mem_mib"] = max(r["train_mem_mib"] for r in mine)
+            row["largest_batch"] = max((max(r.get("batch_sizes") or [0]) for r in mine), default=0)
             rows.append(row)
     for row in rows:
         base = next((r for r in rows if r["model"] == row["model"] and r["variant"] == BASELINE[row["model"]]), None)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import dp_throughput
-from benchmarks.dp_throughput_check import REPO, THRESHOLDS, load_rows, load_thresholds, violations
+from benchmarks.dp_throughput_check import REPO, THRESHOLDS, load_rows, load_thresholds, markdown, violations
 
 pytestmark = pytest.mark.unit
 
@@ -108,5 +108,18 @@ def test_markdown_prints_the_results_own_figures(tmp_path, monkeypatch, capsys) 
     dp_throughput.main()
     out = capsys.readouterr().out.splitlines()
     assert "| CPU | ResNet-18 | DP, **book-keeping** (default) | 8.1 (8.0, 8.1, 8.3) | 0.81 |" in out[3]
-    assert "| 617 | 1.23 |" in out[3]
+    assert "| 617 | 1.23 | – |" in out[3]  # an older result without batch sizes
     assert out[-1].startswith("| GPU |") and "not measured" in out[-1]
+
+
+def test_summary_keeps_the_largest_poisson_batch_of_any_repeat() -> None:
+    """Peak memory follows a run's largest batch: the summary row keeps the largest over repeats
+    (here 41 from the second repeat's [30, 41]), and the docs table shows it."""
+    runs = [
+        {"model": "minilm", "variant": v, "samples_per_s": 3.0, "samples_per_cpu_s": 9.0, "peak_rss_mib": 2000.0,
+         "train_mem_mib": 1000.0, "batch_sizes": sizes}
+        for v, sizes in [("plain", [32, 32]), ("bookkeeping", [28, 35]), ("bookkeeping", [30, 41])]
+    ]  # fmt: skip
+    rows = dp_throughput.summarize(runs)
+    assert [r["largest_batch"] for r in rows] == [32, 41]
+    assert markdown(rows).splitlines()[3].endswith("| 1.00 | 41 |")
