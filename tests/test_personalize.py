@@ -239,3 +239,22 @@ def test_under_local_dp_the_head_trains_inside_dp_sgd_and_the_ledger_charges_the
         if mode == "head":
             assert not any(k.startswith("fc.") for k in site_mod.released_state(exp, rt))
     assert spent["head"][1] > 0 and spent["head"] == pytest.approx(spent["off"])
+
+
+def test_the_model_card_lists_per_site_figures_only_where_the_sites_released_them(tmp_path) -> None:  # noqa: ANN001
+    """A personalised job's card has a Personalisation table of what the sites released (0.7 local-only,
+    0.9 personalised, no global figure beside a personal head) and, where they released no held-out
+    metrics (DP sites withholding them), says the figures are withheld instead of showing any."""
+    from common.export import write_model_card
+
+    labels = LabelSet(("a", "b"))
+    exp = experiment()
+    released = {"site-0": {"accuracy": 0.9, "num_examples": 10, "local_only_accuracy": 0.7}}
+    write_model_card(tmp_path, exp, labels, released, {}, ["no DP"], "", [])
+    section = (tmp_path / "MODEL_CARD.md").read_text().split("## Personalisation")[1].split("## ")[0]
+    assert "| site-0 | 0.7000 | n/a | 0.9000 |" in section and "withheld" not in section
+
+    dp = experiment(**{"privacy.mode": "local", "privacy.noise_multiplier": 1.0})
+    write_model_card(tmp_path, dp, labels, {"site-0": {"weight": 1.0}}, {}, ["DP"], "", [])
+    section = (tmp_path / "MODEL_CARD.md").read_text().split("## Personalisation")[1].split("## ")[0]
+    assert "withheld" in section and "| site-0 |" not in section

@@ -201,6 +201,12 @@ def model_card(mode: str, site_metrics: str, labels: str) -> dict[str, str]:
             out[f"sites.{SITE}.{column}"] = source.text
     if "accuracy" in evaluate:
         out["exported"] = f"which round's model was exported, chosen on federated.accuracy: {evaluate['accuracy'].text}"
+        # the Personalisation table (strategy.personalize / local_finetune jobs): the site's own model's
+        # held-out accuracy, and without DP the local-only and global references beside it
+        out[f"sites.{SITE}.personalised accuracy"] = evaluate["accuracy"].text
+        for column, key in (("local-only accuracy", "local_only_accuracy"), ("global accuracy", "global_accuracy")):
+            if key in evaluate:
+                out[f"sites.{SITE}.{column}"] = evaluate[key].text
     else:
         out["exported"] = "which round's model was exported (the last one: no site releases a held-out accuracy)"
     return dict(sorted(out.items()))
