@@ -704,6 +704,12 @@ def _personalize_checks(exp: ExperimentConfig) -> None:
         f"needs privacy.mode 'off': its steps would train on the site's records outside DP-SGD and the site's "
         f"evaluation would release what they learned, uncharged (privacy.mode is '{exp.privacy.mode}')",
     )
+    _require(
+        st.local_finetune == 0 or st.fraction_evaluate == 1,
+        "strategy.local_finetune",
+        f"runs in every site's last evaluation, so it needs strategy.fraction_evaluate 1 "
+        f"(got {st.fraction_evaluate:g}: the sites left out would never fine-tune)",
+    )
     if st.personalize == "off":
         return
     _require(

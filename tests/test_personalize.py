@@ -202,6 +202,10 @@ def test_the_coordinator_aggregates_body_only_updates_and_keeps_its_head_aside()
             {"strategy.local_finetune": 2, "privacy.mode": "local", "privacy.noise_multiplier": 1.0},
             ("strategy.local_finetune", "privacy.mode"),
         ),
+        (
+            {"strategy.local_finetune": 1, "strategy.fraction_evaluate": 0.5, "data.num_sites": 4},
+            ("strategy.local_finetune", "fraction_evaluate"),
+        ),
     ],
 )
 def test_settings_that_cannot_work_are_refused_in_one_line(overrides: dict, fragments: tuple[str, ...]) -> None:
