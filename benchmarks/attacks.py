@@ -71,8 +71,8 @@ SETUPS = {"1of5": (5, 1), "2of10": (10, 2)}  # sites, attackers
 # "flip" adds the x10 flip against the rules that do (it is rejected there).
 ATTACKS: dict[str, dict[str, Any]] = {
     "clean": {},
-    "evade": {"faults.corrupt": "evade", "faults.corrupt_scale": 10.0},
     "flip": {"faults.corrupt": "flip", "faults.corrupt_scale": 10.0},
+    "evade": {"faults.corrupt": "evade", "faults.corrupt_scale": 10.0},
     "bias": {"faults.corrupt": "bias", "faults.corrupt_scale": 2.0},
     "disguise": {"faults.corrupt": "disguise", "faults.corrupt_scale": 10.0},
 }
