@@ -11,7 +11,9 @@ sites 74 %), weighting the loss by class moves the decision threshold back. Valu
   non-private training only (the config refuses it beside ``privacy.mode: local``).
 - ``w0,w1,...``: one positive weight per class in label-set order, a setting the user chooses
   (e.g. from a known prevalence), not computed from any record: allowed under DP-SGD, where each
-  record's loss is multiplied by its class's weight before its gradient is clipped.
+  record's loss is multiplied by its class's weight before its gradient is clipped (so a weight
+  matters only for records whose gradient norm stays below the clip norm). Their number is
+  checked against the model's classes (the job's label set), never against a site's records.
 
 The weighted mean divides by the weights' sum, as ``nn.CrossEntropyLoss(weight=...)`` does, so a
 batch's loss stays on the scale of the unweighted one.
@@ -56,18 +58,28 @@ def explicit(value: str) -> tuple[float, ...] | None:
     return parsed if isinstance(parsed, tuple) else None
 
 
+def check_width(weights: torch.Tensor, classes: int) -> None:
+    """One weight per class of the model (its output width: the job's label set, not any record)."""
+    if len(weights) != classes:
+        raise ConfigError(
+            f"{KEY} gives {len(weights)} weights but the model has {classes} classes: give one weight per class, "
+            "in label-set order"
+        )
+
+
+def explicit_tensor(value: str) -> torch.Tensor | None:
+    """The explicit weights as a tensor; None for 'none' and 'balanced'."""
+    weights = explicit(value)
+    return None if weights is None else torch.tensor(weights, dtype=torch.float32)
+
+
 def class_weights(value: str, labels: np.ndarray | torch.Tensor) -> torch.Tensor | None:
     """The per-class weight vector for ``labels`` (a site's training labels), None for 'none'."""
     parsed = parse(value)
     if parsed == "none":
         return None
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64).ravel()
-    if isinstance(parsed, tuple):
-        if y.size and int(y.max()) >= len(parsed):
-            raise ConfigError(
-                f"{KEY} gives {len(parsed)} weights but the label set has at least {int(y.max()) + 1} classes: "
-                "give one weight per class, in label-set order"
-            )
+    if isinstance(parsed, tuple):  # checked against the model's classes where it is used
         return torch.tensor(parsed, dtype=torch.float32)
     counts = np.bincount(y, minlength=int(y.max()) + 1 if y.size else 0).astype(np.float64)
     present = counts > 0
@@ -82,6 +94,7 @@ def weighted_cross_entropy(weights: torch.Tensor | None) -> LossFn:
         return nn.CrossEntropyLoss()
 
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_width(weights, logits.shape[-1])
         return nn.functional.cross_entropy(logits, labels, weight=weights.to(logits.device, logits.dtype))
 
     return loss

@@ -629,13 +629,8 @@ class ExperimentConfig:
             not (self.privacy.local and self.train.class_weight == "balanced"),
             "train.class_weight",
             "'balanced' is computed from the site's label counts, a statistic outside DP-SGD's per-record "
-            "accounting; under privacy.mode 'local' leave it 'none'",
-        )
-        _require(
-            not (self.privacy.local and class_weight.explicit(self.train.class_weight)),
-            "train.class_weight",
-            f"'{self.train.class_weight}': class weights are not applied by DP-SGD's per-sample losses; under "
-            "privacy.mode 'local' leave it 'none'",
+            "accounting; under privacy.mode 'local' give one weight per class (e.g. '1.9,0.7', from a known "
+            "prevalence) or 'none'",
         )
         _require(
             not (self.privacy.local and self.train.precision != "fp32"),

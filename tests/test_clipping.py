@@ -95,12 +95,12 @@ def expected(kind: str) -> tuple[Grads, torch.Tensor, float]:
     return clipped_sum(grads, norms, c), norms, c
 
 
-def private(model: nn.Module, mode: str, c: float, n: int):
+def private(model: nn.Module, mode: str, c: float, n: int, class_weights: torch.Tensor | None = None):
     trainable = [p for p in model.parameters() if p.requires_grad]
     loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=n)  # expected batch size n
     return make_private(
         model, torch.optim.SGD(trainable, lr=0.0), loader, mode=mode, noise_multiplier=0.0, max_grad_norm=c,
-        accountant="rdp", noise_generator=torch.Generator().manual_seed(0),
+        accountant="rdp", noise_generator=torch.Generator().manual_seed(0), class_weights=class_weights,
     )  # fmt: skip
 
 

@@ -192,7 +192,10 @@ def make_private(
     max_grad_norm: float,
     accountant: str,
     noise_generator: torch.Generator,
+    class_weights: torch.Tensor | None = None,
 ) -> PrivateStep:
+    """``class_weights``: each record's loss times its class's weight before its gradient is
+    clipped (``train.class_weight`` given explicitly; a setting, not a statistic of the records)."""
     from opacus import PrivacyEngine
 
     if mode not in MODES:
@@ -213,19 +216,19 @@ def make_private(
         max_grad_norm=max_grad_norm,
         poisson_sampling=True,
         grad_sample_mode="hooks" if mode == "hooks" else "ghost",
-        criterion=nn.CrossEntropyLoss(),
+        criterion=nn.CrossEntropyLoss(weight=class_weights),  # ghost reads per-sample losses from it
         wrap_model=False,
         noise_generator=noise_generator,
     )
     if mode == "hooks":
-        (hooks, dp_optimizer, dp_loader), criterion = out, nn.CrossEntropyLoss()
+        (hooks, dp_optimizer, dp_loader), criterion = out, per_sample_mean(class_weights)
     else:
         hooks, dp_optimizer, criterion, dp_loader = out
     _empty_batches_have_structure(dp_loader, loader)
     close_hooks = _closer(hooks.remove_hooks, hooks.cleanup)
     step = PrivateStep(mode, dp_optimizer, dp_loader, criterion, engine.accountant, _no_norms, close_hooks)
     if mode == "bookkeeping":
-        return _with_bookkeeping(step, model, max_grad_norm)
+        return _with_bookkeeping(step, model, max_grad_norm, class_weights)
     if mode == "ghost":
         advice = "'hooks'" if found["bookkeeping"] else "'bookkeeping' or 'hooks'"
         guard = _ReuseGuard(model, _ghost_norm_types(), advice)
@@ -245,12 +248,14 @@ def _closer(*closes: Callable[[], None]) -> Callable[[], None]:
     return close
 
 
-def _with_bookkeeping(step: PrivateStep, model: nn.Module, max_grad_norm: float) -> PrivateStep:
+def _with_bookkeeping(
+    step: PrivateStep, model: nn.Module, max_grad_norm: float, class_weights: torch.Tensor | None = None
+) -> PrivateStep:
     """Keep Opacus's optimizer (noise, accountant) and loader; replace its hooks by book-keeping."""
     step.close()
     _noise_in_place(step.optimizer)
     bk = BookKeeping(model, max_grad_norm)
-    return replace(step, criterion=_BookKeepingLoss(bk), norms=lambda: bk.last_norms, close=bk.remove)
+    return replace(step, criterion=_BookKeepingLoss(bk, class_weights), norms=lambda: bk.last_norms, close=bk.remove)
 
 
 def _noise_in_place(optimizer: Any) -> None:
@@ -318,11 +323,27 @@ class _BookKeepingLoss:
     clipped per-sample gradient sum in ``.grad`` (what Opacus's fast-gradient-clipping optimizer
     then noises and scales, as it does after ghost clipping's two passes)."""
 
-    def __init__(self, engine: BookKeeping) -> None:
+    def __init__(self, engine: BookKeeping, class_weights: torch.Tensor | None = None) -> None:
         self.engine = engine
+        self.class_weights = class_weights
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> _PerSampleLoss:
-        return _PerSampleLoss(self.engine, nn.functional.cross_entropy(logits, labels, reduction="none"))
+        return _PerSampleLoss(self.engine, per_sample_losses(logits, labels, self.class_weights))
+
+
+def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """Each record's cross-entropy, times its class's weight when given."""
+    weight = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
+    return nn.functional.cross_entropy(logits, labels, weight=weight, reduction="none")
+
+
+def per_sample_mean(class_weights: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The per-sample engine's loss: the plain mean of (weighted) per-record losses. Not PyTorch's
+    weighted mean, which divides by the batch's weight sum: a per-sample gradient must depend on its
+    own record alone (Opacus rescales the mean by the batch size)."""
+    if class_weights is None:
+        return nn.CrossEntropyLoss()
+    return lambda logits, labels: per_sample_losses(logits, labels, class_weights).mean()
 
 
 @dataclass

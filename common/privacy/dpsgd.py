@@ -21,14 +21,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.augment import Augmenter
 from common.batches import Batch, make_loader
+from common.class_weight import check_width, explicit_tensor
 from common.config import PrivacyConfig, TrainConfig
+from common.device import model_device, on_model_device
 from common.errors import PolicyRefused
 from common.privacy.accounting import calibrate, check_delta, default_delta, epsilon
 from common.privacy.clipping import PrivateStep, choose_mode, make_private
 from common.privacy.ledger import Ledger, history_of
 from common.privacy.policy import SitePolicy
 from common.privacy.randomness import secret_generator
-from common.train import TrainResult, make_optimizer, train
+from common.train import TrainResult, logits, make_optimizer, train
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,9 @@ def _train_round(
     copies = augment.k if augment is not None else 1
     # Averaging a record's copies before clipping needs its copies' gradients: the per-sample engine.
     mode = choose_mode(replace(cfg, grad_sample_mode="hooks") if copies > 1 else cfg, model, probe)
+    weights = explicit_tensor(train_cfg.class_weight)
+    if weights is not None:
+        check_width(weights, _classes(model, probe))
     model.train()
     step = make_private(
         model,
@@ -223,6 +228,7 @@ def _train_round(
         max_grad_norm=cfg.max_grad_norm,
         accountant=cfg.accountant,
         noise_generator=secret_generator(),
+        class_weights=None if weights is None else weights.to(model_device(model)),
     )
     clip = _ClipCounter(step.norms, cfg.max_grad_norm, mode)
     hook = _then(average_copies(model, copies), clip) if copies > 1 else clip
@@ -235,6 +241,16 @@ def _train_round(
     finally:
         step.close()
     return result, [(float(s), float(q), int(k)) for s, q, k in step.accountant.history], clip
+
+
+def _classes(model: nn.Module, probe: Batch) -> int:
+    """The model's number of classes: one forward pass of ``probe`` in eval mode, nothing trained."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        classes = int(logits(model, on_model_device(probe, model)).shape[-1])
+    model.train(was_training)
+    return classes
 
 
 def noise_only_step(step: PrivateStep, model: nn.Module) -> Callable[[], None]:
@@ -329,4 +345,3 @@ class _ClipCounter:
 
     def fraction(self) -> float:
         return self.clipped / self.total if self.total else 0.0
-
