@@ -243,7 +243,10 @@ class ModelSelection:
         self.best: tuple[float, int, Weights] | None = None
 
     def offer(self, server_round: int, line: dict[str, Any], weights: Weights) -> None:
-        accuracy = (line.get("federated") or {}).get("accuracy")
+        federated = line.get("federated") or {}
+        # The global model's own held-out accuracy: in the last round of a job with
+        # strategy.local_finetune, "accuracy" is of the sites' fine-tuned models, not the global one.
+        accuracy = federated.get("global_accuracy", federated.get("accuracy"))
         if self.rule != "best_held_out" or server_round == 0 or accuracy is None:
             return
         if self.best is None or accuracy > self.best[0]:

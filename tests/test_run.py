@@ -29,6 +29,17 @@ def test_best_held_out_keeps_a_copy_of_the_best_rounds_weights() -> None:
     assert "round 2" in sel.describe() and "0.8000" in sel.describe()
 
 
+def test_the_global_models_accuracy_is_chosen_on_not_the_fine_tuned_models() -> None:
+    """With strategy.local_finetune the last round's 'accuracy' is of the sites' fine-tuned models
+    (0.99 here); the global model scored 0.80 there, below round 1's 0.90: round 1 is exported."""
+    sel = ModelSelection("best_held_out")
+    sel.offer(1, line(0.9, 0.5), {"x": np.full(1, 1.0)})
+    last = {"federated": {"accuracy": 0.99, "global_accuracy": 0.8}, "central": {"accuracy": 0.5}}
+    sel.offer(2, last, {"x": np.full(1, 2.0)})
+    rnd, weights = sel.choice(2, {"x": np.full(1, 2.0)})
+    assert rnd == 1 and weights["x"][0] == 1.0
+
+
 def test_last_and_no_held_out_accuracy_export_the_final_round() -> None:
     for sel in (ModelSelection("last"), ModelSelection("best_held_out")):
         sel.offer(1, line(None if sel.rule == "best_held_out" else 0.9, 0.5), {"x": np.zeros(1)})
