@@ -1,6 +1,7 @@
 """benchmarks/dp_throughput_profile.py: the summary keeps, per model and variant, the median over
-repeats of every phase's CPU seconds and live-heap peak (three repeats 1.0, 4.0, 2.0 -> 2.0, where the mean would be 2.33), keeps
-the variants apart, and a phase only one repeat saw counts as 0 in the others."""
+repeats of every phase's CPU seconds and live-heap peak (three repeats 1.0, 4.0, 2.0 -> 2.0, where
+the mean would be 2.33), keeps the variants apart, and a phase only one repeat saw counts as 0 in
+the others."""
 
 from __future__ import annotations
 
