@@ -47,24 +47,31 @@ def _owner(folder: Path) -> dict | None:
     return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
 
 
+def _here(owner: dict | None) -> bool:
+    """A record of this host (another host's pids mean nothing here)."""
+    return owner is not None and owner.get("host") == socket.gethostname()
+
+
+def _alive(owner: dict) -> bool:
+    """The recorded process still runs: same pid and same start time (pids are reused)."""
+    started = _start_time(owner["pid"])
+    return started is not None and started == owner.get("started")
+
+
 def alive_writer(folder: Path) -> int | None:
     """The pid of another live process on this host recorded as the folder's writer, else None."""
     owner = _owner(folder)
-    if owner is None or owner.get("host") != socket.gethostname() or owner["pid"] == os.getpid():
+    if not _here(owner) or owner["pid"] == os.getpid():
         return None
-    started = _start_time(owner["pid"])
-    return owner["pid"] if started is not None and started == owner.get("started") else None
+    return owner["pid"] if _alive(owner) else None
 
 
 def gone(folder: Path) -> str | None:
     """Why the folder stopped, when its writer on this host is gone without saying so; else None."""
     owner = _owner(folder)
-    if owner is None or owner.get("host") != socket.gethostname():
-        return None
-    pid = owner["pid"]
-    if pid == os.getpid() or alive_writer(folder) is not None:
+    if not _here(owner) or owner["pid"] == os.getpid() or _alive(owner):
         return None
     return (
-        f"the process writing this run (pid {pid}) ended without recording why: it was killed "
+        f"the process writing this run (pid {owner['pid']}) ended without recording why: it was killed "
         "(SIGKILL, out of memory) or the machine stopped; the last checkpoint is intact, resume from it"
     )
