@@ -22,6 +22,7 @@ from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
 from client.public_errors import public_failure
 from client.secagg import secagg_mod
+from common import baseline
 from common.config import ExperimentConfig
 from common.data import LabelSet
 from common.errors import ConfigError, PolicyRefused
@@ -48,12 +49,30 @@ def _setup(
         policy.check_job(exp.privacy, secure_aggregation=exp.secagg.enabled)
     except PolicyRefused as exc:  # the coordinator may not know this site's name yet: say it
         raise PolicyRefused(f"site '{spec.name}': {exc}") from None
+    exp = _phase_experiment(exp, msg)
     labels = LabelSet(tuple(exp.data.labels) or tuple(msg.content["config"]["labels"]))
     SchemaPins.from_node_config(context.node_config).check(exp.data, labels.names, spec.name)  # before any read
     runtime = site_runtime(exp, spec, labels)
     weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     load_global(exp, runtime, weights, run_id=_job(msg, context), policy=policy)
     return exp, runtime, policy
+
+
+def _phase_experiment(exp: ExperimentConfig, msg: Message) -> ExperimentConfig:
+    """What this message trains: the job's baseline (a linear layer, common/baseline.py) or its model
+    (under local DP with a baseline, on the model's share of the budget)."""
+    if _phase(msg) != baseline.PHASE:
+        return baseline.model_experiment(exp)
+    if baseline.features(exp) is None:
+        raise ConfigError(f"the coordinator sent a baseline round but this job has none ({baseline.why_off(exp)})")
+    side = msg.content["config"].get("image-size", 0)
+    if isinstance(side, bool) or not isinstance(side, int) or side < 0:
+        raise ConfigError("the coordinator sent an image size that is not a whole number; refused")
+    return baseline.baseline_experiment(exp, side)
+
+
+def _phase(msg: Message) -> str:
+    return str(msg.content["config"].get("phase", "") or "")
 
 
 def _reply(msg: Message, runtime: SiteRuntime, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
@@ -83,7 +102,7 @@ def create_client_app(fixed: ExperimentConfig | None = None, mods: list[Mod] | N
     @_no_data_in_errors
     def train(msg: Message, context: Context) -> Message:
         exp, rt, policy = _setup(msg, context, fixed)
-        metrics = train_round(exp, rt, _round(msg), run_id=_job(msg, context), policy=policy)
+        metrics = train_round(exp, rt, _round(msg), run_id=_job(msg, context), policy=policy, phase=_phase(msg))
         # Under strategy.personalize the site's head stays here: the update carries the body only.
         return _reply(msg, rt, metrics, ArrayRecord(released_state(exp, rt)))
 

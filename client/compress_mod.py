@@ -54,9 +54,13 @@ def compress_mod(fixed: ExperimentConfig | None = None) -> Mod:
         new = {k: v.numpy() for k, v in record.items()}
         config = _config(msg)
         dense = frozenset(str(k) for k in config.get(compress.DENSE_KEY, []))
-        payload, residual = compress.encode_update(new, received, t, _residual(context), _clipping_norm(config), dense)
+        # One residual per phase: the baseline's layer and the model have different tensors.
+        state_key = RESIDUAL_KEY + (f".{config['phase']}" if config.get("phase") else "")
+        payload, residual = compress.encode_update(
+            new, received, t, _residual(context, state_key), _clipping_norm(config), dense
+        )
         if t.topk > 0:
-            context.state[RESIDUAL_KEY] = _record(residual)
+            context.state[state_key] = _record(residual)
         reply.content[key] = _record(payload)
         return reply
 
@@ -75,8 +79,8 @@ def _only_arrays(msg: Message) -> ArrayRecord:
     return records[0]
 
 
-def _residual(context: Context) -> Weights | None:
-    record = context.state.array_records.get(RESIDUAL_KEY)
+def _residual(context: Context, key: str) -> Weights | None:
+    record = context.state.array_records.get(key)
     return None if record is None else {k: v.numpy() for k, v in record.items()}
 
 

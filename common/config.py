@@ -529,6 +529,30 @@ class SecAggConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """The simple baseline every job reports beside its model (common/baseline.py): a linear layer on
+    pixels (images) or hashed n-grams (text), trained federated on the same sites in the same job,
+    before the model's rounds. The model card, the round lines and the study report show both."""
+
+    # "auto": pixels for images, ngrams for text; "off": no baseline; or a linear feature to use.
+    # Under DP the baseline runs only with a share of the budget (epsilon_share); "auto" is then off.
+    features: str = "auto"
+    # Its rounds (0: strategy.rounds) and learning rate (0: the feature's measured recipe).
+    rounds: int = 0
+    lr: float = 0.0
+    # privacy.mode 'local': the part of privacy.target_epsilon its DP-SGD spends (the model's rounds
+    # spend the rest, so the job's total stays within the target; privacy.json states the split).
+    epsilon_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        known = ("auto", "off", *TEXT_FEATURES, *IMAGE_FEATURES)
+        _require(self.features in known, "baseline.features", f"must be one of {', '.join(known)}")
+        _require(self.rounds >= 0, "baseline.rounds", "must be >= 0 (0: strategy.rounds)")
+        _require(self.lr >= 0, "baseline.lr", "must be >= 0 (0: the recipe's)")
+        _require(0 <= self.epsilon_share < 1, "baseline.epsilon_share", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """Experiment tracking (common/tracking.py): TensorBoard event files and MLflow runs, written by
     the coordinator only (what it already holds: the config, per-round metrics, privacy figures)."""
@@ -586,6 +610,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
 
@@ -681,6 +706,7 @@ class ExperimentConfig:
         if self.secagg.enabled:
             self._check_secagg()
         _personalize_checks(self)
+        _baseline_checks(self)
         if st.name == "qfedavg" and self.privacy.mode != "off":
             _require(
                 self.privacy.site_metrics == "exact",
@@ -688,6 +714,33 @@ class ExperimentConfig:
                 "'qfedavg' weights sites by their training loss, which DP sites release only with "
                 "privacy.site_metrics 'exact' (unprotected); use another strategy or set it",
             )
+
+
+def _baseline_checks(exp: ExperimentConfig) -> None:
+    """A baseline (common/baseline.py) the job asks for but cannot have."""
+    b = exp.baseline
+    _require(
+        not b.epsilon_share or exp.privacy.local,
+        "baseline.epsilon_share",
+        f"({b.epsilon_share:g}) splits a local-DP budget; privacy.mode is '{exp.privacy.mode}' (set it to 0)",
+    )
+    _require(
+        not b.epsilon_share or exp.privacy.target_epsilon is not None,
+        "baseline.epsilon_share",
+        "needs privacy.target_epsilon (a budget to split); with privacy.noise_multiplier set it to 0",
+    )
+    if b.features in ("auto", "off"):
+        return
+    _require(
+        exp.privacy.mode != "central",
+        "baseline.features",
+        f"('{b.features}') cannot run under privacy.mode 'central'; set it to 'off'",
+    )
+    _require(
+        (b.features in TEXT_FEATURES) == exp.data.is_text,
+        "baseline.features",
+        f"('{b.features}') does not read {'text' if exp.data.is_text else 'image'} data",
+    )
 
 
 def _personalize_checks(exp: ExperimentConfig) -> None:

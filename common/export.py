@@ -216,9 +216,11 @@ def write_model_card(
     privacy_lines: list[str] | None = None,
     exported: str = "",
     history: list[dict[str, Any]] | None = None,
+    baseline: list[str] | None = None,
 ) -> None:
     """A short human-readable card: what was trained, on what, by whom, how well. ``history``
-    (the rounds' records) adds who took part and which sites failed or were refused, and why."""
+    (the rounds' records) adds who took part and which sites failed or were refused, and why;
+    ``baseline``: the model against the job's simple baseline, in words (server/run.py)."""
     took_part = sorted({n for r in history or [] for n in r.get("sites", {})} | set(sites))
     failures = [(r["round"], f) for r in history or [] for f in r.get("failures", [])]
     lines = [
@@ -249,6 +251,10 @@ def write_model_card(
         "## Metrics of the exported model",
         "",
         *_final_metrics(final),
+        "",
+        "## Against the simple baseline (a linear layer, same sites, same job)",
+        "",
+        *[f"- {line}" for line in baseline or ["No baseline was reported."]],
     ]
     lines += [
         "",

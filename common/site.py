@@ -305,13 +305,19 @@ def personal_head(exp: ExperimentConfig, rt: SiteRuntime, policy: SitePolicy, ru
 
 
 def train_round(
-    exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy = SIMULATION
+    exp: ExperimentConfig,
+    rt: SiteRuntime,
+    server_round: int,
+    run_id: str,
+    policy: SitePolicy = SIMULATION,
+    phase: str = "",
 ) -> dict[str, float]:
     """One round of local training (DP-SGD when privacy is local); returns scalar metrics only,
     those the job asks for and the site's policy allows (common/privacy/release.py). The first
-    ``train.head_only_rounds`` rounds train the classification head alone (LP-FT)."""
+    ``train.head_only_rounds`` rounds train the classification head alone (LP-FT). ``phase``: the
+    job's part this round belongs to ("" the model, "baseline" its baseline), tagged on its ledger entries."""
     with head_only(rt.model, server_round <= exp.train.head_only_rounds):
-        metrics = _train_round(exp, rt, server_round, run_id, policy)
+        metrics = _train_round(exp, rt, server_round, run_id, policy, phase)
     if exp.strategy.personalize != "off":  # kept for the site's next round (and a resumed job)
         from common.personalize import save_head
 
@@ -320,7 +326,7 @@ def train_round(
 
 
 def _train_round(
-    exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy
+    exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy, phase: str
 ) -> dict[str, float]:
     n = len(rt.train_set)
     augment = augmenter(exp.train, seed=(exp.seed * 1000 + server_round) * 1000 + (rt.spec.partition_id or 0))
@@ -354,6 +360,7 @@ def _train_round(
         releases=[release.release_entry(exp.privacy, "count")] if noisy else [],
         proximal_mu=exp.strategy.local_proximal_mu,
         augment=augment,
+        phase=phase,
     )
     metrics = release.train_metrics(exp.privacy, n, result)
     metrics.update(privacy.as_metrics(with_clip_fraction=release.level(exp.privacy) == "exact"))

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common import baseline as baseline_mod
 from common import config as config_mod
 from common.batches import make_dataset, make_loader
 from common.checkpoint import Checkpoint, capture_rng, flat_config, restore_rng
@@ -36,6 +37,7 @@ from common.rundir import RunDir, check_resumable, open_resumed
 from common.tracking import Tracker
 from common.train import evaluate
 from common.weights import Weights, check_update, exchanged_state, get_weights, set_weights
+from server.baseline_phase import BaselineResult, read_result, run_baseline
 from server.central_dp import CentralDP
 from server.loop import run_rounds
 from server.recorder import RoundRecorder
@@ -160,6 +162,8 @@ def _run_rounds(
         first_round = checkpoint.round + 1
         arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in checkpoint.weights.items()})
 
+    base = _baseline(grid, exp, labels, run_dir, job, resumed=start is not None)
+
     def server_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         weights = to_weights(arrays)
         metrics = None
@@ -179,7 +183,9 @@ def _run_rounds(
                 )  # fmt: skip
             )
         _print_round(
-            line, timing(time.monotonic() - started, server_round - first_round + 1, exp.strategy.rounds - server_round)
+            line,
+            timing(time.monotonic() - started, server_round - first_round + 1, exp.strategy.rounds - server_round),
+            base,
         )
         return MetricRecord(metrics) if metrics else None
 
@@ -212,14 +218,63 @@ def _run_rounds(
     if privacy.get("mode") != exp.privacy.mode:  # e.g. local DP where no site has trained yet
         privacy = {"mode": exp.privacy.mode, "sites": {}}
     privacy_lines = statement.lines(statement.write(run_dir.path, exp, privacy))
+    comparison = baseline_lines(exp, base, final, exported_round)
     write_model_card(
-        run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines, selection.describe(), recorder.history
-    )
+        run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines, selection.describe(), recorder.history,
+        comparison,
+    )  # fmt: skip
     tracker.finish(run_dir.path)  # before the folder's rename: TensorBoard reopens its file by name
     path = run_dir.finish()
     _print_summary(recorder.history, path, privacy_lines)
+    for text in comparison:
+        print(f"[confide] {text}", flush=True)
     print(f"[confide] exported model: {selection.describe()}", flush=True)
     return RunSummary(path=path, rounds=recorder.history)
+
+
+def _baseline(
+    grid: Grid, exp: ExperimentConfig, labels: LabelSet, run_dir: RunDir, job: str, resumed: bool
+) -> BaselineResult | None:
+    """The job's baseline (common/baseline.py): trained before the model's first round, read back on
+    a resume (a job resumed after its model's rounds began never trains it again)."""
+    if resumed:
+        return read_result(run_dir.path)
+    feature = baseline_mod.features(exp)
+    if feature is None:
+        log.info("no baseline: %s", baseline_mod.why_off(exp))
+        return None
+    print(f"[confide] baseline first: a linear layer on {feature}, federated on the same sites "
+          "(baseline.features; 'off' to skip)", flush=True)  # fmt: skip
+    return run_baseline(
+        grid, exp, labels, run_dir.path, job,
+        central_loader=lambda e: _central_loader(e, labels),
+        selection=lambda e: ModelSelection(selection_rule(e), e.strategy.final_model),
+        print_round=lambda line: _print_round(line, prefix="baseline "),
+    )  # fmt: skip
+
+
+def baseline_lines(
+    exp: ExperimentConfig, base: BaselineResult | None, final: dict[str, Any], exported_round: int
+) -> list[str]:
+    """The model against its baseline, in words (model card, end of run)."""
+    if base is None:
+        why = baseline_mod.why_off(exp) or "its result is missing from the run folder"
+        return [f"Baseline: none in this job ({why})."]
+    share = f", spending epsilon {base.target_epsilon:g} of the job's target" if base.target_epsilon else ""
+    lines = [f"Baseline: a linear layer on {base.features}, {base.rounds} rounds on the same sites{share}; "
+             f"exported {base.exported}."]  # fmt: skip
+    for key, scope in (("central", "test"), ("federated", "held-out")):
+        model = (final.get(key) or {}).get("accuracy")
+        theirs = base.central_accuracy if key == "central" else base.sites_accuracy
+        if model is None or theirs is None:
+            continue
+        verdict = "beats" if model > theirs else "does NOT beat"
+        lines.append(f"On the {scope} data the model (round {exported_round}, accuracy {model:.4f}) {verdict} "
+                     f"the baseline (accuracy {theirs:.4f}).")  # fmt: skip
+        if model <= theirs:
+            lines.append(f"The baseline's layer is in the run folder's baseline/model: on this data it is the "
+                         f"better model ({scope} accuracy).")  # fmt: skip
+    return lines
 
 
 def selection_rule(exp: ExperimentConfig) -> str:
@@ -290,9 +345,11 @@ def timing(elapsed: float, rounds_done: int, rounds_left: int) -> str:
     return text
 
 
-def _print_round(line: dict[str, Any], when: str = "") -> None:
+def _print_round(
+    line: dict[str, Any], when: str = "", base: BaselineResult | None = None, prefix: str = ""
+) -> None:
     fed, cen = line["federated"], line["central"]
-    parts = [f"[confide] round {line['round']}"]
+    parts = [f"[confide] {prefix}round {line['round']}"]
     if cen:
         parts.append(f"central acc {cen['accuracy']:.4f} f1 {cen['macro_f1']:.4f} loss {cen['loss']:.4f}")
     if fed:
@@ -304,6 +361,9 @@ def _print_round(line: dict[str, Any], when: str = "") -> None:
         parts.append(f"max site epsilon {max(v['epsilon'] for v in privacy['sites'].values()):.3f}")
     if line["failures"]:
         parts.append(f"{len(line['failures'])} site failure(s)")
+    if base is not None and base.accuracy() is not None:
+        scope = "central" if base.central_accuracy is not None else "sites"
+        parts.append(f"baseline {scope} acc {base.accuracy():.4f}")
     if when:
         parts.append(when)
     print(" | ".join(parts), flush=True)

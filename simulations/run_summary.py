@@ -7,6 +7,7 @@ moved; per-round curves and every site's final held-out accuracy for the plots.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,24 @@ def summarize_run(run: Path) -> dict[str, Any]:
         **privacy_spent(trained[-1].get("privacy", {})),
         "bytes_communicated": float(sum(_round_bytes(r) for r in trained)),
         "site_failures": float(sum(len(r.get("failures", [])) for r in trained)),
+        **baseline_metrics(run),
     }
     return {"metrics": metrics, "curve": curve, "site_accuracy": _site_accuracy(trained)}
+
+
+def baseline_metrics(run: Path) -> dict[str, float]:
+    """The job's baseline (server/baseline_phase.py): its exported layer's test and held-out accuracy;
+    NaN where the job trained none (e.g. under DP without a share of the budget)."""
+    path = run / "baseline.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    return {
+        "baseline_accuracy": _or_nan(result.get("central_accuracy")),
+        "baseline_sites_accuracy": _or_nan(result.get("sites_accuracy")),
+    }
+
+
+def _or_nan(v: Any) -> float:
+    return math.nan if v is None else float(v)
 
 
 def privacy_spent(privacy: dict[str, Any]) -> dict[str, float]:

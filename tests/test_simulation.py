@@ -38,6 +38,8 @@ def test_resnet_two_sites_two_rounds(tmp_path: Path) -> None:
     run = simulate(exp)
     assert sorted(p.name for p in run.iterdir()) == [
         "MODEL_CARD.md",
+        "baseline",
+        "baseline.json",
         "checkpoint.pt",
         "config.yaml",
         "metrics.jsonl",

@@ -122,7 +122,9 @@ def cap_check(policy: SitePolicy, delta: float, accountant: str, n: int, site: s
     return check
 
 
-def target_check(cfg: PrivacyConfig, plan: RoundPlan, accountant: str, run: str, rounds_left: int, site: str):
+def target_check(
+    cfg: PrivacyConfig, plan: RoundPlan, accountant: str, run: str, rounds_left: int, site: str, phase: str = ""
+):
     """With ``privacy.target_epsilon``, refuse a round after which the job could not end within its
     target: this job's entries, this round and ``rounds_left`` more like it (a resume that raised
     strategy.rounds recalibrates the noise for the new total, too late for the rounds already spent)."""
@@ -131,7 +133,11 @@ def target_check(cfg: PrivacyConfig, plan: RoundPlan, accountant: str, run: str,
         if cfg.target_epsilon is None:
             return
         # DP-SGD only: what the target calibrates (noisy metric releases are charged beside it)
-        mine = [e for e in existing + planned if e.get("run") == run and e.get("kind") == "dpsgd"]
+        # DP-SGD of this part of the job only: the model and its baseline each have their own target.
+        mine = [
+            e for e in existing + planned
+            if e.get("run") == run and e.get("kind") == "dpsgd" and e.get("phase", "") == phase
+        ]  # fmt: skip
         rest = [(plan.noise_multiplier, plan.sample_rate, plan.steps)] * max(rounds_left, 0)
         projected = epsilon(history_of(mine) + rest, plan.delta, accountant, plan.records)
         if projected > cfg.target_epsilon * (1 + TARGET_SLACK):
@@ -176,22 +182,26 @@ def train_private(
     releases: list[dict[str, Any]] | None = None,
     proximal_mu: float = 0.0,
     augment: Augmenter | None = None,
+    phase: str = "",
 ) -> tuple[TrainResult, RoundPrivacy]:
     """One round of DP-SGD. ``releases``: ledger entries of metric releases planned for this
     round's reply, reserved (and charged) together with the training. ``proximal_mu``: FedProx's
     term, added after the noise (data-independent: no privacy cost; common/train.py).
     ``augment``: augmentation of each sampled batch; with multiplicity K > 1 each record's K
-    per-sample gradients are averaged before clipping (``average_copies``)."""
+    per-sample gradients are averaged before clipping (``average_copies``). ``phase``: the part of
+    the job ("" its model, "baseline" its baseline), each with its own target epsilon."""
     accountant = policy.accountant_for(cfg)
     plan = plan_round(cfg, train_cfg, rounds, len(dataset), accountant)
     policy.check_round(plan.noise_multiplier, plan.delta)
     tags = {"run": run, "round": server_round, "delta": plan.delta, "max_grad_norm": cfg.max_grad_norm}
     tags["accountant"] = accountant
+    if phase:
+        tags["phase"] = phase
     planned = [_entry(plan.noise_multiplier, plan.sample_rate, plan.steps, "dpsgd", **tags)]
     planned += [{**r, **tags} for r in releases or []]
     checks = (
         cap_check(policy, plan.delta, accountant, plan.records, site, "train"),
-        target_check(cfg, plan, accountant, run, rounds - server_round, site),
+        target_check(cfg, plan, accountant, run, rounds - server_round, site, phase),
     )
     reservation = ledger.reserve(planned, lambda existing, new: [c(existing, new) for c in checks])
     result, recorded, clip = _train_round(model, dataset, train_cfg, replace(cfg, accountant=accountant), plan,

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from common import baseline
 from common.config import ExperimentConfig
 from common.privacy import inventory
 from common.privacy.release import EVAL_SENSITIVITY, LOSS_CAP, level
@@ -99,6 +100,19 @@ def build(exp: ExperimentConfig, privacy: dict[str, Any]) -> dict[str, Any]:
     if mode == "central":
         out["central"] = {k: v for k, v in privacy.items() if k not in ("sites", "mode")}
     out["epsilon_max"] = max((v["epsilon"] for v in out["sites"].values()), default=0.0)
+    if mode == "local" and baseline.features(exp) is not None and p.target_epsilon is not None:
+        share = exp.baseline.epsilon_share
+        out["budget_split"] = {
+            "target_epsilon": p.target_epsilon,
+            "baseline": {
+                "features": baseline.features(exp),
+                "share": share,
+                "target_epsilon": p.target_epsilon * share,
+            },
+            "model": {"target_epsilon": p.target_epsilon * (1 - share)},
+            "composition": "each part's DP-SGD is calibrated to its target; the sites' ledgers compose both "
+            "(the epsilons above), which stays within the job's target",
+        }
     out["released_besides_weights"] = (
         _releases(mode, level(p)) + ([_DP_PARAMETERS] if mode == "local" else [_CENTRAL_STATISTICS]) + _ALWAYS
     )
@@ -140,6 +154,13 @@ def lines(data: dict[str, Any]) -> list[str]:
         out.append(
             f"Site '{name}': (epsilon={v['epsilon']:.4f}, delta={v['delta']:.3g}) over everything recorded in its "
             f"ledger; this run: epsilon={v.get('epsilon_run', v['epsilon']):.4f}."
+        )
+    split = data.get("budget_split")
+    if split:
+        out.append(
+            f"Budget split: the baseline (linear on {split['baseline']['features']}) was calibrated to epsilon "
+            f"{split['baseline']['target_epsilon']:g} and the model to {split['model']['target_epsilon']:g} of the "
+            f"job's target {split['target_epsilon']:g}; the site figures above compose both."
         )
     out += [f"Released beside the weights: {r}." for r in data["released_besides_weights"]]
     out += [f"Not protected: {r}." for r in data["not_protected"]]

@@ -15,6 +15,7 @@ from simulations.study.results import Study
 
 SUMMARY_METRICS = (
     ("final_accuracy", "test acc"),
+    ("baseline_accuracy", "baseline test acc"),
     ("best_accuracy", "best test acc"),
     ("final_macro_f1", "test F1"),
     ("final_worst_site_accuracy", "worst-site acc"),

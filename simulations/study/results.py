@@ -53,6 +53,8 @@ METRICS = (
     "wall_seconds",
     "bytes_communicated",
     "site_failures",
+    "baseline_accuracy",
+    "baseline_sites_accuracy",
 )
 # Columns that legitimately differ between two runs of the same sweep.
 NONDETERMINISTIC = ("wall_seconds",)

@@ -1,0 +1,140 @@
+"""The baseline's rounds, run by the coordinator before the model's (common/baseline.py).
+
+Same grid, same sites, same round loop and strategy checks as the model; the messages say
+``phase: baseline`` so each site trains its baseline layer (and charges its ledger under that tag).
+The result, ``baseline.json`` and ``baseline/`` (its round lines and exported layer) in the run
+folder, is what the model's round lines, the model card and the study report set beside the model;
+a resumed run reads it back instead of training the baseline again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from torch.utils.data import DataLoader
+
+from common import baseline
+from common.config import ExperimentConfig
+from common.data import LabelSet, read_train
+from common.device import place
+from common.export import save_model
+from common.metrics import JsonlLog
+from common.models import build_model
+from common.train import evaluate
+from common.weights import exchanged_state, get_weights, set_weights
+from server.loop import run_rounds
+from server.recorder import RoundRecorder
+from server.secagg import secure_aggregation
+from server.strategy import build_strategy, to_weights
+
+RESULT_FILE = "baseline.json"
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """What the job reports of its baseline: the exported round's test and held-out accuracy."""
+
+    features: str
+    rounds: int
+    exported_round: int
+    exported: str  # how the round was chosen, in words
+    central_accuracy: float | None
+    central_macro_f1: float | None
+    sites_accuracy: float | None  # site-weighted held-out accuracy, where the sites release it
+    target_epsilon: float | None  # its DP-SGD's share of the budget (local DP)
+
+    def accuracy(self) -> float | None:
+        """The figure set beside the model's: test accuracy, else the sites' held-out accuracy."""
+        return self.central_accuracy if self.central_accuracy is not None else self.sites_accuracy
+
+
+def read_result(folder: Path) -> BaselineResult | None:
+    path = folder / RESULT_FILE
+    if not path.is_file():
+        return None
+    return BaselineResult(**json.loads(path.read_text()))
+
+
+def image_side(exp: ExperimentConfig) -> int:
+    """The side of the job's images (0 for text): the baseline layer's width depends on it."""
+    if exp.data.is_text:
+        return 0
+    images = read_train(exp.data).images
+    assert images is not None
+    return int(images.shape[-1])
+
+
+def run_baseline(
+    grid: Grid,
+    exp: ExperimentConfig,
+    labels: LabelSet,
+    folder: Path,
+    job: str,
+    *,
+    central_loader: Callable[[ExperimentConfig], DataLoader | None],
+    selection: Callable[[ExperimentConfig], Any],
+    print_round: Callable[[dict[str, Any]], None],
+) -> BaselineResult:
+    """Train the baseline federated (its rounds, then its choice of round) and write its result.
+    ``selection`` makes the model-selection rule for an experiment (server/run.py's), so the
+    baseline's export follows the same ``strategy.final_model`` as the model's."""
+    side = image_side(exp)
+    bexp = baseline.baseline_experiment(exp, side)
+    model = place(build_model(bexp, len(labels)), bexp.train)
+    out = folder / "baseline"
+    out.mkdir(parents=True, exist_ok=True)
+    recorder = RoundRecorder(JsonlLog(out / "metrics.jsonl"), run_id=job, mode=bexp.privacy.mode)
+    initial = get_weights(model)
+    strategy = build_strategy(bexp, initial, recorder, job)
+    chooser = selection(bexp)
+    test_loader = central_loader(bexp)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        weights = to_weights(arrays)
+        metrics = None
+        if test_loader is not None:
+            set_weights(model, weights, source="the aggregated baseline")
+            metrics = evaluate(model, test_loader, len(labels)).as_dict()
+        if server_round == 0:
+            recorder.begin(0, bytes_down=0)
+        line = recorder.close(metrics)
+        chooser.offer(server_round, line, weights)
+        print_round(line)
+        return MetricRecord(metrics) if metrics else None
+
+    config = {"labels": list(labels.names), "job": job, "phase": baseline.PHASE, "image-size": side}
+    final = run_rounds(
+        strategy,
+        grid,
+        ArrayRecord(exchanged_state(model)),
+        first_round=1,
+        num_rounds=bexp.strategy.rounds,
+        timeout=bexp.strategy.round_timeout,
+        train_config=ConfigRecord(config),
+        evaluate_config=ConfigRecord(config),
+        evaluate_fn=evaluate_fn,
+        secure=secure_aggregation(bexp),
+    )
+    chosen_round, weights = chooser.choice(bexp.strategy.rounds, to_weights(final))
+    set_weights(model, weights, source="the exported baseline")
+    save_model(model, bexp, labels, out / "model")
+    line = recorder.history[chosen_round]
+    central, federated = line.get("central") or {}, line.get("federated") or {}
+    result = BaselineResult(
+        features=bexp.model.features,
+        rounds=bexp.strategy.rounds,
+        exported_round=chosen_round,
+        exported=chooser.describe(),
+        central_accuracy=central.get("accuracy"),
+        central_macro_f1=central.get("macro_f1"),
+        sites_accuracy=federated.get("global_accuracy", federated.get("accuracy")),
+        target_epsilon=bexp.privacy.target_epsilon if bexp.privacy.local else None,
+    )
+    (folder / RESULT_FILE).write_text(json.dumps(asdict(result), indent=1))
+    return result
