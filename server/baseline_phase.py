@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 
 from common import baseline
 from common.config import ExperimentConfig
-from common.data import LabelSet, read_train
+from common.data import LabelSet, read_test, read_train
 from common.device import place
+from common.errors import ConfideError, ConfigError
 from common.export import save_model
 from common.metrics import JsonlLog
 from common.models import build_model
@@ -62,12 +63,24 @@ def read_result(folder: Path) -> BaselineResult | None:
 
 
 def image_side(exp: ExperimentConfig) -> int:
-    """The side of the job's images (0 for text): the baseline layer's width depends on it."""
+    """The side of the job's images (0 for text): the baseline layer's width depends on it.
+    ``data.image_size`` where set (every site resizes to it); else the coordinator's own test set,
+    else the training data it can read (a simulation's); a deployed coordinator with neither must be told."""
     if exp.data.is_text:
         return 0
-    images = read_train(exp.data).images
-    assert images is not None
-    return int(images.shape[-1])
+    if exp.data.image_size:
+        return exp.data.image_size
+    for read in (read_test, read_train):
+        try:
+            records = read(exp.data)
+        except (ConfideError, OSError):
+            continue
+        if records is not None and records.images is not None and len(records.images):
+            return int(records.images.shape[-1])
+    raise ConfigError(
+        "the baseline's layer needs the images' side and the coordinator has no image to read it from: "
+        "set config key 'data.image_size' (or baseline.features: off)"
+    )
 
 
 def run_baseline(
