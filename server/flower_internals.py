@@ -1,5 +1,5 @@
 """The one place Confide touches what Flower does not promise: private strategy state, the stack
-of Flower's signal handler, and the in-process simulation entry point Flower 1.41 deprecates.
+of Flower's signal handler, and the in-process simulation entry point Flower 1.42 deprecates.
 
 Everything here is pinned by tests/flower_contract/, so a Flower upgrade that moves any of it
 fails there first, with a message naming what changed. Nothing outside this module reads or
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-# Where Flower 1.41's Message-API server optimizers keep their state: FedAvgM a list of momentum
+# Where Flower 1.42's Message-API server optimizers keep their state: FedAvgM a list of momentum
 # arrays in the model's tensor order; FedAdam/FedYogi/FedAdagrad dicts of first and second moments
 # keyed by tensor name. Confide's checkpoint groups: "momentum", "m_t", "v_t".
 MOMENTUM = "momentum_vector"

@@ -1,6 +1,6 @@
 """The round loop: Flower's ``Strategy.start`` with a first round other than 1.
 
-Flower's own loop (flwr/serverapp/strategy/strategy.py, 1.41) always starts at round 1 and
+Flower's own loop (flwr/serverapp/strategy/strategy.py, 1.42) always starts at round 1 and
 evaluates the initial model as round 0; it has had no resume since 2021 (flower #599). This is
 the same sequence, step for step, over the same strategy methods (configure_train,
 send_and_receive, aggregate_train, configure_evaluate, aggregate_evaluate, then the server-side

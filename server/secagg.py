@@ -1,6 +1,6 @@
 """Secure aggregation: a round's training under Flower's SecAgg+ (``secagg.enabled``).
 
-Flower 1.41 ships SecAgg+ as ``flwr.server.workflow.SecAggPlusWorkflow`` (server) and
+Flower 1.42 ships SecAgg+ as ``flwr.server.workflow.SecAggPlusWorkflow`` (server) and
 ``flwr.client.mod.secaggplus_mod`` (site). The workflow drives the protocol's four stages (setup,
 share keys, collect masked vectors, unmask) over the Message API's ``Grid`` but still speaks the
 legacy strategy interface: it asks a ``flwr.server.strategy.Strategy`` for ``configure_fit`` and
@@ -70,7 +70,7 @@ class SecureAggregation:
 
     def protocol(self, sampled: int) -> tuple[int, int]:
         """(shares, threshold) Flower's workflow derives for ``sampled`` sites from the fractions
-        (its setup stage, 1.41): each site secret-shares with ``shares`` sites, itself included,
+        (its setup stage, 1.42): each site secret-shares with ``shares`` sites, itself included,
         and any ``threshold`` of them rebuild its secrets; a stage with fewer than ``threshold``
         sites replying halts the round."""
         shares = round(self.cfg.shares * sampled)

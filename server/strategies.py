@@ -1,4 +1,4 @@
-"""``strategy.name`` -> Flower 1.41's Message-API strategy class and its typed parameters.
+"""``strategy.name`` -> Flower 1.42's Message-API strategy class and its typed parameters.
 
 Confide writes no aggregation rule of its own: every name maps to the class Flower ships, built
 with the parameters declared in ``StrategyConfig`` (common/config.py). Confide's update checks,

@@ -174,7 +174,7 @@ def test_what_needs_individual_updates_is_refused(overrides: dict, key: str) -> 
 
 @pytest.mark.parametrize(("sampled", "shares", "threshold"), [(2, 2, 2), (3, 3, 2), (5, 5, 3), (10, 10, 7)])
 def test_protocol_sizes_follow_flowers_setup_stage(sampled: int, shares: int, threshold: int) -> None:
-    """Worked by hand from Flower 1.41's setup stage: shares = round(1.0 * n) (n when <= 2),
+    """Worked by hand from Flower 1.42's setup stage: shares = round(1.0 * n) (n when <= 2),
     threshold = max(round(0.67 * shares), 2)."""
     cfg = config_mod.load(None, {"secagg.enabled": True}).secagg
     assert SecureAggregation(cfg, 2, 60.0).protocol(sampled) == (shares, threshold)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 
 
 def listing(run_id: int, status: str, details: str = "") -> str:
-    """What `flwr ls --run-id N --format json` prints (Flower 1.41's keys)."""
+    """What `flwr ls --run-id N --format json` prints (Flower 1.42's keys)."""
     return "Loading project configuration...\n" + json.dumps(
         {"success": True, "runs": [{"run-id": str(run_id), "status": status, "status-details": details}]}
     )

@@ -2,8 +2,9 @@
 against the installed Flower. A Flower upgrade that changes any of it fails here first, each
 assertion saying what Confide needs: FedAvgM's momentum list and FedAdam's moment dicts (saved in
 checkpoints and restored on resume), the signal handler Confide reads the signal from, the
-in-process simulation entry point and its arguments, and the SecAgg+ workflow names server/secagg.py
-uses. Expected values are computed by hand from the updates."""
+in-process simulation entry point and its arguments, the SecAgg+ workflow names server/secagg.py
+uses, and the actor-pool sizing function simulations/ray_cluster.py caps. Expected values are
+computed by hand from the updates."""
 
 from __future__ import annotations
 
@@ -112,3 +113,26 @@ def test_the_secagg_workflow_names_confide_uses_exist() -> None:
 
     assert MAIN_CONFIGS_RECORD and MAIN_PARAMS_RECORD and hasattr(WorkflowKey, "CURRENT_ROUND")
     assert hasattr(SecAggPlusWorkflow, "_check_threshold"), "SecAggPlusWorkflow no longer has _check_threshold"
+
+
+def test_the_ray_backends_actor_pool_is_sized_by_the_function_confide_replaces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """simulations/ray_cluster.attached caps a simulation's actors on a shared cluster by replacing
+    ``ray_actor.pool_size_from_resources``: the pool Flower's RayBackend builds must size itself by
+    looking that name up in its module when it is built (building it starts no actor and no Ray)."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+    from flwr.simulation.ray_transport import ray_actor
+    from ray.exceptions import RaySystemError
+
+    assert raybackend.BasicActorPool is ray_actor.BasicActorPool, "RayBackend no longer uses ray_actor's pool"
+    assert "client_resources" in inspect.signature(ray_actor.pool_size_from_resources).parameters
+    monkeypatch.setattr(ray_actor, "pool_size_from_resources", lambda client_resources: 2)
+    try:
+        capacity = ray_actor.BasicActorPool(ray_actor.ClientAppActor, {"num_cpus": 1}, {}).actors_capacity
+    except RaySystemError:  # Flower's own sizing ran: it asks Ray, not started here, for the nodes
+        capacity = None
+    assert capacity == 2, (
+        "Flower's actor pool no longer sizes itself through ray_actor.pool_size_from_resources: "
+        "simulations/ray_cluster.attached would no longer cap the actors on a shared cluster"
+    )
