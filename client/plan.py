@@ -237,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(exp: ExperimentConfig, sites: list[Site], labels: Any, probe_batches: int) -> str:
+    from common import baseline
     from common.privacy.plan import plan_site, verdict
+
+    job_exp, exp = exp, baseline.model_experiment(exp)  # the model's rounds: the budget less the baseline's
 
     d = trainable_weights(exp, labels)
     plans = [plan_site(exp, s.name, s.records, d) for s in sites]
@@ -261,7 +264,23 @@ def report(exp: ExperimentConfig, sites: list[Site], labels: Any, probe_batches:
             "of the first round's model"
         )
     notes.extend(length_lines(exp, readable))
+    notes.append(baseline_line(job_exp))
     return render(exp, plans, clips, (*notes, *verdict(exp, plans).lines))
+
+
+def baseline_line(exp: ExperimentConfig) -> str:
+    """What the job's baseline (common/baseline.py) takes of the budget, in one line."""
+    from common import baseline
+
+    feature = baseline.features(exp)
+    if feature is None:
+        return f"baseline: none ({baseline.why_off(exp)})"
+    target, share = exp.privacy.target_epsilon or 0.0, exp.baseline.epsilon_share
+    return (
+        f"baseline: a linear layer on {feature} trained first at epsilon {target * share:g} "
+        f"(baseline.epsilon_share {share:g} of {target:g}); the rounds above are the model's, "
+        f"at {target * (1 - share):g}"
+    )
 
 
 def length_lines(exp: ExperimentConfig, sites: list[Site]) -> list[str]:

@@ -165,3 +165,17 @@ def test_a_plan_writes_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
     code, _, _ = _run(capsys, str(job), "--records", "500,700")
     assert code == 0
     assert listing() == before
+
+
+def test_with_a_baseline_share_the_model_is_planned_on_the_rest(tmp_path: Path, capsys) -> None:
+    """baseline.epsilon_share 0.25 of epsilon 8: the rows are the model's, at epsilon 6 by an
+    independent accountant, and a line says what the baseline takes."""
+    path = _config(tmp_path, RESNET, 100)
+    code, out, _ = _run(capsys, str(path), "--records", "1000", "--set", "baseline.epsilon_share=0.25")
+    assert code == 0
+    row = _rows(out)["site-0"]
+    sigma, q, delta = float(row[6]), float(row[3]), float(row[7])
+    assert _dp_accounting_epsilon(sigma, q, 36, delta) == pytest.approx(6.0, rel=0.01)
+    assert "baseline: a linear layer on pixels trained first at epsilon 2" in out
+    code, out, _ = _run(capsys, str(path), "--records", "1000")
+    assert "baseline: none (privacy.mode 'local' and no budget assigned to it" in out
