@@ -14,7 +14,8 @@ message, and the exception is re-raised unchanged. A node config too broken to n
 folder stops the message before the handler runs (the handler would refuse it the same way).
 
 Each line: ``v`` (format, 1), ``time`` (UTC, ISO 8601), ``run`` (Flower run id), ``job``,
-``round`` (the config's ``server-round``), ``type`` (Flower message type), ``site``, ``request``
+``round`` (the config's ``server-round``), ``phase`` (only in the rounds of the job's baseline:
+``baseline``, common/baseline.py), ``type`` (Flower message type), ``site``, ``request``
 (the message id replied to), ``outcome`` (``sent`` or ``error``), ``tensors`` (record, name,
 shape, dtype of each), ``bytes`` (sum of the tensors' raw sizes: ``bytes_up`` in the run's
 ``metrics.jsonl``; plus the bytes carried as config values, which under SecAgg+ are the keys,
@@ -135,6 +136,7 @@ def build_record(
     configs: Mapping[str, Mapping[str, Any]] | None = None,
     error: BaseException | tuple[str, str] | None = None,
     now: datetime | None = None,
+    phase: str = "",
 ) -> dict[str, Any]:
     """One line of the log: a reply's ``tensors``/``metrics``/``configs`` (by record name), or an
     ``error`` (the exception the handler raised, or (type, reason) of an error reply)."""
@@ -159,6 +161,9 @@ def build_record(
         "run": run,
         "job": job,
         "round": server_round,
+        # the part of the job: "" its model, "baseline" its baseline (common/baseline.py), whose
+        # rounds are numbered from 1 too
+        **({"phase": phase} if phase else {}),
         "type": message_type,
         "site": site,
         "request": request,
@@ -262,6 +267,7 @@ def audit_log_mod(fixed: ExperimentConfig | None = None) -> Mod:
             "message_type": msg.metadata.message_type,
             "site": site,
             "request": msg.metadata.message_id,
+            "phase": str(config.get("phase", "") or ""),
         }
         fd = open_log(path)  # before any work: an unwritable log refuses the message
         try:
@@ -371,7 +377,7 @@ def table(records: list[dict[str, Any]]) -> str:
                 str(r.get("time", "")),
                 str(r.get("run", "")),
                 str(r.get("job", "")),
-                str(r.get("round", "")),
+                str(r.get("round", "")) + (f" ({r['phase']})" if r.get("phase") else ""),
                 str(r.get("type", "")),
                 str(r.get("site", "")),
                 str(len(r.get("tensors", []))),

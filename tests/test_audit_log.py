@@ -288,6 +288,21 @@ def test_show_prints_the_log_as_a_table(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["show", str(tmp_path / "missing.audit.jsonl")]) == 2
 
 
+@pytest.mark.unit
+def test_a_baseline_rounds_reply_is_told_apart_from_the_models(tmp_path: Path, capsys) -> None:
+    """The job's baseline rounds are numbered from 1 like the model's: the line says which part it was."""
+    log = tmp_path / "site-0.audit.jsonl"
+    for phase in ("baseline", ""):
+        audit_log.append_record(log, audit_log.build_record(
+            run=7, job="7", server_round=1, message_type="train", site="site-0", phase=phase,
+            tensors={"arrays": {"w": np.zeros(2, np.float32)}},
+        ))  # fmt: skip
+    assert [r.get("phase") for r in lines(log)] == ["baseline", None]
+    assert main(["show", str(log)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert "1 (baseline)" in rows[0] and "(baseline)" not in rows[1]
+
+
 # --------------------------------------------------------------------------- end to end
 
 

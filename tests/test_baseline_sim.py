@@ -3,7 +3,8 @@
 What this proves:
 - a job without DP trains its linear baseline on the same sites before the model: the run folder
   holds baseline.json and baseline/ (its round lines and exported layer, which reloads and scores
-  the test set as reported), and the model card sets the model against it;
+  the test set as reported), each site's audit log tells its rounds from the model's, and the
+  model card sets the model against it;
 - under local DP with baseline.epsilon_share, every site's ledger holds both parts of the job
   (entries tagged 'baseline' and the model's), the site's epsilon in privacy.json is those entries
   composed by an independent accountant (dp_accounting's RDP, from sigma, q and steps), and it is
@@ -30,7 +31,7 @@ from tests.conftest import small_experiment
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 
-def test_a_job_reports_its_baseline_beside_the_model(tmp_path: Path) -> None:
+def test_a_job_reports_its_baseline_beside_the_model(tmp_path: Path, project_root: Path) -> None:
     run = simulate(small_experiment(**{"train.lr": 0.002}))
     result = json.loads((run / "baseline.json").read_text())
     assert result["features"] == "pixels" and result["rounds"] == 2
@@ -43,6 +44,11 @@ def test_a_job_reports_its_baseline_beside_the_model(tmp_path: Path) -> None:
     npz = tmp_path / "digits_test.npz"
     np.savez(npz, test_images=test.images[:, 0], test_labels=np.array([int(v) for v in test.raw_labels]))
     assert score(run / "baseline" / "model", npz)["accuracy"] == pytest.approx(result["central_accuracy"])
+    # each site's audit log tells the baseline's rounds from the model's
+    for log in sorted(project_root.rglob("*.audit.jsonl")):
+        sent = [json.loads(x) for x in log.read_text().splitlines()]
+        train = [(r.get("phase", ""), r["round"]) for r in sent if r["type"] == "train"]
+        assert train == [("baseline", 1), ("baseline", 2), ("", 1), ("", 2)], log
     card = (run / "MODEL_CARD.md").read_text()
     assert "## Against the simple baseline" in card
     assert f"accuracy {result['central_accuracy']:.4f})" in card

@@ -27,6 +27,9 @@ SMALL = ["data.num_sites=2", "strategy.min_sites=2", "data.max_samples=400", "tr
 PER_ROUND = 8  # "[ROUND i/n]", the round line, and each site's first lines in a fresh worker (2 x 2)
 HEADER = 6  # label set (preflight and ServerApp), model, strategy, round 0, slack for one Ray line
 SUMMARY = 11  # blank, title, header, 3 rounds, privacy, run folder, exported model, "run folder:"
+# The job's baseline (without DP): "baseline first", its rounds 0-2, each site's first lines for its
+# layer (2 x 2) and the 3 lines setting the model against it; under DP (no share) one "none" line.
+BASELINE, NO_BASELINE = 1 + 3 + 2 * 2 + 3, 1
 
 
 @pytest.fixture
@@ -161,7 +164,8 @@ def test_a_redirected_run_prints_only_confides_lines(tmp_path: Path, extra: tupl
     strays = [line for line in output.splitlines() if not OWN_LINE.match(line)]
     assert not strays, "lines that are not Confide's:\n" + "\n".join(strays[:20])
     lines = output.strip().splitlines()  # a worker's lines may reach the terminal after the summary
-    assert len(lines) <= HEADER + 2 * PER_ROUND + SUMMARY + 2 + 4 * bool(extra), output
+    baseline = NO_BASELINE if extra else BASELINE
+    assert len(lines) <= HEADER + 2 * PER_ROUND + SUMMARY + baseline + 2 + 4 * bool(extra), output
     assert "[confide] round 2 |" in output and "[confide] run folder:" in output
 
 
