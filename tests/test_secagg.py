@@ -38,6 +38,9 @@ BASE = {
     "strategy.fraction_evaluate": 0.0,
     "data.max_samples": 300,
     "train.lr": 0.05,
+    # The baseline phase (common/baseline.py) runs rounds of its own through the same strategy: off,
+    # so the spy sees the model's round only.
+    "baseline.features": "off",
 }
 
 
