@@ -12,7 +12,7 @@ states the mechanism):
 Flower's wrapper also adds its noise after the wrapped strategy's aggregate, so a server optimizer
 (FedAvgM, FedAdam) would update its momentum from the clean mean and the noise would no longer be
 calibrated to what changed. Here the noised mean is computed first and the strategy's server step
-is applied to it (``ConfideChecks.server_step``): its state only ever sees the DP release.
+is applied to it (``ConfideStrategy.server_step``): its state only ever sees the DP release.
 With client-side clipping the server verifies every update's norm (a site that did not clip is
 rejected as malformed: its update would exceed the sensitivity the noise covers). Every round is
 recorded per contributing site in the coordinator's ledger, reserved before the noise is drawn
@@ -48,7 +48,7 @@ NORM_TOLERANCE = 1e-4  # relative slack for float32 round-off in a site's own cl
 
 class CentralDP(DifferentialPrivacyServerSideFixedClipping):
     def __init__(self, strategy: Any, exp: ExperimentConfig, run_id: str) -> None:
-        """``strategy``: a server.strategy.ConfideChecks (typed loosely: this module is imported by
+        """``strategy``: a server.strategy.ConfideStrategy (typed loosely: this module is imported by
         server.strategy, never the reverse)."""
         self.plan = central_plan(exp)
         super().__init__(strategy, self.plan.noise_multiplier, self.plan.clipping_norm, exp.data.num_sites)

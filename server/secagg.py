@@ -276,7 +276,7 @@ def aggregate_secure(strategy: Any, server_round: int, result: SecureResult, arr
     """The new global model from a secure round's mean update, through Confide's strategy: its
     records (each site's scalar metrics; the sites that dropped out), ``strategy.min_sites``, the
     strategy's server step and, under central DP, the coordinator's ledger. ``strategy`` is a
-    ``ConfideChecks`` strategy or the ``CentralDP`` wrapper around one (server/strategy.py)."""
+    ``ConfideStrategy`` or the ``CentralDP`` wrapper around one (server/strategy.py)."""
     from server.central_dp import CentralDP
 
     central = strategy if isinstance(strategy, CentralDP) else None

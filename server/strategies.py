@@ -9,7 +9,7 @@ Families:
   local training, common/train.py);
 - server optimizers: ``fedavgm`` (server momentum), ``fedadam``, ``fedyogi``, ``fedadagrad``
   (Reddi et al. 2021): the averaged update is a pseudo-gradient; their state (momentum, moments)
-  is part of the checkpoint (``ConfideChecks.server_state``);
+  is part of the checkpoint (``ConfideStrategy.server_state``);
 - robust aggregators: ``fedmedian``, ``fedtrimmedavg``, ``krum``, ``multikrum``, ``bulyan``;
 - fairness: ``qfedavg`` (q-FFL, Li et al. 2020), which weights sites by their training loss.
 """

@@ -1,17 +1,17 @@
 """Strategy construction by name, and the checks Confide adds around any Flower strategy.
 
-``ConfideChecks`` is mixed into the Flower class that ``strategy.name`` selects
-(server/strategies.py): every update is checked (tensor names, shapes, finite values) before
-aggregation and a malformed one is excluded, naming the site and tensor; per-site metrics are
-kept beside the weighted means; failures are recorded, including sites that never replied within
-``strategy.round_timeout`` (a lost site); a round with fewer valid updates than
-``strategy.min_sites`` stops the run; the aggregate keeps the global model's dtypes; and the
-strategy's own state (server momentum, Adam moments) can be saved and restored.
+``ConfideStrategy`` holds an instance of the Flower class that ``strategy.name`` selects
+(server/strategies.py) and hands it every call, with Confide's checks around them: every update
+is checked (tensor names, shapes, finite values) before aggregation and a malformed one is
+excluded, naming the site and tensor; per-site metrics are kept beside the weighted means;
+failures are recorded, including sites that never replied within ``strategy.round_timeout`` (a
+lost site); a round with fewer valid updates than ``strategy.min_sites`` stops the run; the
+aggregate keeps the global model's dtypes; and the Flower strategy's own state (server momentum,
+Adam moments) can be saved and restored (through server/flower_internals.py).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import re
@@ -68,33 +68,32 @@ def site_name(msg: Message, known: dict[int, str], node: int | None = None) -> s
     return known.get(node, f"node-{node}")
 
 
-class ConfideChecks:
-    """Confide's checks and records around a Flower strategy (mixed in before its class)."""
+class ConfideStrategy(Strategy):
+    """Confide's checks and records around a Flower strategy it holds (``flower``) and delegates to.
+
+    A Flower ``Strategy`` itself, so the round loop (server/loop.py) and Flower's DP wrapper
+    (server/central_dp.py) drive it like any other; Flower's own aggregation runs on ``flower``
+    unchanged, over the updates that passed the checks.
+    """
 
     def __init__(
         self,
+        flower: FedAvg,
         cfg: StrategyConfig,
         reference: Weights,
         recorder: RoundRecorder,
         *,
         uniform: bool = False,
-        evaluate: bool = True,
         buffers: frozenset[str] = frozenset(),
         transport: TransportConfig | None = None,
         clip_norm: float | None = None,
-        **flower_kwargs: Any,
     ) -> None:
-        fraction_evaluate = cfg.fraction_evaluate if evaluate else 0.0
-        super().__init__(  # type: ignore[call-arg]  # the Flower strategy after this mixin
-            fraction_train=cfg.fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=cfg.min_sites,
-            min_evaluate_nodes=cfg.min_sites if fraction_evaluate > 0 else 0,
-            min_available_nodes=cfg.min_sites,
-            weighted_by_key=WEIGHT_KEY,
-            evaluate_metrics_aggr_fn=self._aggregate_site_metrics,
-            **flower_kwargs,
-        )
+        # The checks read each reply's weight under WEIGHT_KEY; Flower must weigh by the same one.
+        if flower.weighted_by_key != WEIGHT_KEY:
+            raise ConfideError(
+                f"the Flower strategy weighs replies by '{flower.weighted_by_key}', Confide's checks by '{WEIGHT_KEY}'"
+            )
+        self.flower = flower
         self.cfg = cfg
         self.uniform = uniform
         # Central DP clips every update to this norm before aggregating it (server/central_dp.py):
@@ -121,6 +120,10 @@ class ConfideChecks:
         self.statistics = frozenset(integers | (set() if cfg.name in ROBUST else set(buffers) & set(reference)))
         self.not_weights = frozenset(integers | (set(buffers) & set(reference)))  # left out of update statistics
 
+    def summary(self) -> None:
+        """Flower's summary of the strategy it holds (its parameters)."""
+        self.flower.summary()
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -130,14 +133,15 @@ class ConfideChecks:
         self.recorder.begin(server_round, bytes_down=sent.count_bytes())
         self.global_arrays = {k: v.numpy() for k, v in arrays.items()}
         self.broadcast = self.global_arrays if sent is not arrays else None
-        self.sent["train"] = _carrying(list(super().configure_train(server_round, arrays, config, grid)), sent, arrays)
+        messages = list(self.flower.configure_train(server_round, arrays, config, grid))
+        self.sent["train"] = _carrying(messages, sent, arrays)
         return self.sent["train"]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         sent, arrays = self._quantised(arrays)
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        messages = list(self.flower.configure_evaluate(server_round, arrays, config, grid))
         self.sent["evaluate"] = _carrying(messages, sent, arrays)
         return self.sent["evaluate"]
 
@@ -250,7 +254,7 @@ class ConfideChecks:
         """The Flower strategy's aggregation over the accepted updates (equal weights when ``uniform``)."""
         self._weigh(accepted)
         aside = self._statistics_aside(accepted)
-        arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        arrays, metrics = self.flower.aggregate_train(server_round, accepted)
         return self._in_model_dtypes(arrays, aside), metrics
 
     def mean_train(self, server_round: int, accepted: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -258,7 +262,7 @@ class ConfideChecks:
         noises before the strategy's own server step (``server_step``)."""
         self._weigh(accepted)
         aside = self._statistics_aside(accepted)
-        arrays, metrics = FedAvg.aggregate_train(self, server_round, accepted)  # type: ignore[arg-type]
+        arrays, metrics = FedAvg.aggregate_train(self.flower, server_round, accepted)
         return self._in_model_dtypes(arrays, aside), metrics
 
     def server_step(self, server_round: int, template: Message, mean: ArrayRecord) -> ArrayRecord | None:
@@ -269,13 +273,13 @@ class ConfideChecks:
         template.content[name] = mean
         next(iter(template.content.metric_records.values()))[WEIGHT_KEY] = 1.0
         aside = self._statistics_aside([template])
-        arrays, _ = super().aggregate_train(server_round, [template])  # type: ignore[misc]
+        arrays, _ = self.flower.aggregate_train(server_round, [template])
         return self._in_model_dtypes(arrays, aside)
 
     def server_state(self) -> dict[str, np.ndarray]:
         """The strategy's state beyond the global model (FedAvgM momentum; FedAdam/FedYogi/FedAdagrad
         moments), by tensor name, for the checkpoint. Empty for stateless strategies."""
-        return flower_internals.optimizer_state(self, self.reference)
+        return flower_internals.optimizer_state(self.flower, self.reference)
 
     def load_server_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what ``server_state`` saved (a resumed run continues the same optimizer)."""
@@ -284,10 +288,10 @@ class ConfideChecks:
             group, _, tensor = key.partition("/")
             groups.setdefault(group, {})[tensor] = np.asarray(value)
         for group, tensors in groups.items():
-            if not flower_internals.keeps_state(self, group):
+            if not flower_internals.keeps_state(self.flower, group):
                 raise ConfideError(f"checkpoint holds '{group}' state that strategy '{self.cfg.name}' does not keep")
             check_update(self.reference, tensors, f"the checkpoint's '{group}' state")
-        flower_internals.load_optimizer_state(self, self.reference, groups)
+        flower_internals.load_optimizer_state(self.flower, self.reference, groups)
 
     def _weigh(self, accepted: list[Message]) -> None:
         if self.uniform:
@@ -339,7 +343,7 @@ class ConfideChecks:
             self.recorder.site_evaluated(name, _only_metrics(msg))
             ok.append(msg)
         self._record_silent("evaluate", sent, replies)
-        return super().aggregate_evaluate(server_round, ok)
+        return self.flower.aggregate_evaluate(server_round, ok)
 
     def _destinations(self, phase: str) -> dict[str, int]:
         """Message id -> destination node of what this phase sent (empty if nothing was pushed)."""
@@ -354,15 +358,6 @@ class ConfideChecks:
                 reason = f"no reply within strategy.round_timeout={self.cfg.round_timeout:g}s (site lost or too slow)"
                 self.recorder.site_failed(self.names.get(node, f"node-{node}"), phase, reason)
 
-    @staticmethod
-    def _aggregate_site_metrics(records: list[Any], weight_key: str) -> MetricRecord:
-        per_site = {
-            str(i): {k: float(v) for k, v in next(iter(r.metric_records.values())).items()}
-            for i, r in enumerate(records)
-        }
-        summary = summarize_sites(per_site, weight_key=weight_key)
-        return MetricRecord(summary)
-
 
 def sites_release_evaluation(exp: ExperimentConfig) -> bool:
     """Whether the sites may release what held-out evaluation measures (no DP, or DP with
@@ -370,10 +365,23 @@ def sites_release_evaluation(exp: ExperimentConfig) -> bool:
     return exp.privacy.mode == "off" or exp.privacy.site_metrics != "withhold"
 
 
-@functools.cache
-def confide_class(base: type[FedAvg]) -> type:
-    """``Confide<Base>``: Confide's checks mixed into one of Flower's strategy classes."""
-    return type(f"Confide{base.__name__}", (ConfideChecks, base), {})
+def flower_strategy(exp: ExperimentConfig) -> FedAvg:
+    """The Flower strategy ``strategy.name`` selects, as Confide configures it: sampling and
+    minimums from the typed config, replies weighed by their released ``weight``, evaluation
+    metrics summarized per site, and the family's own parameters (server/strategies.py). Sites
+    evaluate only where they may release what evaluation measures."""
+    cfg = exp.strategy
+    fraction_evaluate = cfg.fraction_evaluate if sites_release_evaluation(exp) else 0.0
+    return CLASSES[cfg.name](
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=fraction_evaluate,
+        min_train_nodes=cfg.min_sites,
+        min_evaluate_nodes=cfg.min_sites if fraction_evaluate > 0 else 0,
+        min_available_nodes=cfg.min_sites,
+        weighted_by_key=WEIGHT_KEY,
+        evaluate_metrics_aggr_fn=_aggregate_site_metrics,
+        **strategy_kwargs(exp),
+    )
 
 
 def build_strategy(
@@ -383,7 +391,7 @@ def build_strategy(
     run_id: str = "",
     buffers: frozenset[str] = frozenset(),
 ) -> Strategy:
-    """The Flower strategy ``strategy.name`` selects, with Confide's checks; with privacy.mode
+    """The Flower strategy ``strategy.name`` selects, held by Confide's checks; with privacy.mode
     'central', wrapped in Confide's accounted central-DP wrapper (server/central_dp.py).
     ``buffers``: the exchanged tensors that are statistics (BatchNorm running stats), not weights."""
     cfg = exp.strategy
@@ -398,18 +406,21 @@ def build_strategy(
         check_split(list(reference), exp.model.name)
         site_owned = head_keys(reference)
         reference = {k: v for k, v in reference.items() if k not in site_owned}
-    # Sites evaluate only where they may release what evaluation measures.
-    evaluate = sites_release_evaluation(exp)
-    cls = confide_class(CLASSES[cfg.name])
     central = p.mode == "central"
-    base = cls(cfg, reference, recorder, uniform=central, evaluate=evaluate, buffers=buffers,
-               transport=exp.transport, clip_norm=p.clipping_norm if central else None,
-               **strategy_kwargs(exp))  # fmt: skip
+    base = ConfideStrategy(flower_strategy(exp), cfg, reference, recorder, uniform=central, buffers=buffers,
+                           transport=exp.transport, clip_norm=p.clipping_norm if central else None)  # fmt: skip
     base.site_owned = site_owned
     log.info("strategy: %s", describe(exp))
     if p.mode != "central":
         return base
     return CentralDP(base, exp, run_id)
+
+
+def _aggregate_site_metrics(records: list[Any], weight_key: str) -> MetricRecord:
+    per_site = {
+        str(i): {k: float(v) for k, v in next(iter(r.metric_records.values())).items()} for i, r in enumerate(records)
+    }
+    return MetricRecord(summarize_sites(per_site, weight_key=weight_key))
 
 
 def _record(weights: Weights) -> ArrayRecord:

@@ -313,11 +313,11 @@ def test_the_logged_hashes_equal_what_the_server_received(
 ) -> None:
     """A 2-site, 2-round local-DP job: every training update the server accepted-checked has the
     hash, size and tensors the site logged for that (site, round), recomputed from the server's copy."""
-    from server.strategy import ConfideChecks
+    from server.strategy import ConfideStrategy
     from simulations.local import simulate
 
     received: dict[tuple[str, int], tuple[str, int, list[str]]] = {}
-    original = ConfideChecks.accept_train
+    original = ConfideStrategy.accept_train
 
     def accept_train(self, server_round, replies, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         replies = list(replies)
@@ -332,7 +332,7 @@ def test_the_logged_hashes_equal_what_the_server_received(
                 )
         return original(self, server_round, replies, *args, **kwargs)
 
-    monkeypatch.setattr(ConfideChecks, "accept_train", accept_train)
+    monkeypatch.setattr(ConfideStrategy, "accept_train", accept_train)
     exp = small_experiment(
         **{"privacy.mode": "local", "privacy.noise_multiplier": 1.0, "data.max_samples": 240, "train.lr": 0.002}
     )

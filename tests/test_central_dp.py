@@ -154,7 +154,7 @@ def test_server_optimizer_steps_from_the_noised_mean_only(tmp_path: Path, monkey
     after round 1 equals -(noised mean - x0) exactly, and the new model x0 - lr * momentum."""
     dp, _ = central(tmp_path, sigma=1.0, dim=4, **{"strategy.name": "fedavgm", "strategy.server_lr": 0.5})
     dp.base.global_arrays = {"w": np.zeros(4, np.float32)}
-    dp.base.current_arrays = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
+    dp.base.flower.current_arrays = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
     released: list[np.ndarray] = []
     add_noise = central_dp._noised
 
@@ -168,5 +168,5 @@ def test_server_optimizer_steps_from_the_noised_mean_only(tmp_path: Path, monkey
     arrays, _ = dp.aggregate_train(1, [reply(i, f"s{i}", clean, 10) for i in (1, 2, 3)])
     (noised,) = released
     assert np.abs(noised - clean).max() > 1e-3  # noise was really added (sigma*C/3 ~ 0.17)
-    assert np.allclose(dp.base.momentum_vector[0], -noised)  # pseudo-gradient of the release
+    assert np.allclose(dp.base.server_state()["momentum/w"], -noised)  # pseudo-gradient of the release
     assert np.allclose(arrays["w"].numpy(), 0.5 * noised, atol=1e-6)

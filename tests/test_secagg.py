@@ -24,7 +24,7 @@ from flwr.app import Array, ArrayRecord
 from common import config as config_mod
 from common.errors import ConfideError, ConfigError
 from server.secagg import SecureAggregation
-from server.strategy import ConfideChecks
+from server.strategy import ConfideStrategy
 from simulations.local import simulate
 from simulations.study.determinism import seeded_sites
 
@@ -38,6 +38,9 @@ BASE = {
     "strategy.fraction_evaluate": 0.0,
     "data.max_samples": 300,
     "train.lr": 0.05,
+    # The baseline phase (common/baseline.py) runs rounds of its own through the same strategy: off,
+    # so the spy sees the model's round only.
+    "baseline.features": "off",
 }
 
 
@@ -45,7 +48,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     """Record what Confide's strategy is given: the replies it accepts (a plain round's updates)
     and the models its server step receives."""
     seen: dict = {"accepted": {}, "server_step": [], "global": []}
-    accept, step = ConfideChecks.accept_train, ConfideChecks.server_step
+    accept, step = ConfideStrategy.accept_train, ConfideStrategy.server_step
 
     def accept_train(self, server_round, replies, extra_check=None):
         out = accept(self, server_round, replies, extra_check)
@@ -60,8 +63,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
         seen["global"].append({k: v.numpy().copy() for k, v in template.content["arrays"].items()})
         return step(self, server_round, template, mean)
 
-    monkeypatch.setattr(ConfideChecks, "accept_train", accept_train)
-    monkeypatch.setattr(ConfideChecks, "server_step", server_step)
+    monkeypatch.setattr(ConfideStrategy, "accept_train", accept_train)
+    monkeypatch.setattr(ConfideStrategy, "server_step", server_step)
     return seen
 
 

@@ -12,7 +12,7 @@ from common import config as config_mod
 from common.errors import ConfigError
 from server.recorder import RoundRecorder
 from server.strategies import CLASSES
-from server.strategy import ConfideChecks, build_strategy
+from server.strategy import ConfideStrategy, build_strategy
 from tests.test_strategy import reply
 
 pytestmark = pytest.mark.unit
@@ -57,27 +57,26 @@ def start_round(s, current: list[float]) -> None:
 
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_every_name_builds_flowers_class_with_confide_checks(name: str) -> None:
-    """strategy.name selects Flower's own class (no hand-written aggregation), with the checks mixed in."""
+    """strategy.name selects Flower's own class (no hand-written aggregation), held by Confide's checks."""
     sites = 7 if name == "bulyan" else 5
     extra = {"privacy.mode": "off"}
     s = make(name, sites, **extra)
-    assert isinstance(s, CLASSES[name]) and isinstance(s, ConfideChecks)
-    assert type(s).__name__ == f"Confide{CLASSES[name].__name__}"
+    assert isinstance(s, ConfideStrategy) and type(s.flower) is CLASSES[name]
 
 
 def test_typed_parameters_reach_flower() -> None:
     """Each family's parameters come from the typed config (defaults: Flower's, where 0 says so)."""
-    assert make("fedprox", **{"strategy.proximal_mu": 0.3}).proximal_mu == 0.3
-    m = make("fedavgm", **{"strategy.server_lr": 0.5, "strategy.server_momentum": 0.7})
+    assert make("fedprox", **{"strategy.proximal_mu": 0.3}).flower.proximal_mu == 0.3
+    m = make("fedavgm", **{"strategy.server_lr": 0.5, "strategy.server_momentum": 0.7}).flower
     assert (m.server_learning_rate, m.server_momentum) == (0.5, 0.7)
-    a = make("fedadam", **{"strategy.beta1": 0.8, "strategy.beta2": 0.95, "strategy.tau": 0.01})
+    a = make("fedadam", **{"strategy.beta1": 0.8, "strategy.beta2": 0.95, "strategy.tau": 0.01}).flower
     assert (a.eta, a.beta_1, a.beta_2, a.tau) == (0.01, 0.8, 0.95, 0.01)
-    assert make("fedyogi").eta == 0.01 and make("fedadagrad").eta == 0.01  # Confide's default (config says why)
-    assert make("fedtrimmedavg", **{"strategy.trim_beta": 0.4}).beta == 0.4
-    assert make("krum", 5, **{"strategy.num_malicious": 1}).num_malicious_nodes == 1
-    mk = make("multikrum", 5, **{"strategy.num_malicious": 1})
+    assert make("fedyogi").flower.eta == 0.01 and make("fedadagrad").flower.eta == 0.01  # Confide's default
+    assert make("fedtrimmedavg", **{"strategy.trim_beta": 0.4}).flower.beta == 0.4
+    assert make("krum", 5, **{"strategy.num_malicious": 1}).flower.num_malicious_nodes == 1
+    mk = make("multikrum", 5, **{"strategy.num_malicious": 1}).flower
     assert mk.num_nodes_to_select == 4  # 0 = n - f
-    q = make("qfedavg", **{"strategy.q": 2.0, "train.lr": 0.05})
+    q = make("qfedavg", **{"strategy.q": 2.0, "train.lr": 0.05}).flower
     assert (q.q, q.client_learning_rate) == (2.0, 0.05)
 
 
@@ -214,10 +213,11 @@ def test_buffers_are_averaged_not_optimized() -> None:
 
     s = build("fedadam", 2)
     s.global_arrays = {k: v.copy() for k, v in ref.items()}
-    s.current_arrays = {"w": np.zeros(2, np.float32), "rv": np.ones(2, np.float32)}
+    s.flower.current_arrays = {"w": np.zeros(2, np.float32), "rv": np.ones(2, np.float32)}
     arrays, _ = s.aggregate_train(1, [rep(1, 1.0, 1.0, 10), rep(2, 1.0, 3.0, 30)])
     assert np.allclose(arrays["rv"].numpy(), 2.5)
-    assert np.allclose(s.m_t["rv"], 0) and not np.allclose(s.m_t["w"], 0)  # moments see weights only
+    state = s.server_state()
+    assert np.allclose(state["m_t/rv"], 0) and not np.allclose(state["m_t/w"], 0)  # moments see weights only
     m = build("fedmedian", 3)
     arrays, _ = m.aggregate_train(1, [rep(1, 0, 1.0, 1), rep(2, 0, 3.0, 1), rep(3, 0, 1000.0, 1)])
     assert np.allclose(arrays["rv"].numpy(), 3.0)
