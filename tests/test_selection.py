@@ -3,7 +3,8 @@
 with the dtype of each tensor kept); a run stopped after any round and resumed from its written and
 re-read checkpoint exports the same mean as one never stopped; a resume that would average other
 rounds than the checkpoint summed is refused; a bad ``strategy.tail_rounds`` is refused in one
-line naming the key; 0 means half of the rounds."""
+line naming the key; 0 means half of the rounds; the privacy inventory names the rounds averaged as
+configuration, not a choice on site metrics."""
 
 from __future__ import annotations
 
@@ -100,3 +101,11 @@ def test_bad_tail_rounds_is_refused_in_one_line_naming_the_key(overrides: dict) 
 def test_tail_rounds_zero_is_half_of_the_rounds_rounded_up() -> None:
     assert tail_rounds(config_mod.load(None, {"strategy.rounds": 5})) == 3
     assert tail_rounds(config_mod.load(None, {"strategy.rounds": 30, "strategy.tail_rounds": 10})) == 10
+
+
+def test_the_privacy_inventory_says_the_averaged_rounds_are_configuration() -> None:
+    """No site metric chooses a tail average: privacy.json must not say the export was chosen on one."""
+    from common.privacy import inventory
+
+    exp = config_mod.load(None, {**AVERAGE, "privacy.mode": "local", "privacy.site_metrics": "noisy"})
+    assert inventory.for_run(exp)["MODEL_CARD.md"]["exported"].startswith("which rounds' global models were averaged")
