@@ -4,9 +4,11 @@ Each row is a real simulated run (``simulations.local.simulate``: Flower's simul
 sites' own code, 5 sites, Dirichlet 0.5) of ``model.name: linear`` with one ``model.features``,
 without DP and with DP-SGD at every site (whole-training epsilon 8, delta 1/N per site), scored on
 the experiment's central test split: the exported model (without DP the round with the best
-held-out accuracy at the sites, ``strategy.final_model: best_held_out``; under DP the last round). Beside them: the
-pooled baselines on the same test split (``benchmarks.baselines``: TF-IDF + logistic regression,
-pixels + logistic regression, all training records in one place), read from their committed result.
+held-out accuracy at the sites, ``strategy.final_model: best_held_out``; under DP the last round;
+with ``--set strategy.final_model=tail_average`` the mean of the last rounds' models, scored from
+its export). Beside them: the pooled baselines on the same test split (``benchmarks.baselines``:
+TF-IDF + logistic regression, pixels + logistic regression, all training records in one place),
+read from their committed result.
 
     python -m benchmarks.linear --task pneumonia --features pixels,scatter
     python -m benchmarks.linear --task banking77 --features encoder,ngrams,encoder+ngrams --epsilon off,8
@@ -32,7 +34,11 @@ from typing import Any
 
 from benchmarks._util import RESULTS, read_rounds, save, table
 from common import config as config_mod
+from common.export import load_model
+from common.train import evaluate
 from server.flower_runtime import setup_logging
+from server.run import _central_loader
+from server.selection import tail_rounds
 from simulations.local import simulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +92,11 @@ def summarise(
     rounds = read_rounds(path)
     last = rounds[-1]
     chosen = exported(rounds) if exp.strategy.final_model == "best_held_out" else last
+    averaged = ""
+    if exp.strategy.final_model == "tail_average":  # a mean of rounds: its own test metrics
+        first = exp.strategy.rounds - tail_rounds(exp) + 1
+        averaged = f"{first}-{exp.strategy.rounds}"
+        chosen = {"round": f"mean of {averaged}", "central": export_metrics(path, exp)}
     sites = last.get("privacy", {}).get("sites", {})
     return {
         "features": features,
@@ -97,6 +108,7 @@ def summarise(
         "max_site_epsilon_ledger": max((v["epsilon"] for v in sites.values()), default=None),
         "rounds": len(rounds) - 1,
         "exported_round": chosen["round"],
+        "averaged_rounds": averaged,
         "accuracy": chosen["central"]["accuracy"],
         "macro_f1": chosen["central"]["macro_f1"],
         "last_round_accuracy": last["central"]["accuracy"],
@@ -105,6 +117,14 @@ def summarise(
         "run": str(path),
         "seconds": round(seconds, 1),
     }
+
+
+def export_metrics(path: Path, exp: Any) -> dict[str, Any]:
+    """The exported model (``path/model``) scored on the experiment's central test split."""
+    saved = load_model(path / "model")
+    loader = _central_loader(exp, saved.labels)
+    assert loader is not None, "the experiment has no central test split"
+    return evaluate(saved.model, loader, len(saved.labels)).as_dict()
 
 
 def exported(rounds: list[dict[str, Any]]) -> dict[str, Any]:

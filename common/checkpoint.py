@@ -5,7 +5,8 @@ so a crash leaves the previous round's checkpoint or the new one, never half of 
 global weights, the round they close, the job id (the Flower run id of the run that started the
 job: sites key their privacy ledgers by it, so a resumed job's epsilon continues), the resolved
 experiment it belongs to, the strategy's own state (server momentum, Adam moments), the model
-selection's best round, and the coordinator's random-number states (Flower samples sites with
+selection's state (best_held_out's best round; tail_average's running sum of the rounds averaged so
+far: server/selection.py), and the coordinator's random-number states (Flower samples sites with
 Python's ``random``). Privacy accountants are not in it: every party's spending is in its own
 ledger on disk (the coordinator's for central DP), which a resumed job keeps composing.
 """
@@ -47,6 +48,7 @@ class Checkpoint:
     server_state: Weights = field(default_factory=dict)
     best: tuple[float, int, Weights] | None = None  # best_held_out's choice so far: (accuracy, round, weights)
     rng: dict[str, Any] = field(default_factory=dict)
+    tail: tuple[int, int, Weights] | None = None  # tail_average's sum so far: (first round, rounds summed, sum)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -81,6 +83,9 @@ def write(path: Path, ckpt: Checkpoint) -> None:
         if ckpt.best is None
         else {"accuracy": ckpt.best[0], "round": ckpt.best[1], "state_dict": _tensors(ckpt.best[2])},  # fmt: skip
         "rng": {k: _plain(v) for k, v in ckpt.rng.items()},
+        "tail": None
+        if ckpt.tail is None
+        else {"first": ckpt.tail[0], "count": ckpt.tail[1], "state_dict": _tensors(ckpt.tail[2])},  # fmt: skip
     }
     with atomic.replacing(path) as f:
         torch.save(payload, f)
@@ -102,7 +107,7 @@ def read(path: Path) -> Checkpoint:
     missing = [k for k in ("round", "job", "config", "state_dict", "server_state", "rng") if k not in raw]
     if missing:
         raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}; it cannot be resumed")
-    best = raw.get("best")
+    best, tail = raw.get("best"), raw.get("tail")
     return Checkpoint(
         round=int(raw["round"]),
         job=str(raw["job"]),
@@ -111,6 +116,7 @@ def read(path: Path) -> Checkpoint:
         server_state=_arrays(raw["server_state"]),
         best=None if best is None else (float(best["accuracy"]), int(best["round"]), _arrays(best["state_dict"])),
         rng=dict(raw["rng"]),
+        tail=None if tail is None else (int(tail["first"]), int(tail["count"]), _arrays(tail["state_dict"])),
     )
 
 

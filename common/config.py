@@ -394,7 +394,12 @@ class StrategyConfig:
     # exact, and strategy.fraction_evaluate > 0; without it the last round's model is exported and
     # the log and model card say so. "auto": best_held_out where the sites release that accuracy,
     # else last (the last round of a short or oscillating run lost 4-6 points on small real sets).
-    final_model: Literal["auto", "last", "best_held_out"] = "auto"
+    # "tail_average": the mean of the global models of the last tail_rounds rounds (server/selection.py):
+    # post-processing of models already released, so it costs no epsilon under DP and needs no site
+    # metric; most sensible for a convex model (model.name: linear). tail_rounds 0: half of rounds,
+    # rounded up.
+    final_model: Literal["auto", "last", "best_held_out", "tail_average"] = "auto"
+    tail_rounds: int = 0
     # Exclude an update whose norm (w_site - w_global) exceeds this many times the median norm of
     # the round's updates (a scaled or poisoned update); recorded with the reason under the site's
     # name. 0: off (the statistics are recorded either way: common/update_stats.py).
@@ -418,6 +423,8 @@ class StrategyConfig:
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "strategy.rounds", "must be >= 1")
+        _require(0 <= self.tail_rounds <= self.rounds, "strategy.tail_rounds",
+                 f"must be in [0, strategy.rounds = {self.rounds}] (0: half of the rounds)")  # fmt: skip
         _require(self.local_finetune >= 0, "strategy.local_finetune", "must be >= 0 (epochs after the last round)")
         _require(
             self.reject_norm_ratio == 0 or self.reject_norm_ratio > 1,

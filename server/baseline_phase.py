@@ -32,6 +32,7 @@ from common.weights import exchanged_state, get_weights, set_weights
 from server.loop import run_rounds
 from server.recorder import RoundRecorder
 from server.secagg import secure_aggregation
+from server.selection import ModelSelection
 from server.strategy import build_strategy, to_weights
 
 RESULT_FILE = "baseline.json"
@@ -91,11 +92,11 @@ def run_baseline(
     job: str,
     *,
     central_loader: Callable[[ExperimentConfig], DataLoader | None],
-    selection: Callable[[ExperimentConfig], Any],
+    selection: Callable[[ExperimentConfig], ModelSelection],
     print_round: Callable[[dict[str, Any]], None],
 ) -> BaselineResult:
     """Train the baseline federated (its rounds, then its choice of round) and write its result.
-    ``selection`` makes the model-selection rule for an experiment (server/run.py's), so the
+    ``selection`` makes the model-selection rule for an experiment (server/selection.py), so the
     baseline's export follows the same ``strategy.final_model`` as the model's."""
     side = image_side(exp)
     bexp = baseline.baseline_experiment(exp, side)
@@ -137,8 +138,10 @@ def run_baseline(
     chosen_round, weights = chooser.choice(bexp.strategy.rounds, to_weights(final))
     set_weights(model, weights, source="the exported baseline")
     save_model(model, bexp, labels, out / "model")
-    line = recorder.history[chosen_round]
-    central, federated = line.get("central") or {}, line.get("federated") or {}
+    averaged = chooser.averages and test_loader is not None  # a mean of rounds: its own test metrics
+    own = evaluate(model, test_loader, len(labels)).as_dict() if averaged else None
+    final = chooser.final_metrics(recorder.history[chosen_round], own)
+    central, federated = final.get("central") or {}, final.get("federated") or {}
     result = BaselineResult(
         features=bexp.model.features,
         rounds=bexp.strategy.rounds,

@@ -36,13 +36,14 @@ from common.progress import clock_text
 from common.rundir import RunDir, check_resumable, open_resumed
 from common.tracking import Tracker
 from common.train import evaluate
-from common.weights import Weights, check_update, exchanged_state, get_weights, set_weights
+from common.weights import check_update, exchanged_state, get_weights, set_weights
 from server.baseline_phase import BaselineResult, read_result, run_baseline
 from server.central_dp import CentralDP
 from server.loop import run_rounds
 from server.recorder import RoundRecorder
 from server.secagg import secure_aggregation
-from server.strategy import build_strategy, sites_release_evaluation, to_weights
+from server.selection import ModelSelection, strategy_evaluates
+from server.strategy import build_strategy, to_weights
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +151,14 @@ def _run_rounds(
     strategy = build_strategy(exp, initial, recorder, job, buffers)
     central = strategy if isinstance(strategy, CentralDP) else None
     checks = central.base if central else strategy
-    selection = ModelSelection(selection_rule(exp), exp.strategy.final_model)
+    selection = ModelSelection.for_experiment(exp)
     first_round, arrays = 1, ArrayRecord(exchanged_state(model))
     if start:
         checkpoint, history = start
         check_update(initial, checkpoint.weights, f"the checkpoint in {run_dir.path}")
         checks.load_server_state(checkpoint.server_state)
         recorder.restore(history)
-        selection.best = checkpoint.best
+        selection.restore(checkpoint)
         restore_rng(checkpoint.rng)
         first_round = checkpoint.round + 1
         arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in checkpoint.weights.items()})
@@ -179,9 +180,10 @@ def _run_rounds(
         if server_round > 0:  # after the round's line: a round logged but not checkpointed is redone
             run_dir.save_checkpoint(
                 Checkpoint(
-                    server_round, job, flat_config(exp), weights, checks.server_state(), selection.best, capture_rng()
-                )  # fmt: skip
-            )
+                    server_round, job, flat_config(exp), weights, checks.server_state(), selection.best, capture_rng(),
+                    tail=selection.tail,
+                )
+            )  # fmt: skip
         _print_round(
             line,
             timing(time.monotonic() - started, server_round - first_round + 1, exp.strategy.rounds - server_round),
@@ -212,8 +214,9 @@ def _run_rounds(
     set_weights(model, exported, source="the exported global model")
     save_model(model, exp, labels, run_dir.path / "model")
     last = recorder.history[-1]
-    chosen = recorder.history[exported_round]
-    final = {k: chosen[k] for k in ("federated", "central") if chosen.get(k)}
+    averaged = selection.averages and test_loader is not None  # an average's own test metrics: no round's line
+    central = evaluate(model, test_loader, len(labels)).as_dict() if averaged else None
+    final = selection.final_metrics(recorder.history[exported_round], central)
     privacy = last.get("privacy") or {}
     if privacy.get("mode") != exp.privacy.mode:  # e.g. local DP where no site has trained yet
         privacy = {"mode": exp.privacy.mode, "sites": {}}
@@ -248,7 +251,7 @@ def _baseline(
     return run_baseline(
         grid, exp, labels, run_dir.path, job,
         central_loader=lambda e: _central_loader(e, labels),
-        selection=lambda e: ModelSelection(selection_rule(e), e.strategy.final_model),
+        selection=ModelSelection.for_experiment,
         print_round=lambda line: _print_round(line, prefix="baseline "),
     )  # fmt: skip
 
@@ -277,50 +280,6 @@ def baseline_lines(
     return lines
 
 
-def selection_rule(exp: ExperimentConfig) -> str:
-    """``strategy.final_model`` resolved: "auto" selects on held-out accuracy where the sites release it."""
-    if exp.strategy.final_model == "auto":
-        return "best_held_out" if strategy_evaluates(exp) else "last"
-    return exp.strategy.final_model
-
-
-def strategy_evaluates(exp: ExperimentConfig) -> bool:
-    """Whether the sites evaluate and release their held-out accuracy in this job."""
-    return sites_release_evaluation(exp) and exp.strategy.fraction_evaluate > 0
-
-
-class ModelSelection:
-    """``strategy.final_model``: the last round's global model, or the one with the best site-weighted
-    held-out accuracy (the sites' validation data; the server's test set is never used to choose)."""
-
-    def __init__(self, rule: str, configured: str = "") -> None:
-        self.rule, self.configured = rule, configured or rule
-        self.best: tuple[float, int, Weights] | None = None
-
-    def offer(self, server_round: int, line: dict[str, Any], weights: Weights) -> None:
-        federated = line.get("federated") or {}
-        # The global model's own held-out accuracy: in the last round of a job with
-        # strategy.local_finetune, "accuracy" is of the sites' fine-tuned models, not the global one.
-        accuracy = federated.get("global_accuracy", federated.get("accuracy"))
-        if self.rule != "best_held_out" or server_round == 0 or accuracy is None:
-            return
-        if self.best is None or accuracy > self.best[0]:
-            self.best = (float(accuracy), server_round, {k: v.copy() for k, v in weights.items()})
-
-    def choice(self, last_round: int, last: Weights) -> tuple[int, Weights]:
-        if self.best is None:
-            return last_round, last
-        return self.best[1], self.best[2]
-
-    def describe(self) -> str:
-        if self.rule != "best_held_out":
-            why = "auto: the sites release no held-out accuracy" if self.configured == "auto" else "last"
-            return f"the last round's global model (strategy.final_model={why})"
-        if self.best is None:
-            return "the last round's global model (no round had a held-out accuracy to select on)"
-        return f"round {self.best[1]}'s global model, best site-weighted held-out accuracy {self.best[0]:.4f}"
-
-
 def _central_loader(exp: ExperimentConfig, labels: LabelSet) -> DataLoader | None:
     if not exp.data.central_eval:
         return None
@@ -345,9 +304,7 @@ def timing(elapsed: float, rounds_done: int, rounds_left: int) -> str:
     return text
 
 
-def _print_round(
-    line: dict[str, Any], when: str = "", base: BaselineResult | None = None, prefix: str = ""
-) -> None:
+def _print_round(line: dict[str, Any], when: str = "", base: BaselineResult | None = None, prefix: str = "") -> None:
     fed, cen = line["federated"], line["central"]
     parts = [f"[confide] {prefix}round {line['round']}"]
     if cen:

@@ -1,4 +1,4 @@
-"""server/run.py's model selection: 'best_held_out' exports the round with the highest site-weighted
+"""server/selection.py's model selection: 'best_held_out' exports the round with the highest site-weighted
 held-out accuracy (never the test set's), a copy of that round's weights (later rounds cannot
 change it); 'last' exports the final round, as does a job whose sites release no held-out accuracy."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common import config as config_mod
-from server.run import ModelSelection
+from server.selection import ModelSelection
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +50,7 @@ def test_last_and_no_held_out_accuracy_export_the_final_round() -> None:
 def test_dp_jobs_that_withhold_site_metrics_fall_back_to_the_last_round() -> None:
     """A DP job withholding site metrics has no held-out accuracy: the config is valid, the server
     knows up front that it will export the last round (and says so)."""
-    from server.run import strategy_evaluates
+    from server.selection import strategy_evaluates
 
     exp = config_mod.load(None, {"strategy.final_model": "best_held_out", "privacy.mode": "local"})
     assert not strategy_evaluates(exp)

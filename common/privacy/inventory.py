@@ -181,7 +181,7 @@ def metrics_jsonl(mode: str, site_metrics: str) -> dict[str, str]:
     return {k: p.text for k, p in sorted(out.items())}
 
 
-def model_card(mode: str, site_metrics: str, labels: str) -> dict[str, str]:
+def model_card(mode: str, site_metrics: str, labels: str, final_model: str = "auto") -> dict[str, str]:
     """Every quantity ``MODEL_CARD.md`` may show in this mode and level (common/export.py)."""
     evaluate = site_evaluate(mode, site_metrics)
     out = {
@@ -209,6 +209,8 @@ def model_card(mode: str, site_metrics: str, labels: str) -> dict[str, str]:
                 out[f"sites.{SITE}.{column}"] = evaluate[key].text
     else:
         out["exported"] = "which round's model was exported (the last one: no site releases a held-out accuracy)"
+    if final_model == "tail_average":  # the rounds averaged follow from strategy.rounds and tail_rounds alone
+        out["exported"] = f"which rounds' global models were averaged: {CONFIGURATION.text}"
     return dict(sorted(out.items()))
 
 
@@ -221,7 +223,7 @@ def for_run(exp: ExperimentConfig) -> dict[str, dict[str, str]]:
     mode, level = exp.privacy.mode, exp.privacy.site_metrics
     return {
         "metrics.jsonl": metrics_jsonl(mode, level),
-        "MODEL_CARD.md": model_card(mode, level, labels_text(exp)),
+        "MODEL_CARD.md": model_card(mode, level, labels_text(exp), exp.strategy.final_model),
     }
 
 
