@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from torch.utils.data import DataLoader
 
-from common import baseline
+from common import atomic, baseline
 from common.config import ExperimentConfig
 from common.data import LabelSet, read_test, read_train
 from common.device import place
@@ -152,5 +152,5 @@ def run_baseline(
         sites_accuracy=federated.get("global_accuracy", federated.get("accuracy")),
         target_epsilon=bexp.privacy.target_epsilon if bexp.privacy.local else None,
     )
-    (folder / RESULT_FILE).write_text(json.dumps(asdict(result), indent=1))
+    atomic.write_text(folder / RESULT_FILE, json.dumps(asdict(result), indent=1))  # a resume trusts it
     return result
