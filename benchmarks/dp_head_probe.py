@@ -32,7 +32,7 @@ from benchmarks._util import save, table
 from common import config as config_mod
 from common.data import LabelSet, label_set, read_test, read_train
 from common.partition import partition_indices
-from common.privacy.accounting import calibrate
+from common.privacy.mechanism.accounting import calibrate
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "simulations/configs/bank_bert_banking77.yaml"

@@ -5,9 +5,9 @@ Setups (the issue's): MiniLM (all-MiniLM-L6-v2) at sequence length 64, batch 32;
 
 - ``plain``: non-private training as Confide runs it (``common.train.train``); for ResNet-18
   both the stock BatchNorm model and the GroupNorm variant DP needs (``plain-gn``);
-- ``hooks`` / ``ghost`` / ``bookkeeping``: Confide's DP-SGD round (``common.privacy.dpsgd.train_private``)
+- ``hooks`` / ``ghost`` / ``bookkeeping``: Confide's DP-SGD round (``common.privacy.governance.dpsgd.train_private``)
   with Opacus's per-sample-gradient hooks, Opacus's ghost (fast gradient) clipping, or Confide's
-  one-pass book-keeping clipping (``common/privacy/bookkeeping.py``, the default where supported);
+  one-pass book-keeping clipping (``common/privacy/mechanism/bookkeeping.py``, the default where supported);
 - ``lora`` / ``lora-ghost`` / ``lora-bookkeeping``: MiniLM with LoRA r=8 on query/value
   (adapters + head trained), without and with DP.
 
@@ -130,9 +130,9 @@ def _rss_mib() -> float:
 def measure_one(model: str, variant: str, warmup: int, steps: int, threads: int) -> dict[str, Any]:
     from common.batches import make_dataset, make_loader
     from common.models import build_model
-    from common.privacy.dpsgd import train_private
-    from common.privacy.ledger import Ledger
-    from common.privacy.policy import SIMULATION
+    from common.privacy.governance.dpsgd import train_private
+    from common.privacy.governance.ledger import Ledger
+    from common.privacy.governance.policy import SIMULATION
     from common.train import train
 
     torch.set_num_threads(threads)

@@ -92,7 +92,7 @@ class _PeakSampler:
 @contextmanager
 def _timed_engine_parts(seconds: dict[str, float]) -> Iterator[None]:
     """Adds the CPU seconds spent in book-keeping's norm, clipped-sum and early per-sample code."""
-    from common.privacy import bookkeeping as bk
+    from common.privacy.mechanism import bookkeeping as bk
 
     owners = [(bk.BookKeeping, "_keep_grad")]
     owners += [(cls, name) for cls in (bk._Matmul, bk._Conv, bk._Embedding, bk._PerSample)
@@ -123,7 +123,7 @@ def profile_one(model_name: str, variant: str, steps: int) -> dict[str, Any]:
     from benchmarks.dp_throughput import _experiment, _records
     from common.batches import make_dataset, make_loader
     from common.models import build_model
-    from common.privacy.clipping import make_private
+    from common.privacy.mechanism.clipping import make_private
     from common.train import logits, make_optimizer
 
     torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """Flower ClientApp: one site. Receives global weights, trains or evaluates locally,
 replies with weights and scalar metrics only (never records or per-sample values).
 
-The site's privacy policy (common/privacy/policy.py: its node config and policy file, never the
+The site's privacy policy (common/privacy/governance/policy.py: its node config and policy file, never the
 job) is read first, and every message's job is checked against it before any of the job's
 settings is used: a job asking for less privacy than the policy is refused, naming the rule.
 """
@@ -26,9 +26,9 @@ from common import baseline
 from common.config import ExperimentConfig
 from common.data import LabelSet
 from common.errors import ConfigError, PolicyRefused
-from common.privacy import randomness
-from common.privacy.policy import SitePolicy
-from common.privacy.policy import from_node_config as policy_from_node_config
+from common.privacy.governance.policy import SitePolicy
+from common.privacy.governance.policy import from_node_config as policy_from_node_config
+from common.privacy.mechanism import randomness
 from common.schema import SchemaPins
 from common.site import SiteRuntime, SiteSpec, evaluate_round, load_global, released_state, site_runtime, train_round
 from server import flower_runtime

@@ -226,7 +226,7 @@ def append_record(path: Path, record: Mapping[str, Any]) -> None:
 def log_path(msg: Message, context: Context, fixed: ExperimentConfig | None) -> tuple[Path, str, str]:
     """(the site's audit log, its name, the message's job): beside the site's ledger."""
     from client.experiment import experiment_of
-    from common.privacy.policy import from_node_config
+    from common.privacy.governance.policy import from_node_config
     from common.site import SiteSpec, ledger_path
 
     spec = SiteSpec.from_node_config(context.node_config)

@@ -23,7 +23,7 @@ from client.experiment import experiment_of
 from common import compress
 from common.config import ExperimentConfig, TransportConfig
 from common.errors import ConfigError
-from common.privacy.central import CLIENT_CLIPPING_KEY
+from common.privacy.governance.central import CLIENT_CLIPPING_KEY
 from common.weights import Weights
 
 RESIDUAL_KEY = "transport.residual"  # the site's error-feedback residual in Context.state

@@ -15,7 +15,7 @@ from flwr.app import Context, Message
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
-from common.privacy.central import CLIENT_CLIPPING_KEY
+from common.privacy.governance.central import CLIENT_CLIPPING_KEY
 
 
 def central_dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -6,11 +6,11 @@
     confide plan job.yaml --records 950,920,1150               # the coordinator: declared counts
 
 Per site: training records n, expected batch B, sample rate q, steps per round, rounds, noise
-multiplier sigma (calibrated exactly as the site will: common/privacy/dpsgd.py), delta, the job's
+multiplier sigma (calibrated exactly as the site will: common/privacy/governance/dpsgd.py), delta, the job's
 cumulative epsilon after each round, the per-coordinate noise on the averaged gradient
 sigma*C/B, and where the site's records are readable here the fraction of per-sample gradients
 above C on a few batches (the first round's model, the sites' own clipping engine). Then a
-verdict against the project's measured runs (common/privacy/plan.py, docs/privacy.md).
+verdict against the project's measured runs (common/privacy/governance/plan.py, docs/privacy.md).
 
 Nothing is released, no ledger is written and no connection is opened: a plan is computed
 locally from the config and the records. ``--records N``: each site's record count before the
@@ -167,7 +167,7 @@ def clip_fraction(exp: ExperimentConfig, site: Site, labels: Any, plan: Any, bat
 
     from common.batches import make_dataset
     from common.models import build_model
-    from common.privacy.plan import probe_clipping
+    from common.privacy.governance.plan import probe_clipping
 
     keep = min(site.records, batches * exp.train.batch_size)
     raw = site.train.subset(np.random.default_rng(exp.seed).permutation(site.records)[:keep])
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(exp: ExperimentConfig, sites: list[Site], labels: Any, probe_batches: int) -> str:
     from common import baseline
-    from common.privacy.plan import plan_site, verdict
+    from common.privacy.governance.plan import plan_site, verdict
 
     job_exp, exp = exp, baseline.model_experiment(exp)  # the model's rounds: the budget less the baseline's
 

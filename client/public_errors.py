@@ -18,7 +18,7 @@ import re
 
 from common.config import flat_keys
 from common.errors import ConfigError, DataError, PolicyRefused, UpdateError
-from common.privacy.policy import NODE_KEYS, POLICY_FILE_KEY
+from common.privacy.governance.policy import NODE_KEYS, POLICY_FILE_KEY
 from common.schema import PIN_KEYS
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ message belongs to the protocol. ``secagg_mod`` therefore:
 - inside Flower's mod, turns the legacy ``fitins`` layout into Confide's (``arrays`` by name,
   ``config``) for the app, and the app's reply into ``fitres``: the site's update (its weights
   minus the global model's, floating-point tensors only, plus its share of central-DP noise:
-  common/privacy/secagg.py), weight 1, and its scalar metrics with its name. Flower's mod masks
+  common/privacy/mechanism/secagg.py), weight 1, and its scalar metrics with its name. Flower's mod masks
   the update and clears every tensor from the reply before it leaves.
 It sits inside the audit-log mod (which records the masked vector that leaves) and outside the
 central-DP clipping mod (the update is clipped before it is noised and masked).
@@ -24,7 +24,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from common.errors import UpdateError
-from common.privacy.secagg import NAMES_KEY, NOISE_KEY, SITE_NAME_KEY, TENSORS_KEY, site_update
+from common.privacy.mechanism.secagg import NAMES_KEY, NOISE_KEY, SITE_NAME_KEY, TENSORS_KEY, site_update
 
 FITINS_ARRAYS, FITINS_CONFIG = "fitins.parameters", "fitins.config"
 OWN_KEYS = (NAMES_KEY, NOISE_KEY, TENSORS_KEY)

@@ -28,10 +28,10 @@ from typing import Any
 from client.audit_log import read_log
 from common.cli import Parser, prog, refuse
 from common.errors import ConfideError
-from common.privacy.accounting import epsilon
-from common.privacy.check import read_entries
-from common.privacy.ledger import history_of
-from common.privacy.policy import NODE_KEYS, POLICY_FILE_KEY, SitePolicy, from_node_config
+from common.privacy.governance.check import read_entries
+from common.privacy.governance.ledger import history_of
+from common.privacy.governance.policy import NODE_KEYS, POLICY_FILE_KEY, SitePolicy, from_node_config
+from common.privacy.mechanism.accounting import epsilon
 
 IMAGE_POLICY = "/etc/confide/privacy-policy.json"
 IMAGE_LEDGER_DIR = "/var/lib/confide/ledger"

@@ -6,7 +6,7 @@ copies next to each other, labels repeated), each a random crop of the reflect-p
 horizontal mirror. Without DP this is ordinary augmentation (K > 1 is a larger batch of
 augmented views). Under DP-SGD, K > 1 is augmentation multiplicity: each record's per-sample
 gradient is the mean of its K copies' gradients, taken before clipping
-(``common.privacy.dpsgd``), so the sensitivity, and with it the privacy accounting, stays that of
+(``common.privacy.governance.dpsgd``), so the sensitivity, and with it the privacy accounting, stays that of
 one record per sampled record while the gradient's variance falls.
 
 The randomness is a seeded torch generator: augmentation draws nothing from the data, so it has

@@ -268,10 +268,10 @@ class PrivacyConfig:
     # (central); a delta >= 1/n is refused (it guarantees nothing).
     delta: float = 0.0
     accountant: Literal["rdp", "prv"] = "rdp"
-    # How per-sample gradients are clipped: "bookkeeping" (one backward pass, common/privacy/bookkeeping.py),
+    # How per-sample gradients are clipped: "bookkeeping" (one backward pass, common/privacy/mechanism/bookkeeping.py),
     # Opacus "ghost" clipping (two passes) or Opacus "hooks" (per-sample gradients materialized);
     # "auto" = bookkeeping where it can clip the model correctly, else ghost, else hooks (tied parameters,
-    # reused layers: common/privacy/clipping.py). All give the same DP-SGD step.
+    # reused layers: common/privacy/mechanism/clipping.py). All give the same DP-SGD step.
     grad_sample_mode: Literal["auto", "bookkeeping", "ghost", "hooks"] = "auto"
     # Split each Poisson-sampled batch into physical batches of at most this many records (Opacus's
     # BatchMemoryManager): large expected batches in bounded memory, the same DP step (0: no split).

@@ -79,7 +79,7 @@ def build_model(exp: ExperimentConfig, num_labels: int) -> nn.Module:
     if exp.model.lora_r:
         model = _with_lora(model, exp.model, exp.seed)
     if surgery:
-        from common.privacy.compat import dp_compatible
+        from common.privacy.mechanism.model_surgery import dp_compatible
 
         model, changes = dp_compatible(model)
         if changes:

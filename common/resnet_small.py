@@ -17,7 +17,7 @@ treats the layer as ``y = conv(x, V)`` clips the wrong vector. Hence ``WSConv2d`
 NOT an ``nn.Conv2d`` subclass (nor a ``torch.nn.utils.parametrize`` conv, whose raw kernel lives in
 a ``ParametrizationList`` that Opacus would hook as a layer without inputs):
 
-- the book-keeping engine (``common.privacy.bookkeeping``) checks ``isinstance(m, nn.Conv2d)`` and
+- the book-keeping engine (``common.privacy.mechanism.bookkeeping``) checks ``isinstance(m, nn.Conv2d)`` and
   refuses this unknown type, naming the module, so ``choose_mode('auto')`` picks ghost;
 - Opacus (ghost and hooks) looks grad samplers up by exact type and has none for ``WSConv2d``, so
   it computes the layer's per-sample gradients with functorch: ``vmap(grad(...))`` of this

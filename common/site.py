@@ -31,10 +31,10 @@ from common.device import place
 from common.errors import ConfigError, DataError
 from common.models import build_model
 from common.partition import partition_of, train_val_split
-from common.privacy import release
-from common.privacy.ledger_home import simulated_ledger, state_dir
-from common.privacy.policy import NODE_KEYS as POLICY_KEYS
-from common.privacy.policy import POLICY_FILE_KEY, SIMULATION, SitePolicy
+from common.privacy.governance import release
+from common.privacy.governance.ledger_home import simulated_ledger, state_dir
+from common.privacy.governance.policy import NODE_KEYS as POLICY_KEYS
+from common.privacy.governance.policy import POLICY_FILE_KEY, SIMULATION, SitePolicy
 from common.schema import PIN_KEYS
 from common.train import evaluate, head_only, is_head, train
 from common.weights import Weights, check_update, exchanged_state, set_weights
@@ -125,7 +125,7 @@ def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> Sit
     )
     log.info("site %s: %d training and %d held-out records", spec.name, len(train_raw), len(val_raw))
     if exp.privacy.local:  # report before the first DP round what DP-SGD will do with this model
-        from common.privacy.compat import readiness
+        from common.privacy.mechanism.model_surgery import readiness
 
         head_rounds = min(exp.train.head_only_rounds, exp.strategy.rounds)
         if head_rounds:  # what those rounds train: the head alone
@@ -205,7 +205,7 @@ def _site_data_config(exp: ExperimentConfig, spec: SiteSpec) -> DataConfig:
 
 
 # What a node config may hold: Flower's simulation keys, the site's identity and data, its privacy
-# policy (common/privacy/policy.py) and its schema pins (common/schema.py). Anything else is a typo
+# policy (common/privacy/governance/policy.py) and its schema pins (common/schema.py). Anything else is a typo
 # that would otherwise be ignored (a misspelt policy key leaves the default in force unnoticed).
 SITE_KEYS = ("partition-id", "num-partitions", "data-path", "site-name", "data-format")
 NODE_CONFIG_KEYS = (*SITE_KEYS, POLICY_FILE_KEY, *POLICY_KEYS, *PIN_KEYS)
@@ -259,7 +259,7 @@ def _opt_int(cfg: Mapping[str, Any], key: str) -> int | None:
 
 def ledger_path(exp: ExperimentConfig, spec: SiteSpec, policy: SitePolicy) -> Path:
     """The site's privacy ledger, which follows the site and its data, never the run: its policy's
-    ledger folder, else one per data set under the Confide state folder (common/privacy/ledger_home.py).
+    ledger folder, else one per data set under the Confide state folder (common/privacy/governance/ledger_home.py).
     A deployed site never takes the folder from the job (``privacy.ledger_dir`` is simulation-only)."""
     if policy.ledger_dir:
         return resolve_path(policy.ledger_dir) / f"{_safe(spec.name)}.json"
@@ -313,7 +313,7 @@ def train_round(
     phase: str = "",
 ) -> dict[str, float]:
     """One round of local training (DP-SGD when privacy is local); returns scalar metrics only,
-    those the job asks for and the site's policy allows (common/privacy/release.py). The first
+    those the job asks for and the site's policy allows (common/privacy/governance/release.py). The first
     ``train.head_only_rounds`` rounds train the classification head alone (LP-FT). ``phase``: the
     job's part this round belongs to ("" the model, "baseline" its baseline), tagged on its ledger entries."""
     with head_only(rt.model, server_round <= exp.train.head_only_rounds):
@@ -342,8 +342,8 @@ def _train_round(
             _charge(exp, rt, policy, run_id, server_round, entries, what="answer this round")
         result = train(rt.model, loader, exp.train, proximal_mu=exp.strategy.local_proximal_mu, augment=augment)
         return release.train_metrics(exp.privacy, n, result)
-    from common.privacy.dpsgd import train_private
-    from common.privacy.ledger import Ledger
+    from common.privacy.governance.dpsgd import train_private
+    from common.privacy.governance.ledger import Ledger
 
     noisy = release.level(exp.privacy) == "noisy"
     result, privacy = train_private(
@@ -433,7 +433,7 @@ def central_entry(exp: ExperimentConfig) -> dict:
     on the sum of clipped updates (noise multiplier sigma, no amplification by site sampling), as the
     coordinator's ledger composes it. Protecting the whole site's contribution protects each of its
     records, so it composes with the site's record-level entries in one ledger."""
-    from common.privacy.central import central_plan
+    from common.privacy.governance.central import central_plan
 
     return {"noise_multiplier": central_plan(exp).noise_multiplier, "sample_rate": 1.0, "steps": 1, "kind": "central"}
 
@@ -448,8 +448,8 @@ def _charge(
     what: str = "release metrics",
 ) -> None:
     """Charge a release to the site's ledger (refused past the policy's cap)."""
-    from common.privacy.dpsgd import charge, site_delta
-    from common.privacy.ledger import Ledger
+    from common.privacy.governance.dpsgd import charge, site_delta
+    from common.privacy.governance.ledger import Ledger
 
     n = len(rt.train_set)
     tags = {"run": run_id, "round": server_round, "delta": site_delta(exp.privacy, n)}

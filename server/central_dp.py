@@ -2,7 +2,7 @@
 
 Flower's ``DifferentialPrivacy{Server,Client}SideFixedClipping`` clip (or expect clipped) updates,
 let the wrapped strategy aggregate, and add noise with standard deviation sigma*C/m. Two things
-make its printed epsilon false in practice, and this wrapper fixes both (common/privacy/central.py
+make its printed epsilon false in practice, and this wrapper fixes both (common/privacy/governance/central.py
 states the mechanism):
 - FedAvg weights updates by record counts, so one large site moves the mean by about C instead of
   C/m: here every accepted update has the same weight;
@@ -34,13 +34,13 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, clip_inputs_i
 
 from common.config import ExperimentConfig
 from common.errors import UpdateError
-from common.privacy.central import (
+from common.privacy.governance.central import (
     CLIENT_CLIPPING_KEY,
     CentralLedger,
     central_plan,
     gaussian_noise,
 )
-from common.privacy.ledger_home import central_ledger
+from common.privacy.governance.ledger_home import central_ledger
 from common.weights import Weights
 
 NORM_TOLERANCE = 1e-4  # relative slack for float32 round-off in a site's own clipping

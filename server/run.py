@@ -29,9 +29,9 @@ from common.device import place
 from common.errors import ConfideError, ConfigError
 from common.export import save_model, write_model_card
 from common.models import build_model, check_model_source
-from common.privacy import statement
-from common.privacy.accounting import check_delta
-from common.privacy.ledger_home import ledger_root
+from common.privacy.governance import statement
+from common.privacy.governance.ledger_home import ledger_root
+from common.privacy.mechanism.accounting import check_delta
 from common.progress import clock_text
 from common.rundir import RunDir, check_resumable, open_resumed
 from common.tracking import Tracker

@@ -49,8 +49,8 @@ from flwr.serverapp import Grid
 
 from common.config import ExperimentConfig, SecAggConfig
 from common.errors import ConfideError
-from common.privacy.central import central_plan
-from common.privacy.secagg import NAMES_KEY, NOISE_KEY, SITE_NAME_KEY, TENSORS_KEY
+from common.privacy.governance.central import central_plan
+from common.privacy.mechanism.secagg import NAMES_KEY, NOISE_KEY, SITE_NAME_KEY, TENSORS_KEY
 from server.recorder import _unwrapped
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@
     confide sweep simulations/sweeps/pneumonia.yaml                     # = python -m simulations.study.sweep
     confide report runs/sweeps/<name>                                   # = python -m simulations.study.report
     confide audit-log show /var/lib/confide/ledger/<site>.audit.jsonl   # = confide-site-audit
-    confide check-ledger <ledger.json> --records <n>                    # = python -m common.privacy.check
+    confide check-ledger <ledger.json> --records <n>                    # = python -m common.privacy.governance.check
     confide submit . confide --run-config "..."   # = flwr run --stream, exits 1 unless the job completed
     confide site-status                           # = python -m client.site_status (at a site)
     confide plan <experiment> --records 900,1200  # = python -m client.plan (releases and writes nothing)
@@ -35,7 +35,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "sweep": Subcommand("simulations.study.sweep", "run a privacy-utility sweep (resumable, one cell per run)"),
     "report": Subcommand("simulations.study.report", "rebuild a sweep's tables, plots and HTML report"),
     "audit-log": Subcommand("client.audit_log", "show a site's audit log of what it sent"),
-    "check-ledger": Subcommand("common.privacy.check", "recompute a privacy ledger's epsilon independently"),
+    "check-ledger": Subcommand("common.privacy.governance.check", "recompute a privacy ledger's epsilon independently"),
     "submit": Subcommand("simulations.submit", "submit a job (flwr run --stream); exit 1 unless it completed"),
     "site-status": Subcommand("client.site_status", "a site's policy, privacy budget left and last messages sent"),
     "plan": Subcommand("client.plan", "plan a DP job: noise, epsilon by round, a verdict per site (writes nothing)"),

@@ -31,9 +31,9 @@ def project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(autouse=True)
 def simulation_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test that runs a deployed site's ClientApp in this process locks study seeds out of it
-    for good (common/privacy/randomness.py), as a real site's process is; each test starts as a
+    for good (common/privacy/mechanism/randomness.py), as a real site's process is; each test starts as a
     simulation process again."""
-    from common.privacy import randomness
+    from common.privacy.mechanism import randomness
 
     monkeypatch.setattr(randomness, "_FORBIDDEN", False)
 

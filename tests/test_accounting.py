@@ -39,10 +39,10 @@ from common import config as config_mod
 from common.batches import make_dataset
 from common.data import RawData
 from common.errors import ConfigError, PrivacyError
-from common.privacy.accounting import default_delta, epsilon
-from common.privacy.dpsgd import plan_round, site_delta, train_private
-from common.privacy.ledger import Ledger
-from common.privacy.policy import SIMULATION
+from common.privacy.governance.dpsgd import plan_round, site_delta, train_private
+from common.privacy.governance.ledger import Ledger
+from common.privacy.governance.policy import SIMULATION
+from common.privacy.mechanism.accounting import default_delta, epsilon
 
 pytestmark = pytest.mark.unit
 

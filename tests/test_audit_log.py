@@ -26,7 +26,7 @@ from flwr.app.metadata import Metadata
 from client import audit_log
 from client.audit_log import audit_log_mod, main
 from common.errors import PolicyRefused
-from common.privacy.policy import from_node_config
+from common.privacy.governance.policy import from_node_config
 from common.site import SiteSpec, ledger_path
 from tests.conftest import small_experiment
 

@@ -28,9 +28,9 @@ from common.batches import make_dataset
 from common.data import RawData
 from common.errors import ConfigError
 from common.models import build_model
-from common.privacy.dpsgd import plan_round, train_private
-from common.privacy.ledger import Ledger
-from common.privacy.policy import SIMULATION
+from common.privacy.governance.dpsgd import plan_round, train_private
+from common.privacy.governance.ledger import Ledger
+from common.privacy.governance.policy import SIMULATION
 
 pytestmark = pytest.mark.unit
 

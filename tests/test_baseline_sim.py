@@ -23,7 +23,7 @@ from dp_accounting import rdp
 
 from common import config as config_mod
 from common.data import read_test
-from common.privacy.ledger import Ledger
+from common.privacy.governance.ledger import Ledger
 from simulations.local import simulate
 from simulations.score import score
 from tests.conftest import small_experiment

@@ -1,4 +1,4 @@
-"""``confide check-ledger`` (common/privacy/check.py) refuses every bad argument and file in one
+"""``confide check-ledger`` (common/privacy/governance/check.py) refuses every bad argument and file in one
 line before it computes anything (the contract in tests/one_line.py), reports with the job's own
 accountant and says which, and folds the accountants' warnings into one plain line.
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common.privacy.check import main
+from common.privacy.governance.check import main
 from tests.one_line import Case, directory, params, refused
 
 pytestmark = pytest.mark.unit

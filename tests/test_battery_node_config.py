@@ -1,7 +1,7 @@
 """A site's node config (what its SuperNode passes: ``data-path``, ``site-name``, ``privacy-policy``,
 ``ledger-dir``, ``require-ledger``, ...) is refused in one line naming the key or file when it is
 wrong: ``SiteSpec.from_node_config`` (common/site.py) for the site's identity and the keys it knows,
-``from_node_config`` (common/privacy/policy.py) for its privacy policy and policy file. Each case
+``from_node_config`` (common/privacy/governance/policy.py) for its privacy policy and policy file. Each case
 must raise ConfideError (or a subclass) whose message is a single line holding every expected
 fragment. The data file itself is checked where the site reads it (``site_records``), after the
 job was checked against the policy (tests/test_policy.py proves that order), so the data-path cases
@@ -21,7 +21,7 @@ import pytest
 from common import config as config_mod
 from common.data import LabelSet
 from common.errors import ConfideError
-from common.privacy.policy import from_node_config as policy_from_node_config
+from common.privacy.governance.policy import from_node_config as policy_from_node_config
 from common.site import SiteSpec, site_records
 from tests.one_line import directory, write_files
 

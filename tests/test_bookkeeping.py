@@ -1,4 +1,4 @@
-"""common/privacy/bookkeeping.py: the one-backward clipped gradient sum and per-sample norms equal
+"""common/privacy/mechanism/bookkeeping.py: the one-backward clipped gradient sum and per-sample norms equal
 the textbook DP-SGD quantities sum_i min(1, C/||g_i||) g_i and ||g_i||, with g_i computed one
 sample at a time by plain autograd, for the layer types of Confide's models (BERT full and LoRA,
 DP-ready ResNet with GroupNorm), for modules that run more than once per forward pass (ALBERT's
@@ -17,8 +17,8 @@ from torch import nn
 
 from common import config as config_mod
 from common.models import build_model
-from common.privacy import bookkeeping
-from common.privacy.bookkeeping import BookKeeping, supports
+from common.privacy.mechanism import bookkeeping
+from common.privacy.mechanism.bookkeeping import BookKeeping, supports
 
 pytestmark = pytest.mark.unit
 

@@ -24,7 +24,12 @@ def test_the_bundle_carries_the_apps_and_no_study_tooling(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (fab,) = tmp_path.glob("*.fab")
     names = set(zipfile.ZipFile(fab).namelist())
-    needs = ("server/app.py", "client/app.py", "common/privacy/randomness.py", "simulations/configs/default.yaml")
+    needs = (
+        "server/app.py",
+        "client/app.py",
+        "common/privacy/mechanism/randomness.py",
+        "simulations/configs/default.yaml",
+    )
     for needed in needs:
         assert needed in names, needed
     assert not [n for n in names if n.startswith("simulations/") and n.endswith(".py")], sorted(names)

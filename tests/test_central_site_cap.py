@@ -21,9 +21,9 @@ from common.batches import make_dataset
 from common.data import LabelSet, RawData
 from common.errors import PolicyRefused
 from common.models import build_model
-from common.privacy.central import CentralLedger, central_plan
-from common.privacy.ledger import Ledger
-from common.privacy.policy import SIMULATION, from_node_config
+from common.privacy.governance.central import CentralLedger, central_plan
+from common.privacy.governance.ledger import Ledger
+from common.privacy.governance.policy import SIMULATION, from_node_config
 from common.site import SiteRuntime, SiteSpec, train_round
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""common/privacy/check.py: a privacy officer's independent check of a ledger.
+"""common/privacy/governance/check.py: a privacy officer's independent check of a ledger.
 
 Proves: the tool recomputes epsilon from the ledger with Opacus and with Google's dp_accounting
 (independent implementation), rebuilds the DP-SGD history from the run's config and the record
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common import config as config_mod
-from common.privacy.check import main
+from common.privacy.governance.check import main
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Explicit class weights under DP-SGD (common/privacy/clipping.py): every clipping engine clips
+"""Explicit class weights under DP-SGD (common/privacy/mechanism/clipping.py): every clipping engine clips
 each record's gradient of its weighted loss, w_y * grad l_i, and sums them, as computed one sample
 at a time by plain autograd, scaled, clipped and summed by hand (noise_multiplier 0). A weighted
 mean that divided by the batch's weight sum would tie each record's gradient to the others'
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.privacy.clipping import MODES
+from common.privacy.mechanism.clipping import MODES
 from tests.test_bookkeeping import clipped_sum, forward, per_sample
 from tests.test_clipping import build, private
 

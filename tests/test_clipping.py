@@ -1,4 +1,4 @@
-"""common/privacy/clipping.py: an engine that ``choose_mode`` or ``make_private`` accepts clips
+"""common/privacy/mechanism/clipping.py: an engine that ``choose_mode`` or ``make_private`` accepts clips
 correctly, and one that would not is refused with a ``ConfigError`` naming the module and the
 config key 'privacy.grad_sample_mode'.
 
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import PrivacyConfig
 from common.errors import ConfigError
-from common.privacy.clipping import MODES, choose_mode, make_private, reused_modules
+from common.privacy.mechanism.clipping import MODES, choose_mode, make_private, reused_modules
 from tests.test_bookkeeping import (
     Grads,
     TiedOutput,
@@ -214,7 +214,7 @@ def test_auto_falls_back_to_hooks_for_a_reused_layer_bookkeeping_cannot_clip() -
 def _fast_clipping_optimizer(seed: int, noise: float, in_place: bool) -> tuple[nn.Parameter, object]:
     from opacus.optimizers import DPOptimizerFastGradientClipping
 
-    from common.privacy.clipping import _noise_in_place
+    from common.privacy.mechanism.clipping import _noise_in_place
 
     w = nn.Parameter(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
     opt = DPOptimizerFastGradientClipping(

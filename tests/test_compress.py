@@ -27,7 +27,7 @@ from common import compress
 from common import config as config_mod
 from common.config import TransportConfig
 from common.errors import ConfigError, UpdateError
-from common.privacy.central import CLIENT_CLIPPING_KEY
+from common.privacy.governance.central import CLIENT_CLIPPING_KEY
 from server.recorder import RoundRecorder
 from server.strategy import build_strategy
 from tests.conftest import small_experiment

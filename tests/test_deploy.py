@@ -37,7 +37,7 @@ from PIL import Image
 from common import config as config_mod
 from common.data import LabelSet
 from common.errors import ConfideError, ConfigError
-from common.privacy.policy import from_node_config as policy_from_node_config
+from common.privacy.governance.policy import from_node_config as policy_from_node_config
 from common.schema import SchemaPins
 from common.site import SiteSpec, site_records
 from server.recorder import RoundRecorder

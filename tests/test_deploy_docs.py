@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from common import config as config_mod
-from common.privacy.accounting import epsilon
-from common.privacy.dpsgd import plan_round
-from common.privacy.policy import from_node_config
+from common.privacy.governance.dpsgd import plan_round
+from common.privacy.governance.policy import from_node_config
+from common.privacy.mechanism.accounting import epsilon
 from simulations.trial_data import write_trial_data
 from tests.doc_commands import DOCS, KINDS, REPO, TRIAL_DIR, bash_blocks, blocks
 

@@ -39,11 +39,11 @@ from common import config as config_mod
 from common.batches import make_dataset, make_loader
 from common.data import RawData
 from common.errors import PolicyRefused
-from common.privacy.clipping import MODES, make_private
-from common.privacy.dpsgd import BudgetExceeded, plan_round, train_private
-from common.privacy.ledger import Ledger
-from common.privacy.policy import SIMULATION, SitePolicy
-from common.privacy.randomness import study_noise_seeds
+from common.privacy.governance.dpsgd import BudgetExceeded, plan_round, train_private
+from common.privacy.governance.ledger import Ledger
+from common.privacy.governance.policy import SIMULATION, SitePolicy
+from common.privacy.mechanism.clipping import MODES, make_private
+from common.privacy.mechanism.randomness import study_noise_seeds
 from common.train import make_optimizer, train
 
 pytestmark = pytest.mark.unit
@@ -381,8 +381,8 @@ def test_physical_batches_give_the_same_dp_steps(mode: str) -> None:
     """privacy.max_physical_batch_size: the same Poisson batches and the same noise (seeded here, as
     only a test may) split into physical batches of 5 end at the same weights as unsplit batches of
     ~16, and the accountant records the same logical steps: only memory changes, not the DP step."""
-    from common.privacy.clipping import make_private
-    from common.privacy.dpsgd import physical_batches
+    from common.privacy.governance.dpsgd import physical_batches
+    from common.privacy.mechanism.clipping import make_private
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (64, 1, 6, 6)).astype(np.uint8)
@@ -429,7 +429,7 @@ def test_augmentation_multiplicity_clips_each_records_mean_over_its_copies(grad_
     rows as if they were records, as an engine without per-sample gradients would) gives another
     step, which the test also checks is far enough away to be told apart."""
     from common.augment import Augmenter
-    from common.privacy.dpsgd import RoundPlan, _train_round
+    from common.privacy.governance.dpsgd import RoundPlan, _train_round
 
     n, k, clip, lr = 6, 3, 0.05, 0.5
     data = site_data(n)
@@ -477,7 +477,7 @@ def test_an_empty_batch_on_a_groupnorm_cnn_is_a_noise_only_step(tmp_path: Path, 
 def test_noise_only_step_adds_the_noise_of_a_zero_clipped_sum() -> None:
     """One noise-only SGD step (lr 1) at sigma C = 2 over q n = 4 expected records moves a weight
     that no record touched by N(0, (2/4)^2): std 0.5 over ~1k coordinates, within 10%."""
-    from common.privacy.dpsgd import noise_only_step
+    from common.privacy.governance.dpsgd import noise_only_step
 
     for mode in MODES:
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16))

@@ -1,5 +1,6 @@
 """The import direction the design card sets, read from the source with ``ast`` (nothing imported):
-``common/`` never imports flwr, only ``common/privacy/`` imports Opacus, shipped code (common,
+``common/`` never imports flwr, only ``common/privacy/`` imports Opacus, its mechanisms never import its
+governance, shipped code (common,
 client, server) never imports the study tooling or anything above it, and the project's modules
 have no import cycle at module level (imports inside functions are deliberate, lazy ones)."""
 
@@ -66,7 +67,9 @@ def test_the_scan_sees_the_project_and_its_imports() -> None:
     """If the parse saw nothing, every rule below would pass vacuously."""
     assert {"common.train", "client.app", "server.app", "simulations.local", "simulations.study.sweep"} <= set(SOURCES)
     assert "flwr.clientapp" in imports(SOURCES["client.app"], top_level_only=False)
-    assert "opacus" in {i.split(".")[0] for i in imports(SOURCES["common.privacy.dpsgd"], top_level_only=False)}
+    assert "opacus" in {
+        i.split(".")[0] for i in imports(SOURCES["common.privacy.governance.dpsgd"], top_level_only=False)
+    }
 
 
 def test_common_never_imports_flwr() -> None:
@@ -78,6 +81,16 @@ def test_only_common_privacy_imports_opacus() -> None:
     for top in PACKAGES:
         allowed = ("common.privacy",) if top == "common" else ()
         assert offenders(top, ("opacus",), allowed=allowed) == []
+
+
+def test_privacy_mechanism_knows_nothing_of_governance() -> None:
+    """common/privacy/mechanism (the DP mathematics) never imports common/privacy/governance (policies,
+    ledgers, releases, statements), lazily or not; governance uses the mechanisms."""
+    assert offenders("common.privacy.mechanism", ("common.privacy.governance",)) == []
+    governance = [
+        imports(p, top_level_only=False) for n, p in SOURCES.items() if n.startswith("common.privacy.governance")
+    ]
+    assert any(i.startswith("common.privacy.mechanism") for found in governance for i in found)
 
 
 @pytest.mark.parametrize("package", ["common", "client", "server"])

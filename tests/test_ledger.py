@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from common.errors import ConfideError, PolicyRefused
-from common.privacy.ledger import COMMITTED, RESERVED, Ledger
+from common.privacy.governance.ledger import COMMITTED, RESERVED, Ledger
 
 SPAWN = mp.get_context("spawn")
 CYCLES = 40  # reserve+commit cycles per process in the concurrency test

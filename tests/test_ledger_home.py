@@ -1,4 +1,4 @@
-"""Where a party's privacy ledger lives (common/privacy/ledger_home.py, common/site.py): with the site
+"""Where a party's privacy ledger lives (common/privacy/governance/ledger_home.py, common/site.py): with the site
 and its data, never with a run folder or a job, so every run on the same data composes into one
 epsilon; and ``check-ledger --run-folder`` reports a run whose trained rounds a ledger lacks."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from common import config as config_mod
-from common.privacy.check import main as check_main
-from common.privacy.ledger_home import central_ledger, data_fingerprint
-from common.privacy.policy import SIMULATION, from_node_config
+from common.privacy.governance.check import main as check_main
+from common.privacy.governance.ledger_home import central_ledger, data_fingerprint
+from common.privacy.governance.policy import SIMULATION, from_node_config
 from common.site import SiteSpec, ledger_path
 
 pytestmark = pytest.mark.unit

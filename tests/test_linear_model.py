@@ -78,9 +78,9 @@ def test_a_few_sgd_steps_learn_a_separable_task() -> None:
 
 def test_dp_sgd_trains_the_layer(tmp_path) -> None:
     """DP-SGD (Opacus, per-sample clipping) accepts the linear model and moves its weights."""
-    from common.privacy.dpsgd import train_private
-    from common.privacy.ledger import Ledger
-    from common.privacy.policy import SIMULATION
+    from common.privacy.governance.dpsgd import train_private
+    from common.privacy.governance.ledger import Ledger
+    from common.privacy.governance.policy import SIMULATION
 
     exp = linear_exp(
         **{"privacy.mode": "local", "privacy.noise_multiplier": 1.0, "train.batch_size": 16, "train.optimizer": "sgd"}

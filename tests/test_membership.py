@@ -133,10 +133,10 @@ def fit(exp: config_mod.ExperimentConfig, raw: RawData) -> torch.nn.Module:
 def test_attack_finds_members_of_an_overfit_model_and_not_of_a_strongly_private_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from common.privacy import dpsgd
-    from common.privacy.dpsgd import train_private
-    from common.privacy.ledger import Ledger
-    from common.privacy.policy import SIMULATION
+    from common.privacy.governance import dpsgd
+    from common.privacy.governance.dpsgd import train_private
+    from common.privacy.governance.ledger import Ledger
+    from common.privacy.governance.policy import SIMULATION
 
     # DP noise and sampling seeded here (they come from OS entropy otherwise), so the test does not
     # depend on one lucky draw: over five seeds the loss-attack AUC at epsilon 1 was 0.51-0.54.

@@ -15,7 +15,7 @@ from flwr.app.metadata import Metadata
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.mods import central_dp_clipping_mod
-from common.privacy.central import CLIENT_CLIPPING_KEY
+from common.privacy.governance.central import CLIENT_CLIPPING_KEY
 
 pytestmark = pytest.mark.unit
 

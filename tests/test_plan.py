@@ -1,4 +1,4 @@
-"""``confide plan`` (client/plan.py, common/privacy/plan.py): the DP-SGD plan a site will follow.
+"""``confide plan`` (client/plan.py, common/privacy/governance/plan.py): the DP-SGD plan a site will follow.
 
 Proves: the printed noise multiplier spends the target epsilon by an accountant other than the
 one Confide uses (Google's dp_accounting); the printed epsilons after each round agree with it; a
@@ -18,7 +18,7 @@ import pytest
 from dp_accounting import rdp
 
 from client import plan as plan_cli
-from common.privacy import plan
+from common.privacy.governance import plan
 
 pytestmark = pytest.mark.unit
 

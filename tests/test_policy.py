@@ -1,4 +1,4 @@
-"""common/privacy/policy.py and the ClientApp: a site's own policy wins over any job.
+"""common/privacy/governance/policy.py and the ClientApp: a site's own policy wins over any job.
 
 Proves: a deployed site without a policy gets the strict built-in one; each rule (mode, delta cap,
 noise floor, accountant, released metrics, persistent ledger, epsilon target) refuses a job asking
@@ -23,7 +23,7 @@ from flwr.app.metadata import Metadata
 from client.app import _setup
 from common import config as config_mod
 from common.errors import ConfigError, PolicyRefused
-from common.privacy.policy import SIMULATION, STRICT, from_node_config
+from common.privacy.governance.policy import SIMULATION, STRICT, from_node_config
 
 pytestmark = pytest.mark.unit
 

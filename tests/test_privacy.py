@@ -15,12 +15,12 @@ from common.batches import make_dataset, make_loader
 from common.data import LabelSet, RawData
 from common.errors import ConfigError, PolicyRefused
 from common.models import build_model
-from common.privacy.accounting import epsilon
-from common.privacy.central import central_plan
-from common.privacy.compat import dp_compatible, readiness
-from common.privacy.dpsgd import BudgetExceeded, train_private
-from common.privacy.ledger import Ledger
-from common.privacy.policy import SIMULATION, SitePolicy
+from common.privacy.governance.central import central_plan
+from common.privacy.governance.dpsgd import BudgetExceeded, train_private
+from common.privacy.governance.ledger import Ledger
+from common.privacy.governance.policy import SIMULATION, SitePolicy
+from common.privacy.mechanism.accounting import epsilon
+from common.privacy.mechanism.model_surgery import dp_compatible, readiness
 from common.site import SiteRuntime, SiteSpec, train_round
 from common.train import train
 from common.weights import exchanged_state, get_weights

@@ -1,4 +1,4 @@
-"""DP randomness on a deployed site (common/privacy/randomness.py, client/app.py): once a process
+"""DP randomness on a deployed site (common/privacy/mechanism/randomness.py, client/app.py): once a process
 serves a deployed site, study seeds can neither be entered nor used, whichever comes first, so a
 site's noise always comes from the OS's entropy. Simulated sites keep the study switch."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from common.privacy import randomness
-from common.privacy.randomness import StudySeedsForbidden, secret_generator, study_noise_seeds
+from common.privacy.mechanism import randomness
+from common.privacy.mechanism.randomness import StudySeedsForbidden, secret_generator, study_noise_seeds
 
 pytestmark = pytest.mark.unit
 

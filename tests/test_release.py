@@ -1,4 +1,4 @@
-"""common/privacy/release.py: what leaves a site beside its weights.
+"""common/privacy/governance/release.py: what leaves a site beside its weights.
 
 Proves: 'withhold' sends weight 1 and nothing computed from records (no step count or training
 time either: at batch size 1 the steps are the record count); 'exact' sends the true values;
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from common import config as config_mod
-from common.privacy import release
+from common.privacy.governance import release
 from common.train import TrainResult
 
 pytestmark = pytest.mark.unit

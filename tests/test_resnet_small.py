@@ -20,9 +20,9 @@ from common.config import PrivacyConfig
 from common.data import label_set, read_test, read_train
 from common.errors import ConfigError
 from common.models import build_model, create_model
-from common.privacy.bookkeeping import supports
-from common.privacy.clipping import MODES, choose_mode, engine_problems
-from common.privacy.compat import dp_compatible, readiness
+from common.privacy.mechanism.bookkeeping import supports
+from common.privacy.mechanism.clipping import MODES, choose_mode, engine_problems
+from common.privacy.mechanism.model_surgery import dp_compatible, readiness
 from common.resnet_small import WSConv2d
 from common.train import evaluate, is_head, train
 from tests.test_bookkeeping import Grads, clipped_sum, per_sample
@@ -314,10 +314,10 @@ def test_resnet8_learns_digits_under_dp_sgd(tmp_path: Path, one_thread: None) ->
     """A real DP-SGD round (``train_private``: Poisson sampling, clipping with the engine ``auto``
     picks, Gaussian noise sigma=1, epsilon ~3.1 at delta 1e-5) of three epochs on digits reaches
     well above chance (10%; ~60-70% measured). Noise and sampling seeds are fixed for the test."""
-    from common.privacy.dpsgd import train_private
-    from common.privacy.ledger import Ledger
-    from common.privacy.policy import SIMULATION
-    from common.privacy.randomness import study_noise_seeds
+    from common.privacy.governance.dpsgd import train_private
+    from common.privacy.governance.ledger import Ledger
+    from common.privacy.governance.policy import SIMULATION
+    from common.privacy.mechanism.randomness import study_noise_seeds
 
     overrides = {"data.source": "digits", "train.local_epochs": 3, "train.batch_size": 64, "train.lr": 1.0,
                  "train.optimizer": "sgd", "privacy.mode": "local", "privacy.noise_multiplier": 1.0,

@@ -16,7 +16,7 @@ from flwr.app import Context, Message
 
 from common import config as config_mod
 from common.errors import ConfideError
-from common.privacy.check import main as check_main
+from common.privacy.governance.check import main as check_main
 from common.rundir import INCOMPLETE
 from simulations.local import simulate
 

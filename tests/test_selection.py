@@ -105,7 +105,7 @@ def test_tail_rounds_zero_is_half_of_the_rounds_rounded_up() -> None:
 
 def test_the_privacy_inventory_says_the_averaged_rounds_are_configuration() -> None:
     """No site metric chooses a tail average: privacy.json must not say the export was chosen on one."""
-    from common.privacy import inventory
+    from common.privacy.governance import inventory
 
     exp = config_mod.load(None, {**AVERAGE, "privacy.mode": "local", "privacy.site_metrics": "noisy"})
     assert inventory.for_run(exp)["MODEL_CARD.md"]["exported"].startswith("which rounds' global models were averaged")

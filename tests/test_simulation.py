@@ -196,7 +196,7 @@ def cap_site_one(cap: float):
 
 
 def test_budget_refusal_mid_run_is_recorded_and_the_run_goes_on() -> None:
-    from common.privacy.accounting import default_delta, epsilon
+    from common.privacy.mechanism.accounting import default_delta, epsilon
     from common.site import SiteSpec, site_records
 
     exp = small_experiment(
@@ -279,8 +279,17 @@ def test_site_policy_refusal_is_recorded_and_the_run_goes_on() -> None:
         # fairness (needs each site's training loss); q-FFL's Lipschitz estimate 1/lr assumes plain SGD
         # (on ResNet-8: the BatchNorm ResNet-18 with plain SGD ended at 0.16-0.25 depending on the
         # machine's float kernels; ResNet-8 reached 0.49)
-        ("qfedavg", {"strategy.q": 0.5, "train.optimizer": "sgd", "train.momentum": 0.0, "train.lr": 0.1,
-                     "model.name": "resnet8", "strategy.final_model": "last"}),  # fmt: skip
+        (
+            "qfedavg",
+            {
+                "strategy.q": 0.5,
+                "train.optimizer": "sgd",
+                "train.momentum": 0.0,
+                "train.lr": 0.1,
+                "model.name": "resnet8",
+                "strategy.final_model": "last",
+            },
+        ),  # fmt: skip
     ],
 )
 def test_each_strategy_family_runs_end_to_end(name: str, extra: dict) -> None:

@@ -74,7 +74,7 @@ def test_a_record_outside_the_jobs_labels_changes_nothing_the_coordinator_sees(t
     same metric keys and, under DP with site metrics withheld, the same values (the record counts
     round to the same batch count, so even the DP parameters agree). Only the DP-protected weights
     may differ."""
-    from common.privacy.policy import from_node_config
+    from common.privacy.governance.policy import from_node_config
     from common.site import site_runtime, train_round
 
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""common/privacy/statement.py: the privacy statement says what the job did, per mode and release level.
+"""common/privacy/governance/statement.py: the privacy statement says what the job did, per mode and release level.
 
 Proves: without DP it claims nothing; under local DP it names the unit and adjacency, each site's
 (epsilon, delta) as recorded, what else was released and how (withheld vs noised and accounted vs
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from common import config as config_mod
-from common.privacy import statement
+from common.privacy.governance import statement
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +37,7 @@ def test_local_statement_names_sites_releases_and_the_check() -> None:
     assert withheld["epsilon_max"] == 2.5 and withheld["sites"]["h1"]["delta"] == 1e-5
     assert any("uniform FedAvg" in r for r in withheld["released_besides_weights"])
     text = "\n".join(statement.lines(withheld))
-    assert "Site 'h1': (epsilon=2.5000, delta=1e-05)" in text and "common.privacy.check" in text
+    assert "Site 'h1': (epsilon=2.5000, delta=1e-05)" in text and "common.privacy.governance.check" in text
     noisy = statement.build(exp(**{"privacy.mode": "local", "privacy.site_metrics": "noisy"}), {"mode": "local"})
     assert any("charged to the site's ledger" in r for r in noisy["released_besides_weights"])
     exact = statement.build(exp(**{"privacy.mode": "local", "privacy.site_metrics": "exact"}), {"mode": "local"})
@@ -94,7 +94,7 @@ def test_withheld_statements_match_what_the_inventory_lets_a_site_send() -> None
 
 def test_docs_table_is_the_inventory() -> None:
     """docs/privacy.md's "What leaves a site, in each mode" is the inventory's table, line for line."""
-    from common.privacy import inventory
+    from common.privacy.governance import inventory
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "privacy.md").read_text().splitlines()
     start = text.index("### What leaves a site, in each mode")

@@ -1,21 +1,23 @@
 """Differential privacy: the trust boundary of a site, and the only package that imports Opacus.
 
-Small modules, dependencies pointing one way (no module here imports ``common.batches`` except
-``dpsgd``, and nothing here is imported by ``common.batches``):
+Two subpackages, dependencies pointing one way (governance imports mechanism, never the reverse;
+tests/test_imports.py checks it):
 
-- ``accounting``: (epsilon, delta) of a history of (noise multiplier, sample rate, steps) entries,
-  noise calibration, the default and the validity of delta.
-- ``ledger``: a party's on-disk record of every DP mechanism it ran (reserve, then commit).
-- ``policy``: a site's own privacy policy, enforced before the job's config is trusted.
-- ``compat``: model changes DP-SGD needs (GroupNorm, out-of-place residuals) and a readiness report.
-- ``bookkeeping`` and ``clipping``: per-sample clipping engines (book-keeping, Opacus ghost, Opacus
-  hooks) behind one interface.
-- ``dpsgd``: one round of DP-SGD at a site.
-- ``release``: what a site may release beside its weights (withheld, noised and accounted, or exact).
-- ``central``: site-level DP with Flower's strategy wrappers (plan and accounting; no flwr import).
-- ``randomness``: the secret generators for noise and sampling.
-- ``statement``: the privacy statement a run writes (``privacy.json``, the model card's section).
+- ``mechanism``: the DP mechanisms and their mathematics, knowing nothing of policies or files:
+  ``accounting`` ((epsilon, delta) of a history of (noise multiplier, sample rate, steps) entries,
+  noise calibration, delta's default and validity), ``accounting_notes``, the per-sample clipping
+  engines ``bookkeeping`` and ``clipping`` (book-keeping, Opacus ghost, Opacus hooks behind one
+  interface), ``model_surgery`` (model changes DP-SGD needs: GroupNorm, out-of-place residuals, and
+  a readiness report), ``randomness`` (the secret generators for noise and sampling) and
+  ``secagg`` (a site's noised, masked contribution to a secure-aggregation round).
+- ``governance``: what a party decides and records: ``policy`` (a site's own privacy policy,
+  enforced before the job's config is trusted), ``ledger`` and ``ledger_home`` (every mechanism a
+  party ran, reserve then commit, and where it lives), ``dpsgd`` (one DP-SGD round at a site: the
+  plan, the checks against the site's cap and the job's target, the charge around the mechanism),
+  ``release`` (what a site may release beside its weights), ``central`` (site-level DP: plan and the
+  coordinator's ledger), ``plan`` (``confide plan``), ``check`` (recomputing a ledger's epsilon),
+  ``statement`` and ``inventory`` (what a run states: ``privacy.json``, the model card's section).
 
-Import the submodule you need (``from common.privacy.accounting import epsilon``): this package
-re-exports nothing, so importing it never pulls in torch-heavy modules or creates cycles.
+Import the submodule you need (``from common.privacy.mechanism.accounting import epsilon``): these
+packages re-export nothing, so importing them never pulls in torch-heavy modules or creates cycles.
 """

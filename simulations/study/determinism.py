@@ -30,7 +30,7 @@ def seeded_sites(seed: int) -> Callable[[Message, Context, Callable[[Message, Co
     """The mod for ``simulate(..., client_mods=[seeded_sites(exp.seed)])``."""
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        from common.privacy import randomness
+        from common.privacy.mechanism import randomness
 
         config = msg.content.config_records.get("config")
         tag = "/".join(

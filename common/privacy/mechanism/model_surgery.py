@@ -88,7 +88,7 @@ class Readiness:
 def readiness(model: nn.Module, cfg: PrivacyConfig, batch_size: int) -> Readiness:
     from opacus.validators import ModuleValidator
 
-    from common.privacy.clipping import choose_mode
+    from common.privacy.mechanism.clipping import choose_mode
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.train()

@@ -25,16 +25,16 @@ import numpy as np
 
 from common.config import ExperimentConfig
 from common.errors import PolicyRefused
-from common.privacy.accounting import calibrate, check_delta, default_delta, epsilon
-from common.privacy.ledger import Ledger, history_of
+from common.privacy.governance.ledger import Ledger, history_of
+from common.privacy.mechanism.accounting import calibrate, check_delta, default_delta, epsilon
 
 
 def gaussian_noise(shape: tuple[int, ...], std: float) -> np.ndarray:
     """N(0, std^2) noise for one tensor of the central release, from the OS's entropy (as every DP
-    draw in Confide: common/privacy/randomness.py), in float64 (the caller casts to the model's dtype)."""
+    draw in Confide: common/privacy/mechanism/randomness.py), in float64 (the caller casts to the model's dtype)."""
     import torch
 
-    from common.privacy.randomness import secret_generator
+    from common.privacy.mechanism.randomness import secret_generator
 
     return torch.normal(0.0, std, size=shape, generator=secret_generator(), dtype=torch.float64).numpy()
 
@@ -140,7 +140,9 @@ class CentralLedger:
             "rounds": rounds,
             "accountant": "rdp",
             "ledger": str(self.ledger.path),
-            "sites": {s: {"epsilon": e, "epsilon_run": this_run.get(s, 0.0), "delta": self.plan.delta}
-                      for s, e in total.items()},  # fmt: skip
+            "sites": {
+                s: {"epsilon": e, "epsilon_run": this_run.get(s, 0.0), "delta": self.plan.delta}
+                for s, e in total.items()
+            },  # fmt: skip
             **({"updates_summed": summed, "sites_sent": sent} if summed is not None else {}),
         }

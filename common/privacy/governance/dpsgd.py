@@ -25,17 +25,17 @@ from common.class_weight import check_width, explicit_tensor
 from common.config import PrivacyConfig, TrainConfig
 from common.device import model_device, on_model_device
 from common.errors import PolicyRefused
-from common.privacy.accounting import calibrate, check_delta, default_delta, epsilon
-from common.privacy.clipping import PrivateStep, choose_mode, make_private
-from common.privacy.ledger import Ledger, history_of
-from common.privacy.policy import SitePolicy
-from common.privacy.randomness import secret_generator
+from common.privacy.governance.ledger import Ledger, history_of
+from common.privacy.governance.policy import SitePolicy
+from common.privacy.mechanism.accounting import calibrate, check_delta, default_delta, epsilon
+from common.privacy.mechanism.clipping import PrivateStep, choose_mode, make_private
+from common.privacy.mechanism.randomness import secret_generator
 from common.train import TrainResult, logits, make_optimizer, train
 
 log = logging.getLogger(__name__)
 
 
-# Calibration hits the target within 0.1% (common/privacy/accounting.py); Poisson rounding of the
+# Calibration hits the target within 0.1% (common/privacy/mechanism/accounting.py); Poisson rounding of the
 # sample rate (batches_per_epoch) can add a little more.
 TARGET_SLACK = 0.01
 

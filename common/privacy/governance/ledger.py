@@ -33,7 +33,7 @@ from typing import Any
 
 from common import atomic
 from common.errors import ConfideError
-from common.privacy.accounting import HistoryEntry
+from common.privacy.mechanism.accounting import HistoryEntry
 
 RESERVED, COMMITTED = "reserved", "committed"
 

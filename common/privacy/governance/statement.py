@@ -2,8 +2,8 @@
 privacy section. It says what is protected (the unit and the adjacency), at what (epsilon, delta)
 per site with the accountant, what else left the sites and how it was protected, what is not
 protected, where the label set came from, every quantity the run's metrics.jsonl and model card
-may hold with its protection (common/privacy/inventory.py), and how to check each number
-(common/privacy/check.py)."""
+may hold with its protection (common/privacy/governance/inventory.py), and how to check each number
+(common/privacy/governance/check.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Any
 
 from common import baseline
 from common.config import ExperimentConfig
-from common.privacy import inventory
-from common.privacy.release import EVAL_SENSITIVITY, LOSS_CAP, level
+from common.privacy.governance import inventory
+from common.privacy.governance.release import EVAL_SENSITIVITY, LOSS_CAP, level
 
-CHECK_COMMAND = "python -m common.privacy.check"
+CHECK_COMMAND = "python -m common.privacy.governance.check"
 
 
 def _releases(mode: str, how: str) -> list[str]:
@@ -89,7 +89,7 @@ def build(exp: ExperimentConfig, privacy: dict[str, Any]) -> dict[str, Any]:
         out["adjacency"] = "add/remove one site"
         out["mechanism"] = (
             "each site's update clipped to L2 norm C, equal-weight sum, Gaussian noise sigma*C on the sum, divided "
-            "by the number of sites the round was sent to (common/privacy/central.py)"
+            "by the number of sites the round was sent to (common/privacy/governance/central.py)"
         )
         out["trust"] = "the coordinator sees every site's clipped update in the clear; the guarantee covers the model"
     out["accountant"] = p.accountant if mode == "local" else "rdp"

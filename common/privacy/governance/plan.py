@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config import ExperimentConfig, PrivacyConfig, TrainConfig
-from common.privacy.accounting import epsilon
-from common.privacy.dpsgd import RoundPlan, plan_round
+from common.privacy.governance.dpsgd import RoundPlan, plan_round
+from common.privacy.mechanism.accounting import epsilon
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def probe_clipping(model: Any, dataset: Any, train_cfg: TrainConfig, cfg: Privac
     """Fraction of per-sample gradient norms above C in a short DP-SGD run of ``model`` on
     ``dataset`` (``train_cfg.max_steps`` steps): the sites' own round, engine and clip counter, on
     a throwaway model and with no ledger. The fraction stays on this machine."""
-    from common.privacy.dpsgd import _train_round
+    from common.privacy.governance.dpsgd import _train_round
 
     _, _, clip = _train_round(model, dataset, train_cfg, cfg, plan, 0.0, None)
     return clip.fraction()

@@ -2,7 +2,7 @@
 
 The keys are normalised: a site's name is ``<site>`` and a list's items are ``[]`` (so
 ``sites.<site>.train.weight``, ``failures[].reason``). What is written, and how it is protected,
-depends on ``privacy.mode`` and on ``privacy.site_metrics`` (common/privacy/release.py): ``for_run``
+depends on ``privacy.mode`` and on ``privacy.site_metrics`` (common/privacy/governance/release.py): ``for_run``
 lists exactly what a run of that configuration may write, and the privacy statement carries it,
 so a key that is not listed there must not appear in the run's files (tests/test_release_inventory.py
 runs a job in each mode and checks). ``site_table`` renders the part that leaves a site, in every
@@ -71,6 +71,8 @@ FAILURE = Protection(
     "which site failed",
     "which site failed, refused or was rejected, and in which phase: its answer (or silence), not its records",
 )
+
+
 def reason(mode: str) -> Protection:
     """Why a site failed or was rejected; under central DP the coordinator checks the clipped update."""
     checked = "the clipped update it sees before noise" if mode == "central" else "the update it received"
@@ -79,6 +81,8 @@ def reason(mode: str) -> Protection:
         "the reason: a site's refusal or error text (a deployed site's carries no data, client/public_errors.py) or "
         f"the coordinator's check of {checked}",
     )
+
+
 CENTRAL_TEST = Protection(
     "coordinator's test set", "the coordinator's own test set (data.test_path or the built-in split): no site's records"
 )
@@ -109,7 +113,7 @@ def _level(mode: str, site_metrics: str) -> str:
 
 
 def site_train(mode: str, site_metrics: str) -> dict[str, Protection]:
-    """What a site's training reply carries (common/privacy/release.py, common/privacy/dpsgd.py; the
+    """What a site's training reply carries (common/privacy/governance/release.py and dpsgd.py; the
     failure-injection flag only where a test injects faults, client/faults.py)."""
     how = _level(mode, site_metrics)
     exact = NO_DP if mode == "off" else EXACT

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from common.errors import UpdateError
-from common.privacy.randomness import secret_generator
+from common.privacy.mechanism.randomness import secret_generator
 
 # Keys of the train config under SecAgg+: the aggregated (floating-point) tensors' names, every
 # tensor's name in order (Flower's legacy layout numbers them), each site's noise standard

@@ -3,7 +3,7 @@
 DP-SGD needs, every step, the sum over the batch of each record's gradient clipped to norm C.
 Three engines compute that same quantity:
 
-- ``bookkeeping`` (``common.privacy.bookkeeping``): one backward pass; the default wherever every
+- ``bookkeeping`` (``common.privacy.mechanism.bookkeeping``): one backward pass; the default wherever every
   trainable layer is supported and no trainable parameter is tied to another module's;
 - ``ghost``: Opacus's fast gradient clipping (two backward passes);
 - ``hooks``: Opacus's per-sample gradients, materialized.
@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from common.config import PrivacyConfig
 from common.errors import ConfigError
-from common.privacy.bookkeeping import BookKeeping, supports, tied_parameters
+from common.privacy.mechanism.bookkeeping import BookKeeping, supports, tied_parameters
 
 MODES = ("bookkeeping", "ghost", "hooks")
 _KEY = "config key 'privacy.grad_sample_mode'"
@@ -205,7 +205,7 @@ def make_private(
         raise _refuse(mode, found)
     with warnings.catch_warnings():
         # Opacus warns that its own secure RNG is off; the noise and the Poisson sampling come from
-        # ``noise_generator``, seeded from the OS's entropy (common/privacy/randomness.py).
+        # ``noise_generator``, seeded from the OS's entropy (common/privacy/mechanism/randomness.py).
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=accountant)
     out = engine.make_private(

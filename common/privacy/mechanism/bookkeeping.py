@@ -26,7 +26,7 @@ works on the captured tensors themselves (only a reused module's calls are conca
 layer's (a, g) is freed as soon as its clipped sum is formed, and nothing captured outlives the step
 (the caller's loss keeps the graph and its hooks alive until the next forward pass).
 
-Pure torch; ``common.privacy.clipping`` pairs it with Opacus's optimizer (noise, accounting) and
+Pure torch; ``common.privacy.mechanism.clipping`` pairs it with Opacus's optimizer (noise, accounting) and
 data loader (Poisson sampling). Supported layers: Linear, Conv2d (groups=1), Embedding, LayerNorm,
 GroupNorm, which covers BERT-family models (with or without LoRA, ALBERT's shared layers included)
 and DP-ready ResNets; ``supports`` says whether a model can use it. Correctness is tested against
@@ -458,9 +458,7 @@ class _PerSample(_Prepared):
         trainable: frozenset[int],
     ) -> None:
         self.parts = [
-            (p, gs.flatten(1))
-            for p, gs in ((weight, gw), (bias, gb))
-            if p is not None and id(p) in trainable
+            (p, gs.flatten(1)) for p, gs in ((weight, gw), (bias, gb)) if p is not None and id(p) in trainable
         ]
 
     def norm_sq(self) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Check a privacy ledger's epsilon independently: ``python -m common.privacy.check LEDGER``.
+"""Check a privacy ledger's epsilon independently: ``python -m common.privacy.governance.check LEDGER``.
 
 For a privacy officer. Prints, for a site's ledger (or one site of the coordinator's central
 ledger, ``--site``):
@@ -30,10 +30,10 @@ from typing import Any
 from common import cli
 from common import config as config_mod
 from common.errors import ConfideError
-from common.privacy.accounting import HistoryEntry, calibrate, default_delta, epsilon
-from common.privacy.accounting_notes import folded_note, quiet_accountants
-from common.privacy.ledger import _entry_problem as entry_problem
-from common.privacy.ledger import _reject_constant, history_of
+from common.privacy.governance.ledger import _entry_problem as entry_problem
+from common.privacy.governance.ledger import _reject_constant, history_of
+from common.privacy.mechanism.accounting import HistoryEntry, calibrate, default_delta, epsilon
+from common.privacy.mechanism.accounting_notes import folded_note, quiet_accountants
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -76,7 +76,7 @@ def rebuilt_history(exp: config_mod.ExperimentConfig, records: int) -> HistoryEn
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = cli.Parser(prog=cli.prog("python -m common.privacy.check"), description=__doc__.splitlines()[0])
+    ap = cli.Parser(prog=cli.prog("python -m common.privacy.governance.check"), description=__doc__.splitlines()[0])
     ap.add_argument("ledger", type=Path)
     ap.add_argument("--delta", type=float, default=None, help="delta, 0 < delta < 1 (default: min(1e-5, 1/(10 n)) "
                     "with --records)")  # fmt: skip

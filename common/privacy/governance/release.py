@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from common.config import PrivacyConfig
 from common.device import on_model_device
-from common.privacy.randomness import secret_generator
+from common.privacy.mechanism.randomness import secret_generator
 from common.train import EvalResult, TrainResult, evaluate, logits
 
 LOSS_CAP = 10.0
