@@ -48,7 +48,7 @@ TASKS: dict[str, tuple[str | None, dict[str, Any], list[str]]] = {
     "digits": ("simulations/configs/default.yaml", {}, [s for s in SETTINGS if s != "int8/256"]),
     "banking77-lora": (
         "simulations/configs/bank_bert_banking77.yaml",
-        # issue 3's LoRA recipe: adapters and head trained from round 1, AdamW 2e-3 (adapters), 5e-2 (head)
+        # the LoRA recipe: adapters and head trained from round 1, AdamW 2e-3 (adapters), 5e-2 (head)
         {"train.head_only_rounds": 0, "train.optimizer": "adamw", "train.lr": 2e-3, "train.head_lr": 0.05},
         [FLOAT32, "int8", "int8 + top-10%", "int8/256 + broadcast"],
     ),

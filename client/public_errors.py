@@ -2,7 +2,7 @@
 
 Flower forwards a ClientApp's exception text to the coordinator, and Confide's data errors quote
 what they found (a label value, a record number, a file path, a column name), which a job could
-use to pull a record's content out of a site (issue 13: `data.label_field=text` made a label
+use to pull a record's content out of a site (`data.label_field=text` made a label
 error quote a record's text). A deployed site therefore raises ``SiteFailure`` instead: a code
 from the error's kind, and the configuration keys the error named, taken from the closed list of
 Confide's config keys and the site's node-config keys (so nothing of the site's data can pass).

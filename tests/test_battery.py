@@ -1,4 +1,4 @@
-"""Issue 12, item 4: every bad input a new user would try is refused clearly and quickly.
+"""Every bad input a new user would try is refused clearly and quickly.
 
 Each case below is one bad experiment, override, data file or model file, built under the test's
 own folder (tiny files), and run through the real entry point ``python -m simulations.local``

@@ -109,7 +109,7 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
 
 
 def test_an_unknown_override_key_is_blamed_on_the_override_not_the_yaml(tmp_path: Path) -> None:
-    """issue 12: `--set train.lrr=0.1` used to read "unknown config key 'train.lrr' in <the YAML file>"."""
+    """`--set train.lrr=0.1` used to read "unknown config key 'train.lrr' in <the YAML file>"."""
     path = tmp_path / "exp.yaml"
     path.write_text("train:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=r"'train\.lrr' in the overrides; did you mean 'train\.lr'"):

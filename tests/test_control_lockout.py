@@ -1,4 +1,4 @@
-"""The Control API off the sites' network, with real processes on 127.0.0.1 (issue 13).
+"""The Control API off the sites' network, with real processes on 127.0.0.1.
 
 The coordinator is started by its container entrypoint (docker/coordinator-entrypoint.sh) with
 CONFIDE_PUBLIC_PORT set, as in the image: Flower's SuperLink (TLS, SuperNode authentication) on

@@ -140,7 +140,7 @@ def test_label_set_rejects_empty() -> None:
         LabelSet(())
 
 
-# --------------------------------------------------------------------------- issue 12's bad-input battery (data)
+# --------------------------------------------------------------------------- the bad-input battery (data)
 
 
 @pytest.mark.parametrize(
@@ -205,7 +205,7 @@ def test_a_list_valued_label_is_refused_without_showing_it(tmp_path: Path) -> No
 
 
 def test_check_sites_refuses_what_a_simulated_site_would(tmp_path: Path) -> None:
-    """issue 12: too few records for data.num_sites, a data.max_samples too small, or a training label
+    """Too few records for data.num_sites, a data.max_samples too small, or a training label
     outside data.labels were found by the sites, after the simulation engine started."""
     from common.data import check_sites
 

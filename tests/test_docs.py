@@ -123,3 +123,23 @@ def test_each_repository_path_the_docs_name_exists() -> None:
     exists = (lambda p: p.rstrip("/") in tracked) if tracked is not None else (lambda p: (REPO / p).exists())
     missing = sorted(f"{doc}: {p}" for doc, p in named if not exists(p))
     assert not missing, missing
+
+
+ISSUE_NUMBER = re.compile(r"\bissues? ?#?\d{1,3}\b", re.IGNORECASE)
+
+
+@pytest.mark.unit
+def test_no_issue_numbers_in_code_tests_or_docs() -> None:
+    """Code, tests, configs and docs say why, not which ticket: history belongs in git. (Upstream
+    bug references such as "flower #599" or a URL are not Confide's issue numbers.)"""
+    folders = ("common", "client", "server", "simulations", "tests", "benchmarks", "docs", "docker", "scripts", ".ci")
+    files = [REPO / "README.md", REPO / "pyproject.toml"] + [
+        p for f in folders for p in sorted((REPO / f).rglob("*")) if p.suffix in (".py", ".md", ".yaml", ".yml", ".sh")
+    ]
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()[:80]}"
+        for path in files
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1)
+        if ISSUE_NUMBER.search(line) and "github.com" not in line
+    ]
+    assert not found, "\n".join(found[:20])

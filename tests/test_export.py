@@ -82,7 +82,7 @@ def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
 
 def test_saved_dp_resnet_warm_starts_bit_identical(tmp_path: Path) -> None:
     """A DP-trained (GroupNorm) ResNet-18 export given back as model.weights to a new DP job is the
-    same model, tensor for tensor: the norm layers' affine weights included (issue 11's warm start)."""
+    same model, tensor for tensor: the norm layers' affine weights included (the warm start)."""
     from common.models import build_model
 
     exp = config_mod.load(None, {"privacy.mode": "local", "data.labels": "0,1,2"})

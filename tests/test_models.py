@@ -185,7 +185,7 @@ def test_small_resnets_are_registered_and_server_and_site_match(name: str) -> No
 
 
 def test_check_model_source_names_the_key_and_the_resolved_path_without_loading(tmp_path: Path) -> None:
-    """issue 12: a missing relative checkpoint was found only when the ServerApp built the model (65 s
+    """A missing relative checkpoint was found only when the ServerApp built the model (65 s
     later); ``check_model_source`` refuses it, and bad weights files, before the simulation starts."""
     from common.models import check_model_source
 

@@ -78,7 +78,7 @@ def test_one_site_partition_is_the_same_as_from_the_full_split(kind: str) -> Non
 
 
 def test_an_iid_site_materialises_only_its_own_partition(monkeypatch: pytest.MonkeyPatch) -> None:
-    """1,000 sites: building one site loads one shard, not all 1,000 (scale, issue 12)."""
+    """1,000 sites: building one site loads one shard, not all 1,000 (scale)."""
     from flwr_datasets.partitioner import IidPartitioner
 
     from common.partition import partition_of

@@ -60,7 +60,7 @@ def test_dp_jobs_that_withhold_site_metrics_fall_back_to_the_last_round() -> Non
 
 
 def test_the_derived_label_set_comes_from_all_training_records_not_the_max_samples_head(tmp_path) -> None:  # noqa: ANN001
-    """issue 12: with data.max_samples the label set was derived from the first N records (here
+    """With data.max_samples the label set was derived from the first N records (here
     only 'a') and then refused the test split's 'b'. Built from a file sorted by label."""
     from server.run import resolve_labels
 

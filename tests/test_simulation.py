@@ -220,7 +220,7 @@ def test_budget_refusal_mid_run_is_recorded_and_the_run_goes_on() -> None:
         k for k, v in rounds[3]["sites"].get("site-1", {}).items() if v
     ]
     assert rounds[-1]["privacy"]["sites"]["site-1"]["epsilon"] == pytest.approx(e1)
-    # the model card counts the refused site and lists its refusals (issue 12: it named only evaluators)
+    # the model card counts the refused site and lists its refusals (not only the evaluators)
     card = (run / "MODEL_CARD.md").read_text()
     assert "2 site(s) took part, 1 failed or refused at least once" in card
     assert "- round 2: `site-1` in train: site 'site-1' refuses" in card and "- round 3: `site-1` in train" in card
@@ -353,7 +353,7 @@ def test_median_keeps_accuracy_under_a_sign_flipped_site_where_fedavg_does_not()
 
 @pytest.mark.slow
 def test_the_norm_rule_excludes_a_sign_flipped_site_and_keeps_the_clean_accuracy() -> None:
-    """issue 12: 5 IID sites on digits, site 2 sends a sign-flipped x10 update every round. With
+    """5 IID sites on digits, site 2 sends a sign-flipped x10 update every round. With
     strategy.reject_norm_ratio=3 its update (10x the median norm) is excluded each round, the reason
     recorded under its name, and the final accuracy is within 2 points of the same run without the
     attacker; every accepted update's statistics are in metrics.jsonl."""
@@ -382,7 +382,7 @@ def test_the_norm_rule_excludes_a_sign_flipped_site_and_keeps_the_clean_accuracy
     ],
 )
 def test_data_errors_stop_before_the_simulation_engine_starts(monkeypatch, overrides: dict, message: str) -> None:  # noqa: ANN001
-    """issue 12: data errors appeared only after Ray's start-up (16-26 s). The engine is replaced
+    """Data errors appeared only after Ray's start-up (16-26 s). The engine is replaced
     by a tripwire here: the error must come first."""
     import flwr.simulation
 

@@ -101,7 +101,7 @@ def test_empty_partition_is_reported() -> None:
 
 
 def test_a_last_batch_of_one_record_does_not_crash_a_batchnorm_model(tmp_path: Path) -> None:
-    """A valid config whose site ends each epoch on a batch of one record (issue 12: 2 sites,
+    """A valid config whose site ends each epoch on a batch of one record (2 sites,
     data.max_samples=162 crashed with BatchNorm's "Expected more than 1 value per channel"): the
     round trains on the other records; the same loader without the fix still crashes, so the
     case is real."""
@@ -126,7 +126,7 @@ def test_a_last_batch_of_one_record_does_not_crash_a_batchnorm_model(tmp_path: P
 
 def test_a_process_serving_many_sites_keeps_a_bounded_cache_and_one_model() -> None:
     """A simulation worker serves many sites in turn (1,000 sites, 10 a round): it keeps the last
-    _CACHE_SIZE sites' data and one model per experiment, whatever the number of sites (issue 12)."""
+    _CACHE_SIZE sites' data and one model per experiment, whatever the number of sites."""
     from common import site
 
     exp = config_mod.load(None, {"model.name": "resnet8", "data.source": "synthetic_images",
