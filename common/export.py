@@ -281,7 +281,8 @@ def _personalisation(exp: ExperimentConfig, sites: dict[str, dict[str, float]]) 
         what.append(
             "each site trained and kept its own classification head, which never left it; the coordinator "
             "federated the body only, so the exported model carries the coordinator's untrained initial head "
-            "(a site predicts with its own model)"
+            "(a site predicts with its own model; `confide score` refuses the export without a site's head, "
+            "given with --head)"
         )
     if st.local_finetune:
         what.append(f"each site fine-tuned its model for {st.local_finetune} epoch(s) after the last round and kept it")

@@ -55,8 +55,12 @@ def score(
     with_text: bool = True,
     resize: bool = False,
     pixel_max: float | None = None,
+    head: Path | None = None,
 ) -> dict[str, float]:
+    """Score the export in ``model_dir`` on a labelled file. ``head``: a site's own classification
+    head, for the export of a job with ``strategy.personalize: head`` (whose head is untrained)."""
     info = read_export(model_dir)
+    check_head(info, model_dir, head)
     cfg = data_config(info, data, source, text_field, label_field, resize, pixel_max)
     check_fits(cfg, data, split, id_field, text_field, label_field)
     try:
@@ -68,6 +72,10 @@ def score(
     raw = records.with_labels(info.labels, where=str(data))
     ids = record_ids(cfg, id_field, len(raw))  # checked before the model is built
     saved = load_model(model_dir)
+    if head is not None:
+        from common.personalize import restore_head
+
+        restore_head(saved.model, head)
     loader = make_loader(make_dataset(raw, saved.model_cfg), 128, shuffle=False)
     y_logits, y_true, loss = predict_logits(saved.model, loader)
     y_pred, y_prob = classes(y_logits), probabilities(y_logits)
@@ -80,6 +88,22 @@ def score(
         texts = raw.texts if with_text else None
         write_predictions(out, saved.labels, ids, texts, y_true, y_pred, y_prob)
     return result
+
+
+def check_head(info: ExportInfo, model_dir: Path, head: Path | None) -> None:
+    """A personalised job's export carries the coordinator's head, which no site trained: scoring it
+    alone would report a random classifier's accuracy as the model's. It needs a site's own head."""
+    personal = (info.experiment.get("strategy") or {}).get("personalize", "off") == "head"
+    if personal and head is None:
+        raise ConfideError(
+            f"{model_dir} is the federated body of a job with strategy.personalize 'head': its classification "
+            "head was never trained (each site predicts with its own); pass --head with a site's "
+            "job-<job>.head.pt (in the '<site>.personal' folder beside its privacy ledger)"
+        )
+    if head is not None and not personal:
+        raise ConfideError(f"--head {head}: {model_dir} is not the export of a personalised job (its head is trained)")
+    if head is not None and not head.is_file():
+        raise ConfideError(f"--head {head}: file not found")
 
 
 def source_of(data: Path, source: str) -> str:
@@ -230,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the pixel value of white in the data (1 for [0, 1] floats, 4095 for 12-bit; default: the model's "
         "data.pixel_max, 0 meaning 8-bit)",
     )
+    parser.add_argument(
+        "--head", type=Path, default=None, help="a site's own head for a personalised job's export (job-<job>.head.pt)"
+    )
     try:
         args = parser.parse_args(argv)
         cli.existing_folder(args.model, "model folder")
@@ -249,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             with_text=not args.no_text,
             resize=args.resize,
             pixel_max=args.pixel_max,
+            head=args.head,
         )
     except ConfideError as exc:
         return cli.refuse(exc)

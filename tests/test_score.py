@@ -107,3 +107,27 @@ def test_image_predictions_have_row_ids_no_text_and_no_auc_for_three_labels(tmp_
     assert all(sum(float(r[f"p_{c}"]) for c in "abc") == pytest.approx(1.0, abs=1e-6) for r in rows)
     assert "roc_auc" not in result
     assert main([str(tmp_path / "m"), str(npz), "--id-field", "case"]) == 2
+
+
+def test_a_personalised_export_needs_a_sites_own_head(tmp_path: Path, capsys) -> None:
+    """The export of a job with strategy.personalize 'head' carries the coordinator's untrained head:
+    scoring it alone is refused in one line naming --head; with a site's head file the scorer uses
+    that head (a head that predicts one class for every image scores that class's share)."""
+    import torch
+
+    from common.personalize import save_head
+
+    exp = config_mod.load(None, {"data.labels": "a,b", "model.name": "resnet8", "strategy.personalize": "head"})
+    model = create_model(exp.model, 2, seed=3)
+    save_model(model, exp, LabelSet(exp.data.labels), tmp_path / "m")
+    npz = tmp_path / "scans.npz"
+    images = np.random.default_rng(0).integers(0, 255, (5, 8, 8), np.uint8)
+    np.savez(npz, test_images=images, test_labels=np.array(["a", "b", "b", "a", "b"]))
+    assert main([str(tmp_path / "m"), str(npz)]) == 2
+    assert "--head" in capsys.readouterr().err
+    with torch.no_grad():  # the site's head: always "b"
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([-5.0, 5.0]))
+    save_head(model, tmp_path / "job-1.head.pt")
+    assert score(tmp_path / "m", npz, head=tmp_path / "job-1.head.pt")["accuracy"] == pytest.approx(0.6)
+    assert main([str(tmp_path / "m"), str(npz), "--head", str(tmp_path / "missing.pt")]) == 2
