@@ -61,6 +61,11 @@ def why_off(exp: ExperimentConfig) -> str:
         return "baseline.features is off"
     if exp.model.name == "linear" and exp.model.features == _chosen(exp):
         return f"the model is the baseline itself (linear on {exp.model.features})"
+    if exp.strategy.personalize != "off":
+        return (
+            "strategy.personalize 'head' (each site keeps its own head; the card sets it against the site's "
+            "local-only model)"
+        )
     if exp.privacy.mode == "central":
         return "privacy.mode 'central' (the coordinator's mechanism covers the model's rounds only)"
     if exp.privacy.local and b.epsilon_share == 0:

@@ -73,6 +73,7 @@ def test_the_baseline_keeps_the_jobs_sites_and_pipeline_but_trains_a_linear_laye
         ({"privacy.mode": "central", "privacy.noise_multiplier": 1.0}, "central"),
         (DP, "baseline.epsilon_share"),
         ({"model.name": "linear", "model.features": "pixels", "model.image_size": 8}, "the baseline itself"),
+        ({"strategy.personalize": "head"}, "strategy.personalize"),
     ],
 )
 def test_no_baseline_where_it_would_be_wrong_or_pointless(overrides: dict, reason: str) -> None:

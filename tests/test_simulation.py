@@ -112,7 +112,8 @@ def poison(msg, context, call_next):
 
 
 def test_malformed_update_stops_the_run_naming_the_site(project_root: Path) -> None:
-    exp = small_experiment(**{"strategy.rounds": 1, "data.max_samples": 200})
+    # the model's update (the baseline's layer is checked the same way, as 'classifier.weight')
+    exp = small_experiment(**{"strategy.rounds": 1, "data.max_samples": 200, "baseline.features": "off"})
     with pytest.raises(ConfideError, match="site .site-1.: tensor .conv1.weight. has non-finite values") as failed:
         simulate(exp, client_mods=[poison])
     # raised out of the ServerApp as an Exception, which Flower records as a failed run (SystemExit was not)
