@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import psutil
@@ -71,3 +73,43 @@ def _running(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+# Run by a detached interpreter: wait for the given pids to end, SIGTERM, then SIGKILL.
+_REAPER = """
+import sys, time, psutil
+time.sleep(float(sys.argv[1]))
+procs = []
+for pid in sys.argv[2:]:
+    try:
+        procs.append(psutil.Process(int(pid)))
+    except psutil.Error:
+        pass
+for p in procs:
+    try:
+        p.terminate()
+    except psutil.Error:
+        pass
+_, still = psutil.wait_procs(procs, timeout=5)
+for p in still:
+    try:
+        p.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def reap_after_exit(delay: float = 1.0) -> None:
+    """Have every descendant of this process stopped ``delay`` seconds from now by a detached
+    process, for a process about to leave with ``os._exit`` from a thread other than the one using
+    Ray: stopping Ray in-process there (or its raylet before leaving) makes Ray's core worker end
+    the process first, with exit code 1 instead of the caller's."""
+    pids = [str(pid) for pid in descendants()]
+    if not pids:
+        return
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(delay), *pids],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip

@@ -335,30 +335,42 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _exit_now(code: int) -> NoReturn:
-    """Leave at once: Flower's simulation threads would otherwise keep the process alive after
-    an interrupt and start the next run. Ray's processes are stopped first."""
-    try:
-        import ray
+_EXITING = threading.Lock()  # one way out: the main thread's, or the timer's if that one hangs
 
-        if ray.is_initialized():
-            ray.shutdown()
-    except Exception:  # best effort on the way out
-        pass
+
+def _exit_now(code: int, forced: bool = False) -> NoReturn:
+    """Leave at once: Flower's simulation threads would otherwise keep the process alive after
+    an interrupt and start the next run. From the main thread Ray is stopped first; ``forced``
+    (the timer's thread, while the main thread may still be inside Ray) hands the processes to a
+    detached reaper instead, since a Ray shutdown there makes Ray end the process with code 1."""
+    if forced:
+        from simulations.processes import reap_after_exit
+
+        reap_after_exit()
+    else:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except Exception:  # best effort on the way out
+            pass
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def _interrupted() -> NoReturn:
+def _interrupted(forced: bool = False) -> NoReturn:
+    if not _EXITING.acquire(timeout=10 if forced else -1):
+        os._exit(130)  # the main thread's exit hangs: leave without it
     print("confide-sweep: interrupted (Ctrl-C); rerun the same command to resume", file=sys.stderr)
-    _exit_now(130)
+    _exit_now(130, forced)
 
 
 def _on_interrupt(signum: int, frame: Any) -> None:
     """Ctrl-C: raise KeyboardInterrupt as usual, and leave anyway 3 s later if something swallowed
     it (seen: an interrupt landing in a logging lock during Ray's start-up is "ignored")."""
-    timer = threading.Timer(3.0, _interrupted)
+    timer = threading.Timer(3.0, _interrupted, kwargs={"forced": True})
     timer.daemon = True
     timer.start()
     raise KeyboardInterrupt
