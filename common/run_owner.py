@@ -53,9 +53,15 @@ def _here(owner: dict | None) -> bool:
 
 
 def _alive(owner: dict) -> bool:
-    """The recorded process still runs: same pid and same start time (pids are reused)."""
+    """The recorded process still runs: same pid and same start time (pids are reused), and not a
+    zombie (a killed writer stays one until its parent, e.g. the SuperLink, reaps it: it writes no more)."""
     started = _start_time(owner["pid"])
-    return started is not None and started == owner.get("started")
+    if started is None or started != owner.get("started"):
+        return False
+    try:
+        return psutil.Process(owner["pid"]).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def alive_writer(folder: Path) -> int | None:

@@ -16,8 +16,6 @@ import pytest
 from common import config, run_owner, rundir
 from common.errors import ConfigError
 
-pytestmark = pytest.mark.unit
-
 
 def experiment(tmp_path: Path) -> config.ExperimentConfig:
     return config.load("simulations/configs/default.yaml", {"output_dir": str(tmp_path)})
@@ -37,6 +35,7 @@ def killed_folder(tmp_path: Path, name: str = "20260101-000000-x-1.incomplete") 
     return folder
 
 
+@pytest.mark.unit
 def test_a_new_run_claims_its_folder_and_a_finished_one_drops_the_claim(tmp_path: Path) -> None:
     run = rundir.RunDir(experiment(tmp_path), run_id="7")
     owner = json.loads((run.path / run_owner.FILE).read_text())
@@ -46,6 +45,7 @@ def test_a_new_run_claims_its_folder_and_a_finished_one_drops_the_claim(tmp_path
     assert not (final / run_owner.FILE).exists()
 
 
+@pytest.mark.unit
 def test_a_killed_writer_is_reported_and_marked_by_the_next_run(tmp_path: Path) -> None:
     folder = killed_folder(tmp_path)
     reason = rundir.failure_of(folder)
@@ -55,6 +55,7 @@ def test_a_killed_writer_is_reported_and_marked_by_the_next_run(tmp_path: Path) 
     assert (folder / rundir.FAILED).read_text().strip() == reason
 
 
+@pytest.mark.unit
 def test_a_failed_or_live_folder_is_not_marked(tmp_path: Path) -> None:
     failed = killed_folder(tmp_path, "a.incomplete")
     (failed / rundir.FAILED).write_text("stopped: SIGTERM\n")
@@ -66,6 +67,7 @@ def test_a_failed_or_live_folder_is_not_marked(tmp_path: Path) -> None:
     assert rundir.failure_of(live) is None
 
 
+@pytest.mark.unit
 def test_another_hosts_record_is_not_judged(tmp_path: Path) -> None:
     folder = tmp_path / "c.incomplete"
     folder.mkdir()
@@ -73,9 +75,38 @@ def test_another_hosts_record_is_not_judged(tmp_path: Path) -> None:
     assert run_owner.gone(folder) is None and run_owner.alive_writer(folder) is None
 
 
+@pytest.mark.unit
 def test_resuming_a_folder_another_live_process_writes_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "d.incomplete"
     folder.mkdir()
     forge(folder, os.getppid(), psutil.Process(os.getppid()).create_time())
     with pytest.raises(ConfigError, match=f"still being written by process {os.getppid()}"):
         rundir.check_resumable(folder, experiment(tmp_path))
+
+
+@pytest.mark.system
+def test_a_killed_writer_not_yet_reaped_is_gone(tmp_path: Path) -> None:
+    """A writer killed with SIGKILL stays a zombie until its parent reaps it (a SuperLink's
+    ServerApp, seen in CI): it writes nothing more, so its folder may be resumed and is reported
+    as killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder = tmp_path / "20260101-000000-x-2.incomplete"
+        folder.mkdir()
+        forge(folder, child.pid, psutil.Process(child.pid).create_time())
+        assert run_owner.alive_writer(folder) == child.pid  # running: a live writer
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE  # not reaped: no wait() yet
+        assert run_owner.alive_writer(folder) is None
+        assert "killed" in (run_owner.gone(folder) or "")
+    finally:
+        child.kill()
+        child.wait()
