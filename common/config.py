@@ -550,6 +550,9 @@ class BaselineConfig:
     # privacy.mode 'local': the part of privacy.target_epsilon its DP-SGD spends (the model's rounds
     # spend the rest, so the job's total stays within the target; privacy.json states the split).
     epsilon_share: float = 0.0
+    # Under strategy.final_model best_held_out the baseline is one more candidate: where its held-out
+    # accuracy beats the model's, the job exports it (model/) and keeps the trained model beside it.
+    export_if_better: bool = True
 
     def __post_init__(self) -> None:
         known = ("auto", "off", *TEXT_FEATURES, *IMAGE_FEATURES)

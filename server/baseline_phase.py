@@ -5,11 +5,17 @@ Same grid, same sites, same round loop and strategy checks as the model; the mes
 The result, ``baseline.json`` and ``baseline/`` (its round lines and exported layer) in the run
 folder, is what the model's round lines, the model card and the study report set beside the model;
 a resumed run reads it back instead of training the baseline again.
+
+Under ``strategy.final_model: best_held_out`` the baseline is one more candidate: where its
+site-weighted held-out accuracy beats the model's chosen round, the job exports the baseline's layer
+in the model's place and keeps the trained model beside it (``TRAINED_MODEL``). The choice reads the
+sites' held-out data only, as the choice of round does; the test set never chooses.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +42,8 @@ from server.selection import ModelSelection
 from server.strategy import build_strategy, to_weights
 
 RESULT_FILE = "baseline.json"
+# Where the trained model goes when the baseline is exported in its place.
+TRAINED_MODEL = "trained_model"
 
 
 @dataclass(frozen=True)
@@ -154,3 +162,38 @@ def run_baseline(
     )
     atomic.write_text(folder / RESULT_FILE, json.dumps(asdict(result), indent=1))  # a resume trusts it
     return result
+
+
+def held_out(final: dict[str, Any]) -> float | None:
+    """A chosen model's site-weighted held-out accuracy (of the global model, not of the sites'
+    fine-tuned ones), where the sites released it."""
+    federated = final.get("federated") or {}
+    value = federated.get("global_accuracy", federated.get("accuracy"))
+    return None if value is None else float(value)
+
+
+def exported_instead(exp: ExperimentConfig, rule: str, base: BaselineResult | None, final: dict[str, Any]) -> bool:
+    """Whether the baseline is exported in the model's place: ``baseline.export_if_better`` is on, the
+    export is chosen on the sites' held-out data (``rule`` best_held_out), both held-out accuracies
+    were released, and the baseline's is strictly higher (a tie keeps the model the job trained)."""
+    if not exp.baseline.export_if_better or rule != "best_held_out" or base is None or base.sites_accuracy is None:
+        return False
+    model = held_out(final)
+    return model is not None and base.sites_accuracy > model
+
+
+def baseline_final(folder: Path, base: BaselineResult) -> dict[str, Any]:
+    """The baseline's exported round's metrics, as the model card lists an export's."""
+    lines = JsonlLog(folder / "baseline" / "metrics.jsonl").read()
+    line = next((r for r in lines if r["round"] == base.exported_round), {})
+    return {k: line[k] for k in ("federated", "central") if line.get(k)}
+
+
+def export_baseline(folder: Path) -> None:
+    """Put the baseline's layer at ``model/`` (scored and loaded like any export) after the trained
+    model was saved at ``TRAINED_MODEL``; the run folder is still incomplete, so a crash here leaves
+    nothing a rerun would trust."""
+    target = folder / "model"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(folder / "baseline" / "model", target)

@@ -37,7 +37,16 @@ from common.rundir import RunDir, check_resumable, open_resumed
 from common.tracking import Tracker
 from common.train import evaluate
 from common.weights import check_update, exchanged_state, get_weights, set_weights
-from server.baseline_phase import BaselineResult, read_result, run_baseline
+from server.baseline_phase import (
+    TRAINED_MODEL,
+    BaselineResult,
+    baseline_final,
+    export_baseline,
+    exported_instead,
+    held_out,
+    read_result,
+    run_baseline,
+)
 from server.central_dp import CentralDP
 from server.loop import run_rounds
 from server.recorder import RoundRecorder
@@ -212,18 +221,28 @@ def _run_rounds(
     )
     exported_round, exported = selection.choice(exp.strategy.rounds, to_weights(final_arrays))
     set_weights(model, exported, source="the exported global model")
-    save_model(model, exp, labels, run_dir.path / "model")
     last = recorder.history[-1]
     averaged = selection.averages and test_loader is not None  # an average's own test metrics: no round's line
     central = evaluate(model, test_loader, len(labels)).as_dict() if averaged else None
     final = selection.final_metrics(recorder.history[exported_round], central)
+    instead = exported_instead(exp, selection.rule, base, final)
+    save_model(model, exp, labels, run_dir.path / (TRAINED_MODEL if instead else "model"))
+    described, exported_final = selection.describe(), final
+    if instead and base is not None:
+        export_baseline(run_dir.path)
+        exported_final = baseline_final(run_dir.path, base)
+        described = (
+            f"the baseline's linear layer on {base.features} ({base.exported}): its site-weighted held-out "
+            f"accuracy {base.sites_accuracy:.4f} beats the trained model's {held_out(final):.4f} ({described}); "
+            f"the trained model is kept in {TRAINED_MODEL}/ (strategy.final_model=best_held_out)"
+        )
     privacy = last.get("privacy") or {}
     if privacy.get("mode") != exp.privacy.mode:  # e.g. local DP where no site has trained yet
         privacy = {"mode": exp.privacy.mode, "sites": {}}
     privacy_lines = statement.lines(statement.write(run_dir.path, exp, privacy))
-    comparison = baseline_lines(exp, base, final, exported_round)
+    comparison = baseline_lines(exp, base, final, exported_round, instead)
     write_model_card(
-        run_dir.path, exp, labels, recorder.last_sites, final, privacy_lines, selection.describe(), recorder.history,
+        run_dir.path, exp, labels, recorder.last_sites, exported_final, privacy_lines, described, recorder.history,
         comparison,
     )  # fmt: skip
     tracker.finish(run_dir.path)  # before the folder's rename: TensorBoard reopens its file by name
@@ -231,7 +250,7 @@ def _run_rounds(
     _print_summary(recorder.history, path, privacy_lines)
     for text in comparison:
         print(f"[confide] {text}", flush=True)
-    print(f"[confide] exported model: {selection.describe()}", flush=True)
+    print(f"[confide] exported model: {described}", flush=True)
     return RunSummary(path=path, rounds=recorder.history)
 
 
@@ -257,9 +276,14 @@ def _baseline(
 
 
 def baseline_lines(
-    exp: ExperimentConfig, base: BaselineResult | None, final: dict[str, Any], exported_round: int
+    exp: ExperimentConfig,
+    base: BaselineResult | None,
+    final: dict[str, Any],
+    exported_round: int,
+    instead: bool = False,
 ) -> list[str]:
-    """The model against its baseline, in words (model card, end of run)."""
+    """The model against its baseline, in words (model card, end of run); ``instead``: the baseline
+    was exported in the model's place (server/baseline_phase.py)."""
     if base is None:
         why = baseline_mod.why_off(exp) or "its result is missing from the run folder"
         return [f"Baseline: none in this job ({why})."]
@@ -274,9 +298,12 @@ def baseline_lines(
         verdict = "beats" if model > theirs else "does NOT beat"
         lines.append(f"On the {scope} data the model (round {exported_round}, accuracy {model:.4f}) {verdict} "
                      f"the baseline (accuracy {theirs:.4f}).")  # fmt: skip
-        if model <= theirs:
+        if model <= theirs and not instead:
             lines.append(f"The baseline's layer is in the run folder's baseline/model: on this data it is the "
                          f"better model ({scope} accuracy).")  # fmt: skip
+    if instead:
+        lines.append(f"The baseline beat the model on the sites' held-out data, so the job exports it (model/); "
+                     f"the trained model is in {TRAINED_MODEL}/.")  # fmt: skip
     return lines
 
 

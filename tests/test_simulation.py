@@ -87,6 +87,7 @@ def test_bert_two_sites_two_rounds() -> None:
             "strategy.rounds": 2,
             "train.lr": 1e-4,
             "train.batch_size": 16,
+            "baseline.export_if_better": False,  # the BERT export is what this test reads
         },
     )
     run = simulate(exp)

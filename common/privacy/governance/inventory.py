@@ -204,7 +204,10 @@ def model_card(mode: str, site_metrics: str, labels: str, final_model: str = "au
             out[f"metrics.federated.{column}"] = source.text
             out[f"sites.{SITE}.{column}"] = source.text
     if "accuracy" in evaluate:
-        out["exported"] = f"which round's model was exported, chosen on federated.accuracy: {evaluate['accuracy'].text}"
+        out["exported"] = (
+            "which round's model was exported, or the baseline in its place, chosen on federated.accuracy: "
+            f"{evaluate['accuracy'].text}"
+        )
         # the Personalisation table (strategy.personalize / local_finetune jobs): the site's own model's
         # held-out accuracy, and without DP the local-only and global references beside it
         out[f"sites.{SITE}.personalised accuracy"] = evaluate["accuracy"].text
