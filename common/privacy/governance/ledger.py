@@ -7,9 +7,10 @@ reservations existed, which counts as committed). Epsilon is always computed fro
 reserved ones included: a process that crashes after reserving has spent it.
 
 Concurrency and crashes:
-- every read-modify-write holds an exclusive ``fcntl.flock`` on ``<ledger>.lock`` (a stable file:
-  the ledger itself is replaced on every write), and re-reads the ledger inside the lock, so two
-  runs on one site never work from a stale copy and the cap check cannot race;
+- every read-modify-write holds an exclusive lock (``filelock``: ``flock`` on POSIX) on
+  ``<ledger>.lock`` (a stable file: the ledger itself is replaced on every write), and re-reads the
+  ledger inside the lock, so two runs on one site never work from a stale copy and the cap check
+  cannot race;
 - writes go to a unique temporary file in the same folder, are fsynced, renamed over the ledger,
   and the folder is fsynced: a crash leaves the old or the new ledger, never half of one. A temp
   file left by a writer killed mid-write is removed by the next writer (only lock holders write);
@@ -20,7 +21,6 @@ Concurrency and crashes:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import stat
@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import filelock
 
 from common import atomic
 from common.errors import ConfideError
@@ -128,12 +130,11 @@ class Ledger:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        # A lock object per hold: its flock on a descriptor of its own excludes this process's other
+        # threads as well as other processes. The lock file stays (no unlink race on release), and a
+        # filesystem without flock is an error, not a silent marker-file lock a crash could strand.
+        with filelock.FileLock(self._lock_path, preserve_lock_file=True, fallback_to_soft=False):
+            yield
 
     def _read(self) -> list[dict[str, Any]]:
         try:
