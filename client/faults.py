@@ -1,5 +1,5 @@
 """Failure injection for simulations: a ClientApp mod that makes simulated sites fail as real ones
-do, from the experiment's ``faults`` section (common/config.py: FaultConfig).
+do, from the experiment's ``faults`` section (common/config/faults.py: FaultConfig).
 
 Per message, for the site with partition id p in round r (decisions seeded by the experiment's
 seed, p and r, so a rerun injects the same faults): a delay of up to ``straggler_delay`` seconds;

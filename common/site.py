@@ -378,7 +378,7 @@ def evaluate_round(
     if not (last and exp.strategy.personalized):
         return release.evaluation_metrics(exp.privacy, rt.model, loader, len(rt.labels))
     extra: dict[str, float] = {}
-    if exp.strategy.local_finetune:  # privacy.mode is off (common/config.py)
+    if exp.strategy.local_finetune:  # privacy.mode is off (common/config/experiment.py)
         if exp.strategy.personalize == "off":  # the global model, before the site's own epochs
             extra["global_accuracy"] = evaluate(rt.model, loader, len(rt.labels)).accuracy
         _finetune(exp, rt, policy, run_id)

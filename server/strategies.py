@@ -1,7 +1,7 @@
 """``strategy.name`` -> Flower 1.42's Message-API strategy class and its typed parameters.
 
 Confide writes no aggregation rule of its own: every name maps to the class Flower ships, built
-with the parameters declared in ``StrategyConfig`` (common/config.py). Confide's update checks,
+with the parameters declared in ``StrategyConfig`` (common/config/strategy.py). Confide's update checks,
 per-site records and central DP sit around it (server/strategy.py, server/central_dp.py).
 
 Families:
@@ -37,7 +37,7 @@ CLASSES: dict[str, type[fl.FedAvg]] = {
     "bulyan": fl.Bulyan,
 }
 
-# The server learning rate when strategy.server_lr is 0 (common/config.py says why these values).
+# The server learning rate when strategy.server_lr is 0 (common/config/strategy.py says why these values).
 DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.01, "fedyogi": 0.01, "fedadagrad": 0.01}
 
 
