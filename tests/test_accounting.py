@@ -201,3 +201,15 @@ def test_epsilon_is_never_negative(history: list, kind: str) -> None:
 def test_prv_epsilon_refuses_with_a_privacy_error_near_delta_one() -> None:
     with pytest.raises(PrivacyError):
         epsilon([(1.1, 0.25, 4)], 0.999, "prv")
+
+
+@pytest.mark.parametrize("kind", ["rdp", "prv"])
+def test_a_long_history_of_repeated_rounds_costs_per_mechanism_and_gives_the_same_epsilon(kind: str) -> None:
+    """A site that adds one entry a round: 60 entries of two interleaved mechanisms are accounted as
+    two (their steps summed), and epsilon equals the independent accountant's on the full history."""
+    from common.privacy.mechanism.accounting import grouped
+
+    history = [(SIGMA, HAND_Q, 3), (2.0, 1.0, 1)] * 30
+    assert grouped(history) == [(SIGMA, HAND_Q, 90), (2.0, 1.0, 30)]
+    tol = RDP_TOL if kind == "rdp" else PRV_TOL
+    assert rel(epsilon(history, HAND_DELTA, kind), independent_epsilon(history, HAND_DELTA, kind)) <= tol

@@ -45,8 +45,21 @@ def make_accountant(kind: str, history: list[HistoryEntry]):
     if kind not in ACCOUNTANTS:
         raise ConfigError(f"config key 'privacy.accountant' must be one of {', '.join(ACCOUNTANTS)}; got {kind!r}")
     accountant = PRVAccountant() if kind == "prv" else RDPAccountant()
-    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    accountant.history = grouped(history)
     return accountant
+
+
+def grouped(history: list[HistoryEntry]) -> list[tuple[float, float, int]]:
+    """The history with every repeat of one (noise multiplier, sample rate) folded into one entry
+    of their summed steps, in order of first appearance. The composition is the same mechanism
+    (RDP adds up step by step, PRV composes a mechanism with itself ``steps`` times), but its cost
+    is per distinct mechanism, not per ledger entry: a site that trains one entry a round for
+    hundreds of rounds would otherwise pay seconds of accounting every round, growing with its history."""
+    steps: dict[tuple[float, float], int] = {}
+    for s, q, n in history:
+        key = (float(s), float(q))
+        steps[key] = steps.get(key, 0) + int(n)
+    return [(s, q, n) for (s, q), n in steps.items()]
 
 
 def epsilon(history: list[HistoryEntry], delta: float, kind: str = "rdp", n: int | None = None) -> float:
