@@ -6,7 +6,7 @@ for the re-weighted loss). Book-keeping keeps each layer's input activations ``a
 gradients ``g`` from a single backward pass in which the parameters do not compute their own
 (unclipped) gradients at all, and then builds, per layer:
 
-- per-sample gradient norms: the ghost-norm identity ``||sum_t g_t a_t^T||^2 =
+- per-sample gradient norms: the ghost-norm identity ``||Σ_t g_t a_t^T||^2 =
   <A A^T, G G^T>`` where T^2 is small, else the instantiated per-sample gradient (whichever
   costs less, per layer: "mixed" ghost clipping);
 - the clipped sum ``sum_i c_i g_i^T a_i`` with ``c_i = min(1, C / (||grad_i|| + 1e-6))``, as Opacus.
