@@ -31,12 +31,12 @@ from common.device import place
 from common.errors import ConfigError, DataError
 from common.models import build_model
 from common.partition import partition_of, train_val_split
-from common.privacy.governance import release
 from common.privacy.governance.ledger_home import simulated_ledger, state_dir
 from common.privacy.governance.policy import NODE_KEYS as POLICY_KEYS
 from common.privacy.governance.policy import POLICY_FILE_KEY, SIMULATION, SitePolicy
+from common.privacy.governance.site_privacy import SitePrivacy
 from common.schema import PIN_KEYS
-from common.train import evaluate, head_only, is_head, train
+from common.train import TrainResult, evaluate, head_only, is_head, train
 from common.weights import Weights, check_update, exchanged_state, set_weights
 
 log = logging.getLogger(__name__)
@@ -328,63 +328,52 @@ def train_round(
 def _train_round(
     exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy, phase: str
 ) -> dict[str, float]:
-    n = len(rt.train_set)
     augment = augmenter(exp.train, seed=(exp.seed * 1000 + server_round) * 1000 + (rt.spec.partition_id or 0))
-    if not exp.privacy.local:
+
+    def train_plain() -> TrainResult:  # the round without local DP, once the site's privacy has charged it
         loader = make_loader(
             rt.train_set, exp.train.batch_size, shuffle=True, seed=exp.seed * 1000 + server_round,
             drop_single=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in rt.model.modules()),
         )  # fmt: skip
-        entries = [central_entry(exp)] if exp.privacy.mode == "central" else []
-        if release.level(exp.privacy) == "noisy":  # never without DP
-            entries.append(release.release_entry(exp.privacy, "count"))
-        if entries:  # before training: a round past the site's cap is refused, nothing computed
-            _charge(exp, rt, policy, run_id, server_round, entries, what="answer this round")
-        result = train(rt.model, loader, exp.train, proximal_mu=exp.strategy.local_proximal_mu, augment=augment)
-        return release.train_metrics(exp.privacy, n, result)
-    from common.privacy.governance.dpsgd import train_private
-    from common.privacy.governance.ledger import Ledger
+        return train(rt.model, loader, exp.train, proximal_mu=exp.strategy.local_proximal_mu, augment=augment)
 
-    noisy = release.level(exp.privacy) == "noisy"
-    result, privacy = train_private(
-        rt.model,
-        rt.train_set,
-        exp.train,
-        exp.privacy,
-        rounds=exp.strategy.rounds,
-        ledger=Ledger.open(ledger_path(exp, rt.spec, policy)),
-        policy=policy,
-        site=rt.spec.name,
-        run=run_id,
-        server_round=server_round,
-        releases=[release.release_entry(exp.privacy, "count")] if noisy else [],
-        proximal_mu=exp.strategy.local_proximal_mu,
-        augment=augment,
-        phase=phase,
+    privacy = site_privacy(exp, rt, policy)
+    done = privacy.train_round(
+        rt.model, rt.train_set, train_plain, server_round=server_round, run_id=run_id, phase=phase, augment=augment
     )
-    metrics = release.train_metrics(exp.privacy, n, result)
-    metrics.update(privacy.as_metrics(with_clip_fraction=release.level(exp.privacy) == "exact"))
-    return metrics
+    return done.as_dict()
 
 
 def evaluate_round(
     exp: ExperimentConfig, rt: SiteRuntime, server_round: int, run_id: str, policy: SitePolicy = SIMULATION
 ) -> dict[str, float]:
-    """Held-out evaluation; what is released follows privacy.site_metrics (noisy: charged first)."""
-    if release.level(exp.privacy) == "noisy":  # never without DP
-        _charge(exp, rt, policy, run_id, server_round, [release.release_entry(exp.privacy, "evaluation")])
+    """Held-out evaluation; what is released follows privacy.site_metrics (common/privacy/governance/
+    site_privacy.py). After the last round of a personalised job the site's own model is evaluated
+    beside the references it must beat."""
+    privacy = site_privacy(exp, rt, policy)
     loader = make_loader(rt.val_set, exp.train.eval_batch_size, shuffle=False)
     last = server_round == exp.strategy.rounds
-    if not (last and exp.strategy.personalized):
-        return release.evaluation_metrics(exp.privacy, rt.model, loader, len(rt.labels))
-    extra: dict[str, float] = {}
-    if exp.strategy.local_finetune:  # privacy.mode is off (common/config/experiment.py)
-        if exp.strategy.personalize == "off":  # the global model, before the site's own epochs
-            extra["global_accuracy"] = evaluate(rt.model, loader, len(rt.labels)).accuracy
-        _finetune(exp, rt, policy, run_id)
-    if exp.privacy.mode == "off":
-        extra["local_only_accuracy"] = _local_only_accuracy(exp, rt, policy, run_id)
-    return release.evaluation_metrics(exp.privacy, rt.model, loader, len(rt.labels)) | extra
+
+    def personalise() -> dict[str, float]:
+        extra: dict[str, float] = {}
+        if exp.strategy.local_finetune:  # privacy.mode is off (common/config/experiment.py)
+            if exp.strategy.personalize == "off":  # the global model, before the site's own epochs
+                extra["global_accuracy"] = evaluate(rt.model, loader, len(rt.labels)).accuracy
+            _finetune(exp, rt, policy, run_id)
+        if privacy.without_dp:  # its steps are outside any DP mechanism
+            extra["local_only_accuracy"] = _local_only_accuracy(exp, rt, policy, run_id)
+        return extra
+
+    done = privacy.evaluate_round(
+        rt.model, loader, len(rt.labels), server_round=server_round, run_id=run_id,
+        before_release=personalise if last and exp.strategy.personalized else None,
+    )  # fmt: skip
+    return done.as_dict()
+
+
+def site_privacy(exp: ExperimentConfig, rt: SiteRuntime, policy: SitePolicy) -> SitePrivacy:
+    """The site's privacy entry point for this job: every charge and release goes through it."""
+    return SitePrivacy(exp, policy, rt.spec.name, lambda: ledger_path(exp, rt.spec, policy), len(rt.train_set))
 
 
 def _finetune(exp: ExperimentConfig, rt: SiteRuntime, policy: SitePolicy, run_id: str) -> None:
@@ -426,35 +415,6 @@ def _local_only_accuracy(exp: ExperimentConfig, rt: SiteRuntime, policy: SitePol
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"accuracy": accuracy.accuracy, "epochs": epochs}))
     return accuracy.accuracy
-
-
-def central_entry(exp: ExperimentConfig) -> dict:
-    """The site's own record of answering a central-DP round: the coordinator's Gaussian mechanism
-    on the sum of clipped updates (noise multiplier sigma, no amplification by site sampling), as the
-    coordinator's ledger composes it. Protecting the whole site's contribution protects each of its
-    records, so it composes with the site's record-level entries in one ledger."""
-    from common.privacy.governance.central import central_plan
-
-    return {"noise_multiplier": central_plan(exp).noise_multiplier, "sample_rate": 1.0, "steps": 1, "kind": "central"}
-
-
-def _charge(
-    exp: ExperimentConfig,
-    rt: SiteRuntime,
-    policy: SitePolicy,
-    run_id: str,
-    server_round: int,
-    entries: list[dict],
-    what: str = "release metrics",
-) -> None:
-    """Charge a release to the site's ledger (refused past the policy's cap)."""
-    from common.privacy.governance.dpsgd import charge, site_delta
-    from common.privacy.governance.ledger import Ledger
-
-    n = len(rt.train_set)
-    tags = {"run": run_id, "round": server_round, "delta": site_delta(exp.privacy, n)}
-    ledger = Ledger(ledger_path(exp, rt.spec, policy))  # reserve() reads it under the lock
-    charge(ledger, exp.privacy, policy, n, rt.spec.name, [{**e, **tags} for e in entries], what)
 
 
 def _safe(name: str) -> str:

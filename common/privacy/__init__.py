@@ -14,8 +14,9 @@ tests/test_imports.py checks it):
   enforced before the job's config is trusted), ``ledger`` and ``ledger_home`` (every mechanism a
   party ran, reserve then commit, and where it lives), ``dpsgd`` (one DP-SGD round at a site: the
   plan, the checks against the site's cap and the job's target, the charge around the mechanism),
-  ``release`` (what a site may release beside its weights), ``central`` (site-level DP: plan and the
-  coordinator's ledger), ``plan`` (``confide plan``), ``check`` (recomputing a ledger's epsilon),
+  ``release`` (what a site may release beside its weights), ``site_privacy`` (a site's one entry
+  point for what a round trains under, releases and is charged), ``central`` (site-level DP: plan
+  and the coordinator's ledger), ``plan`` (``confide plan``), ``check`` (recomputing a ledger's epsilon),
   ``statement`` and ``inventory`` (what a run states: ``privacy.json``, the model card's section).
 
 Import the submodule you need (``from common.privacy.mechanism.accounting import epsilon``): these
