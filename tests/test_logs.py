@@ -28,10 +28,11 @@ PER_ROUND = 8  # "[ROUND i/n]", the round line, and each site's first lines in a
 HEADER = 6  # label set (preflight and ServerApp), model, strategy, round 0, slack for one Ray line
 SUMMARY = 11  # blank, title, header, 3 rounds, privacy, run folder, exported model, "run folder:"
 # The job's baseline (without DP): "baseline first", its rounds 0-2, each site's first lines for its
-# layer (2 x 2) and the 3 lines setting the model against it; under DP (no share) the "no baseline"
-# log line and the end's "Baseline: none" line, plus one of slack: which Ray worker logs a site's
-# first lines in a round varies with scheduling.
-BASELINE, NO_BASELINE = 1 + 3 + 2 * 2 + 3, 2 + 1
+# layer (2 x 2) and up to 4 lines setting the model against it (the fourth says the baseline was
+# exported in the model's place, or points to it where it wins on one data set); under DP (no
+# share) the "no baseline" log line and the end's "Baseline: none" line, plus one of slack: which
+# Ray worker logs a site's first lines in a round varies with scheduling.
+BASELINE, NO_BASELINE = 1 + 3 + 2 * 2 + 4, 2 + 1
 
 
 @pytest.fixture
