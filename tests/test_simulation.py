@@ -114,7 +114,10 @@ def poison(msg, context, call_next):
 
 def test_malformed_update_stops_the_run_naming_the_site(project_root: Path) -> None:
     # the model's update (the baseline's layer is checked the same way, as 'classifier.weight')
-    exp = small_experiment(**{"strategy.rounds": 1, "data.max_samples": 200, "baseline.features": "off"})
+    # ResNet-8 (its first tensor is conv1.weight too): the check reads tensors, whatever the model
+    exp = small_experiment(
+        **{"model.name": "resnet8", "strategy.rounds": 1, "data.max_samples": 200, "baseline.features": "off"}
+    )
     with pytest.raises(ConfideError, match="site .site-1.: tensor .conv1.weight. has non-finite values") as failed:
         simulate(exp, client_mods=[poison])
     # raised out of the ServerApp as an Exception, which Flower records as a failed run (SystemExit was not)
@@ -201,8 +204,10 @@ def test_budget_refusal_mid_run_is_recorded_and_the_run_goes_on() -> None:
     from common.privacy.mechanism.accounting import default_delta, epsilon
     from common.site import SiteSpec, site_records
 
+    # ResNet-8: epsilon depends on the records, batch and noise alone (computed below), not the model
     exp = small_experiment(
         **{
+            "model.name": "resnet8",
             "privacy.mode": "local",
             "privacy.noise_multiplier": 1.0,
             "data.max_samples": 240,
@@ -232,8 +237,10 @@ def test_budget_refusal_mid_run_is_recorded_and_the_run_goes_on() -> None:
 def test_central_dp(clip_side: str) -> None:
     """Flower's DP wrappers run end to end with either clipping side (client side: every site
     clips its own update in client/mods.py, or its reply would be an error and the round fail)."""
+    # ResNet-8: the wrappers clip and noise whatever tensors arrive; no accuracy is asserted
     exp = small_experiment(
         **{
+            "model.name": "resnet8",
             "privacy.mode": "central",
             "privacy.clip_side": clip_side,
             "privacy.noise_multiplier": 0.5,
@@ -258,7 +265,8 @@ def refuse_dp_off_at_site_one(msg, context, call_next):
 
 
 def test_site_policy_refusal_is_recorded_and_the_run_goes_on() -> None:
-    exp = small_experiment(**{"data.max_samples": 200, "strategy.min_sites": 1})
+    # ResNet-8: the refusal happens before any training, whatever the model
+    exp = small_experiment(**{"model.name": "resnet8", "data.max_samples": 200, "strategy.min_sites": 1})
     run = simulate(exp, client_mods=[refuse_dp_off_at_site_one])
     rounds = read_metrics(run)
     for r in rounds[1:]:
@@ -345,9 +353,13 @@ def test_median_keeps_accuracy_under_a_sign_flipped_site_where_fedavg_does_not()
     stays between honest values."""
     acc = {}
     for name in ("fedavg", "fedmedian"):
+        # ResNet-8 at lr 0.01, 1 local epoch: the attack benchmark's setting (benchmarks/attacks.py),
+        # which learns digits to 0.95 unattacked in 3 rounds, so the 0.5 floor leaves room and the
+        # gap to FedAvg comes from the aggregation rule
         exp = small_experiment(
-            **{"strategy.name": name, "data.num_sites": 5, "strategy.min_sites": 5, "strategy.rounds": 3,
-               "data.max_samples": 1000, "train.lr": 0.003, "train.local_epochs": 3, "data.partitioner": "iid"}
+            **{"model.name": "resnet8", "strategy.name": name, "data.num_sites": 5, "strategy.min_sites": 5,
+               "strategy.rounds": 3, "data.max_samples": 1000, "train.lr": 0.01, "train.local_epochs": 1,
+               "data.partitioner": "iid"}
         )  # fmt: skip
         run = simulate(exp, client_mods=[sign_flip_x10])
         acc[name] = read_metrics(run)[-1]["central"]["accuracy"]
@@ -362,9 +374,12 @@ def test_the_norm_rule_excludes_a_sign_flipped_site_and_keeps_the_clean_accuracy
     attacker; every accepted update's statistics are in metrics.jsonl."""
     acc = {}
     for case, mods in (("clean", []), ("attacked", [sign_flip_x10])):
+        # ResNet-8 at lr 0.01, 3 rounds of 1 local epoch on all 1,437 images: the attack benchmark's
+        # clean setting (benchmarks/attacks.py, 0.955), far above the 0.8 floor, so a 2-point gap
+        # measures the rule and not an unconverged model; the rule reads norms, not the architecture
         exp = small_experiment(
-            **{"data.num_sites": 5, "strategy.min_sites": 4, "strategy.rounds": 4, "data.max_samples": 0,
-               "train.lr": 0.003, "train.local_epochs": 3, "data.partitioner": "iid",
+            **{"model.name": "resnet8", "data.num_sites": 5, "strategy.min_sites": 4, "strategy.rounds": 3,
+               "data.max_samples": 0, "train.lr": 0.01, "train.local_epochs": 1, "data.partitioner": "iid",
                "strategy.reject_norm_ratio": 3.0}
         )  # fmt: skip
         rounds = read_metrics(simulate(exp, client_mods=mods))
