@@ -745,7 +745,10 @@ def test_a_job_whose_serverapp_is_killed_resumes_on_the_same_federation(federati
     second = federation.submit("again", **overrides, resume=f"runs/{stopped.name}")
     assert second.wait(timeout=400) == 0, federation.procs.log("run-again")[-3000:]
     (folder,) = federation.run_folders("again")
-    assert folder == stopped.with_name(stopped.name.removesuffix(".incomplete"))
+    failed = folder / "FAILED.txt"  # `flwr run --stream` exits 0 for a failed run too: say why it failed
+    assert folder == stopped.with_name(stopped.name.removesuffix(".incomplete")), (
+        (failed.read_text() if failed.exists() else "no FAILED.txt") + federation.procs.log("run-again")[-3000:]
+    )
     final = metrics(folder)
     assert [line["round"] for line in final] == [0, 1, 2, 3, 4]
     assert final[1]["run_id"] == job and final[4]["run_id"] != job
