@@ -38,7 +38,7 @@ from common.weights import exchanged_state, get_weights, set_weights
 from server.loop import run_rounds
 from server.recorder import RoundRecorder
 from server.secagg import secure_aggregation
-from server.selection import ModelSelection
+from server.selection import ModelSelection, held_out
 from server.strategy import build_strategy, to_weights
 
 RESULT_FILE = "baseline.json"
@@ -149,7 +149,7 @@ def run_baseline(
     averaged = chooser.averages and test_loader is not None  # a mean of rounds: its own test metrics
     own = evaluate(model, test_loader, len(labels)).as_dict() if averaged else None
     final = chooser.final_metrics(recorder.history[chosen_round], own)
-    central, federated = final.get("central") or {}, final.get("federated") or {}
+    central = final.get("central") or {}
     result = BaselineResult(
         features=bexp.model.features,
         rounds=bexp.strategy.rounds,
@@ -157,19 +157,11 @@ def run_baseline(
         exported=chooser.describe(),
         central_accuracy=central.get("accuracy"),
         central_macro_f1=central.get("macro_f1"),
-        sites_accuracy=federated.get("global_accuracy", federated.get("accuracy")),
+        sites_accuracy=held_out(final),
         target_epsilon=bexp.privacy.target_epsilon if bexp.privacy.local else None,
     )
     atomic.write_text(folder / RESULT_FILE, json.dumps(asdict(result), indent=1))  # a resume trusts it
     return result
-
-
-def held_out(final: dict[str, Any]) -> float | None:
-    """A chosen model's site-weighted held-out accuracy (of the global model, not of the sites'
-    fine-tuned ones), where the sites released it."""
-    federated = final.get("federated") or {}
-    value = federated.get("global_accuracy", federated.get("accuracy"))
-    return None if value is None else float(value)
 
 
 def exported_instead(exp: ExperimentConfig, rule: str, base: BaselineResult | None, final: dict[str, Any]) -> bool:

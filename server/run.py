@@ -43,7 +43,6 @@ from server.baseline_phase import (
     baseline_final,
     export_baseline,
     exported_instead,
-    held_out,
     read_result,
     run_baseline,
 )
@@ -51,7 +50,7 @@ from server.central_dp import CentralDP
 from server.loop import run_rounds
 from server.recorder import RoundRecorder
 from server.secagg import secure_aggregation
-from server.selection import ModelSelection, strategy_evaluates
+from server.selection import ModelSelection, held_out, strategy_evaluates
 from server.strategy import build_strategy, to_weights
 
 log = logging.getLogger(__name__)

@@ -88,10 +88,7 @@ class ModelSelection:
         if self.averages:
             self._add_to_tail(server_round, weights)
             return
-        federated = line.get("federated") or {}
-        # The global model's own held-out accuracy: in the last round of a job with
-        # strategy.local_finetune, "accuracy" is of the sites' fine-tuned models, not the global one.
-        accuracy = federated.get("global_accuracy", federated.get("accuracy"))
+        accuracy = held_out(line)
         if self.rule != "best_held_out" or server_round == 0 or accuracy is None:
             return
         if self.best is None or accuracy > self.best[0]:
@@ -149,3 +146,12 @@ def _mean(total: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
     if np.issubdtype(dtype, np.integer):  # a counter buffer (BatchNorm's batches seen)
         mean = np.rint(mean)
     return mean.astype(dtype)
+
+
+def held_out(line: dict[str, Any]) -> float | None:
+    """A round's (or the chosen model's) site-weighted held-out accuracy of the global model, where
+    the sites released it. In the last round of a job with strategy.local_finetune, "accuracy" is
+    of the sites' fine-tuned models, so the global model's own figure comes first."""
+    federated = line.get("federated") or {}
+    value = federated.get("global_accuracy", federated.get("accuracy"))
+    return None if value is None else float(value)

@@ -25,9 +25,9 @@ from server.baseline_phase import (
     baseline_final,
     export_baseline,
     exported_instead,
-    held_out,
 )
 from server.run import baseline_lines
+from server.selection import held_out
 
 pytestmark = pytest.mark.unit
 
