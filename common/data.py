@@ -9,6 +9,7 @@ texts or uint8 images (N, C, H, W). Problems raise ``DataError`` naming the file
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,14 +353,24 @@ def _read_image_folder(path: str, image_size: int, pixel_max: float, key: str) -
 @functools.lru_cache(maxsize=2)
 def _digits(split: str) -> Unlabelled:
     """scikit-learn's real 8x8 handwritten digits (1,797 images), with a fixed test split."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    pixels, target = digits_file()
+    images = np.round(pixels.reshape(-1, 1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)
     order = np.random.default_rng(BUILTIN_TEST_SEED).permutation(len(images))
     n_test = int(len(images) * BUILTIN_TEST_FRACTION)
     idx = order[:n_test] if split == "test" else order[n_test:]
-    return Unlabelled([str(int(v)) for v in bunch.target[idx]], images=images[idx])
+    return Unlabelled([str(int(v)) for v in target[idx]], images=images[idx])
+
+
+def digits_file() -> tuple[np.ndarray, np.ndarray]:
+    """The digits as ``load_digits`` reads them (pixels 0-16, one row per image; the labels), from
+    the file scikit-learn ships, without importing scikit-learn: that import costs each site process
+    and each simulated site about a second, for one small file."""
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the built-in digits data set needs scikit-learn installed (it ships the file)")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
 
 
 @functools.lru_cache(maxsize=2)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from common import config as config_mod
-from common.data import LabelSet, label_set, read_test, read_train
+from common.data import LabelSet, digits_file, label_set, read_test, read_train
 from common.errors import DataError
 
 pytestmark = pytest.mark.unit
@@ -128,6 +128,16 @@ def test_builtin_offline_sets_have_disjoint_fixed_test_splits() -> None:
     assert len(set(train.raw_labels)) == 10
     text = config_mod.load(None, {"model.name": "bert", "data.source": "synthetic_text"}).data
     assert len(read_train(text).texts) == 1200 and len(read_test(text).texts) == 300
+
+
+def test_the_digits_file_reads_as_scikit_learn_loads_it() -> None:
+    """The built-in digits are read from scikit-learn's file without importing it: the same pixels
+    and labels as its own loader, in the same order."""
+    from sklearn.datasets import load_digits
+
+    pixels, target = digits_file()
+    bunch = load_digits()
+    assert np.array_equal(pixels, bunch.data) and np.array_equal(target, bunch.target)
 
 
 def test_max_samples_caps_training_records() -> None:
