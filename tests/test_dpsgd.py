@@ -515,6 +515,31 @@ def test_the_site_calibrates_and_reports_with_its_own_accountant(tmp_path: Path)
         )  # fmt: skip
 
 
+def test_a_round_trained_twice_raises_the_noise_of_the_rest_and_the_job_ends_within_its_target(
+    tmp_path: Path,
+) -> None:
+    """Target 2 over 4 rounds. Round 2 is trained, its coordinator is lost, and the resumed job trains
+    round 2 again: five rounds' spend for a plan of four. The redo and the rounds after it get a
+    larger noise multiplier, no round is refused, and the job's epsilon, recomputed by
+    dp_accounting from the ledger's entries, ends within 0.2% of the target (not above it)."""
+    exp = exp_config(**{"privacy.target_epsilon": 2.0, "train.batch_size": 4})
+    path = tmp_path / "l.json"
+    for rnd in (1, 2, 2, 3, 4):
+        train_private(
+            mlp(), site_data(20), exp.train, exp.privacy, rounds=4, ledger=Ledger.open(path),
+            policy=SIMULATION, site="s", run="j", server_round=rnd,
+        )  # fmt: skip
+    entries = Ledger.open(path).entries
+    planned = plan_round(exp.privacy, exp.train, 4, 20).noise_multiplier
+    sigmas = [e["noise_multiplier"] for e in entries]
+    assert sigmas[:2] == [planned, planned] and all(s > planned * 1.05 for s in sigmas[2:]), sigmas
+    acc = rdp.RdpAccountant()
+    for e in entries:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(e["sample_rate"], dp_accounting.GaussianDpEvent(
+            e["noise_multiplier"])), e["steps"])  # fmt: skip
+    assert 2.0 * 0.99 <= acc.get_epsilon(entries[0]["delta"]) <= 2.0 * 1.002
+
+
 def test_raising_rounds_after_spending_is_refused_with_the_epsilon_it_would_reach(tmp_path: Path) -> None:
     """Target 2 over 2 rounds: rounds 1-2 spend it. Resumed with strategy.rounds = 4, the noise is
     recalibrated for 4 rounds, but rounds 1-2 were spent at the 2-round noise: round 3 is refused,

@@ -27,7 +27,7 @@ from common.device import model_device, on_model_device
 from common.errors import PolicyRefused
 from common.privacy.governance.ledger import Ledger, history_of
 from common.privacy.governance.policy import SitePolicy
-from common.privacy.mechanism.accounting import calibrate, check_delta, default_delta, epsilon
+from common.privacy.mechanism.accounting import calibrate, calibrate_rest, check_delta, default_delta, epsilon
 from common.privacy.mechanism.clipping import PrivateStep, choose_mode, make_private
 from common.privacy.mechanism.randomness import secret_generator
 from common.train import TrainResult, logits, make_optimizer, train
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # Calibration hits the target within 0.1% (common/privacy/mechanism/accounting.py); Poisson rounding of the
 # sample rate (batches_per_epoch) can add a little more.
 TARGET_SLACK = 0.01
+# At most this multiple of the planned noise to keep a job within its target after it spent more than
+# planned: updates with more noise than that mostly add noise to the global model, so the round is refused.
+MAX_NOISE_RAISE = 2.0
 
 
 class BudgetExceeded(PolicyRefused):
@@ -122,6 +125,43 @@ def cap_check(policy: SitePolicy, delta: float, accountant: str, n: int, site: s
     return check
 
 
+def _of_job(entry: dict[str, Any], run: str, phase: str) -> bool:
+    """A DP-SGD entry of this part of this job: what the target calibrates (noisy metric releases are
+    charged beside it; the model and its baseline each have their own target)."""
+    return entry.get("run") == run and entry.get("kind") == "dpsgd" and entry.get("phase", "") == phase
+
+
+def within_target(
+    plan: RoundPlan, cfg: PrivacyConfig, ledger: Ledger, accountant: str, run: str, rounds_left: int, site: str,
+    phase: str = "",
+) -> RoundPlan:  # fmt: skip
+    """The plan, with its noise raised where this job has already spent more than the plan assumes, so
+    that this round and the ``rounds_left`` after it still end within privacy.target_epsilon. That
+    happens when a round was trained for a coordinator lost before it recorded the round (the site
+    spent it; the resumed job trains that round again), or when strategy.rounds was raised on resume.
+    Where that would take more than ``MAX_NOISE_RAISE`` times the planned noise, the plan stands and
+    ``target_check`` refuses the round."""
+    if cfg.target_epsilon is None:
+        return plan
+    spent = ledger.history(lambda e: _of_job(e, run, phase))
+    blocks = max(rounds_left, 0) + 1
+    rest = [(plan.noise_multiplier, plan.sample_rate, plan.steps)] * blocks
+    if epsilon(spent + rest, plan.delta, accountant, plan.records) <= cfg.target_epsilon * (1 + TARGET_SLACK):
+        return plan
+    block = (plan.sample_rate, plan.steps)
+    noise_range = (plan.noise_multiplier, plan.noise_multiplier * MAX_NOISE_RAISE)
+    sigma = calibrate_rest(cfg.target_epsilon, plan.delta, spent, block, blocks, noise_range, accountant, plan.records)
+    if sigma is None:
+        return plan
+    log.warning(
+        "site %s: this job has spent more of privacy.target_epsilon=%g than planned (a round trained for a "
+        "coordinator that was lost, or more rounds after a resume); noise multiplier %.3f -> %.3f for this "
+        "round and the %d after it, so the job ends within its target",
+        site, cfg.target_epsilon, plan.noise_multiplier, sigma, blocks - 1,
+    )  # fmt: skip
+    return replace(plan, noise_multiplier=sigma)
+
+
 def target_check(
     cfg: PrivacyConfig, plan: RoundPlan, accountant: str, run: str, rounds_left: int, site: str, phase: str = ""
 ):
@@ -132,12 +172,7 @@ def target_check(
     def check(existing: list[dict[str, Any]], planned: list[dict[str, Any]]) -> None:
         if cfg.target_epsilon is None:
             return
-        # DP-SGD only: what the target calibrates (noisy metric releases are charged beside it)
-        # DP-SGD of this part of the job only: the model and its baseline each have their own target.
-        mine = [
-            e for e in existing + planned
-            if e.get("run") == run and e.get("kind") == "dpsgd" and e.get("phase", "") == phase
-        ]  # fmt: skip
+        mine = [e for e in existing + planned if _of_job(e, run, phase)]
         rest = [(plan.noise_multiplier, plan.sample_rate, plan.steps)] * max(rounds_left, 0)
         projected = epsilon(history_of(mine) + rest, plan.delta, accountant, plan.records)
         if projected > cfg.target_epsilon * (1 + TARGET_SLACK):
@@ -192,6 +227,7 @@ def train_private(
     the job ("" its model, "baseline" its baseline), each with its own target epsilon."""
     accountant = policy.accountant_for(cfg)
     plan = plan_round(cfg, train_cfg, rounds, len(dataset), accountant)
+    plan = within_target(plan, cfg, ledger, accountant, run, rounds - server_round, site, phase)
     policy.check_round(plan.noise_multiplier, plan.delta)
     tags = {"run": run, "round": server_round, "delta": plan.delta, "max_grad_norm": cfg.max_grad_norm}
     tags["accountant"] = accountant

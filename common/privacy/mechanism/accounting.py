@@ -97,3 +97,31 @@ def calibrate(target_epsilon: float, delta: float, sample_rate: float, steps: in
             epsilon_tolerance=target_epsilon * 1e-3,
         )
     )
+
+
+def calibrate_rest(
+    target_epsilon: float,
+    delta: float,
+    spent: list[HistoryEntry],
+    block: tuple[float, int],
+    blocks: int,
+    noise_range: tuple[float, float],
+    kind: str = "rdp",
+    n: int | None = None,
+) -> float | None:
+    """Noise multiplier in ``noise_range`` = (one known to overshoot, the largest allowed) for
+    ``blocks`` more blocks of ``block`` = (sample rate, steps) such that, composed after ``spent``,
+    the total epsilon is within ``target_epsilon`` (within 0.1% below it, never above). None when
+    even the largest allowed noise overshoots."""
+    q, steps = block
+
+    def total(sigma: float) -> float:
+        return epsilon(spent + [(sigma, q, steps)] * blocks, delta, kind, n)
+
+    low, high = noise_range
+    if total(high) > target_epsilon:
+        return None
+    while high - low > high * 1e-3:
+        mid = (low + high) / 2
+        low, high = (mid, high) if total(mid) > target_epsilon else (low, mid)
+    return high
