@@ -22,6 +22,7 @@ from client.faults import fault_mod
 from client.mods import central_dp_clipping_mod
 from client.public_errors import public_failure
 from client.secagg import secagg_mod
+from client.update import weights_of
 from common import baseline
 from common.config import ExperimentConfig
 from common.data import LabelSet
@@ -53,7 +54,7 @@ def _setup(
     labels = LabelSet(tuple(exp.data.labels) or tuple(msg.content["config"]["labels"]))
     SchemaPins.from_node_config(context.node_config).check(exp.data, labels.names, spec.name)  # before any read
     runtime = site_runtime(exp, spec, labels)
-    weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    weights = weights_of(msg.content["arrays"])
     load_global(exp, runtime, weights, run_id=_job(msg, context), policy=policy)
     return exp, runtime, policy
 

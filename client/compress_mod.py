@@ -15,11 +15,12 @@ It does nothing when the experiment's transport is the default (float32, dense).
 
 from __future__ import annotations
 
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.experiment import experiment_of
+from client.update import received, record_of, replace, update_of, weights_of
 from common import compress
 from common.config import ExperimentConfig, TransportConfig
 from common.errors import ConfigError
@@ -46,42 +47,33 @@ def compress_mod(fixed: ExperimentConfig | None = None) -> Mod:
             _decode_broadcast(msg, t)
         if not msg.metadata.message_type.startswith("train"):
             return call_next(msg, context)
-        received = {k: v.numpy() for k, v in _only_arrays(msg).items()}
+        start = received(msg)
         reply = call_next(msg, context)
-        if reply.has_error() or len(reply.content.array_records) != 1:
+        update = update_of(start, reply)
+        if update is None:
             return reply
-        key, record = next(iter(reply.content.array_records.items()))
-        new = {k: v.numpy() for k, v in record.items()}
         config = _config(msg)
         dense = frozenset(str(k) for k in config.get(compress.DENSE_KEY, []))
         # One residual per phase: the baseline's layer and the model have different tensors.
         state_key = RESIDUAL_KEY + (f".{config['phase']}" if config.get("phase") else "")
         payload, residual = compress.encode_update(
-            new, received, t, _residual(context, state_key), _clipping_norm(config), dense
+            update.returned, update.received, t, _residual(context, state_key), _clipping_norm(config), dense
         )
         if t.topk > 0:
-            context.state[state_key] = _record(residual)
-        reply.content[key] = _record(payload)
-        return reply
+            context.state[state_key] = record_of(residual)
+        return replace(reply, update, payload)
 
     return mod
 
 
 def _decode_broadcast(msg: Message, t: TransportConfig) -> None:
     for key, record in list(msg.content.array_records.items()):
-        msg.content[key] = _record(compress.decode_weights({k: v.numpy() for k, v in record.items()}, t, "the server"))
-
-
-def _only_arrays(msg: Message) -> ArrayRecord:
-    records = list(msg.content.array_records.values())
-    if len(records) != 1:
-        raise ConfigError(f"a training message carries {len(records)} weight records; compressed updates need 1")
-    return records[0]
+        msg.content[key] = record_of(compress.decode_weights(weights_of(record), t, "the server"))
 
 
 def _residual(context: Context, key: str) -> Weights | None:
     record = context.state.array_records.get(key)
-    return None if record is None else {k: v.numpy() for k, v in record.items()}
+    return None if record is None else weights_of(record)
 
 
 def _config(msg: Message) -> dict:
@@ -95,7 +87,3 @@ def _clipping_norm(config: dict) -> float | None:
     if not config.get(CLIENT_CLIPPING_KEY) or KEY_CLIPPING_NORM not in config:
         return None
     return float(config[KEY_CLIPPING_NORM])  # type: ignore[arg-type]
-
-
-def _record(weights: Weights) -> ArrayRecord:
-    return ArrayRecord({k: Array(v) for k, v in weights.items()})

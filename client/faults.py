@@ -18,13 +18,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from client.attacks import attack, attack_cosine, attack_scale, bias_direction, corrupting
 from client.experiment import experiment_of
+from client.update import Update, received, replace, update_of
 from common.config import ExperimentConfig
 from common.errors import ConfigError
+from common.weights import Weights
 
 INJECTED = "injected"
 
@@ -56,11 +58,13 @@ def fault_mod(fixed: ExperimentConfig | None) -> Mod:
             raise InjectedFault(f"{INJECTED} crash of site '{name}' from round {cfg.crash_round} (faults.crash_site)")
         if cfg.dropout and rng.random() < cfg.dropout:
             raise InjectedFault(f"{INJECTED} dropout of site '{name}' in round {rnd} (faults.dropout={cfg.dropout:g})")
+        start = received(msg) if phase == "train" else {}
         reply = call_next(msg, context)
-        if phase == "train" and not reply.has_error() and "arrays" in reply.content:
+        update = update_of(start, reply) if phase == "train" else None
+        if update is not None:
             corrupt = corrupting(exp, site)
             if corrupt:
-                reply.content["arrays"] = _corrupt(msg.content["arrays"], reply.content["arrays"], exp)
+                replace(reply, update, _corrupt(update, exp))
             # every training reply carries it (Flower aggregates only metric records with equal keys)
             reply.content["metrics"]["fault_injected"] = float(corrupt)
         return reply
@@ -77,10 +81,7 @@ def _check_colluders(exp: ExperimentConfig) -> None:
         )
 
 
-def _corrupt(sent: ArrayRecord, got: ArrayRecord, exp: ExperimentConfig) -> ArrayRecord:
-    old = {k: v.numpy() for k, v in sent.items()}
-    new = {k: v.numpy() for k, v in got.items()}
+def _corrupt(update: Update, exp: ExperimentConfig) -> Weights:
     kind = exp.faults.corrupt
-    direction = bias_direction(old, exp.seed) if kind == "bias" else None
-    bad = attack(kind, old, new, attack_scale(exp), direction, attack_cosine(exp))
-    return ArrayRecord({k: Array(v) for k, v in bad.items()})
+    direction = bias_direction(update.received, exp.seed) if kind == "bias" else None
+    return attack(kind, update.received, update.returned, attack_scale(exp), direction, attack_cosine(exp))

@@ -23,6 +23,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
+from client.update import update_of, weights_of
 from common.errors import UpdateError
 from common.privacy.mechanism.secagg import NAMES_KEY, NOISE_KEY, SITE_NAME_KEY, TENSORS_KEY, site_update
 
@@ -60,10 +61,12 @@ def _as_fitres(reply: Message, sent: ArrayRecord, names: list[str], noise_std: f
     """The app's reply in the legacy layout Flower's mod masks: the update as ``fitres.parameters``,
     weight 1 (every site counts the same), the scalar metrics and the site's name in
     ``fitres.metrics``."""
-    weights = {k: v.numpy() for k, v in reply.content["arrays"].items()}
-    update = site_update(weights, {k: v.numpy() for k, v in sent.items()}, names, noise_std)
+    update = update_of(weights_of(sent), reply)
+    if update is None:
+        raise UpdateError("secure aggregation: the site's reply carries no single set of weights to mask")
+    masked = site_update(update.returned, update.received, names, noise_std)
     metrics: dict = {k: v for k, v in reply.content["metrics"].items() if not isinstance(v, list)}
     metrics[SITE_NAME_KEY] = str(reply.content["site"].get("name", ""))
-    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), 1, metrics)
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(masked), 1, metrics)
     reply.content = fitres_to_recorddict(fitres, keep_input=False)
     return reply
