@@ -711,15 +711,16 @@ def test_two_sites_train_then_one_is_lost_mid_round_and_rejoins(federation: Fede
 @pytest.mark.slow
 def test_a_job_whose_serverapp_is_killed_resumes_on_the_same_federation(federation: Federation) -> None:
     """Resume in the deployment setup (TLS, enrolled SuperNodes, each site's persistent ledger):
-    the SuperLink's ServerApp process is SIGKILLed after round 1 of 4 is logged, as a restarted
-    coordinator would be; the same `flwr run` with `resume=<folder>` continues it on the same
-    SuperLink and sites: rounds 0-4 in one complete folder, the rounds after the kill run by a
-    second Flower run, and each site's ledger holding every round of the job it trained (a round
-    in flight at the kill may be there twice: the site spent that budget)."""
+    the SuperLink's ServerApp process is SIGKILLed after round 1 of 4 is logged and while both
+    sites train round 2 (charged in their ledgers), as a restarted coordinator would be; the same
+    `flwr run` with `resume=<folder>` continues it on the same SuperLink and sites: rounds 0-4 in
+    one complete folder, the rounds after the kill run by a second Flower run. Each site's ledger
+    holds round 2 twice (the site spent that budget) and, to end the job within its target, the
+    noise of the redone round and the rounds after it is raised rather than the round refused."""
     for node in federation.node_ids.values():
         wait_for("both sites online", lambda n=node: federation.nodes().get(n) == "online", 120, 2)
     overrides = {"strategy.rounds": 4, "strategy.min_sites": 2, "strategy.fraction_evaluate": 0.0,
-                 "privacy.mode": "local"}  # fmt: skip
+                 "privacy.mode": "local", "privacy.target_epsilon": 8}  # fmt: skip
     first = federation.submit("again", **overrides)
 
     def lines() -> list[dict]:
@@ -727,6 +728,15 @@ def test_a_job_whose_serverapp_is_killed_resumes_on_the_same_federation(federati
         return metrics(folders[0]) if folders else []
 
     wait_for("round 1 in metrics.jsonl", lambda: len(lines()) >= 2, timeout=400, interval=0.2)
+    job = federation.run_folders("again")[0].name.removesuffix(".incomplete").rsplit("-", 1)[1]
+
+    def dpsgd(site: str) -> list[dict]:
+        path = federation.site_dir(site) / "ledger" / f"{site}.json"
+        entries = json.loads(path.read_text())["entries"] if path.exists() else []
+        return sorted((e for e in entries if e.get("run") == job and e["kind"] == "dpsgd"), key=lambda e: e["round"])
+
+    # round 2 is reserved in a site's ledger before it trains, and recorded by the coordinator after
+    wait_for("both sites training round 2", lambda: all(len(dpsgd(s)) >= 2 for s in SITES), timeout=120, interval=0.1)
     serverapps = [
         pid
         for pid in tagged_pids(f"{federation.procs.tag}-superlink")
@@ -738,8 +748,7 @@ def test_a_job_whose_serverapp_is_killed_resumes_on_the_same_federation(federati
     first.kill()  # `flwr run --stream` follows a run whose ServerApp is gone until stopped
     first.wait(timeout=30)
     (stopped,) = federation.run_folders("again")
-    assert stopped.name.endswith(".incomplete") and len(metrics(stopped)) < 5
-    job = stopped.name.removesuffix(".incomplete").rsplit("-", 1)[1]
+    assert stopped.name.endswith(".incomplete") and len(metrics(stopped)) == 2, "round 2 was recorded before the kill"
     federation.flwr("stop", job, "confide")  # the SuperLink still lists the killed run as running
 
     second = federation.submit("again", **overrides, resume=f"runs/{stopped.name}")
@@ -747,16 +756,17 @@ def test_a_job_whose_serverapp_is_killed_resumes_on_the_same_federation(federati
     (folder,) = federation.run_folders("again")
     failed = folder / "FAILED.txt"  # `flwr run --stream` exits 0 for a failed run too: say why it failed
     assert folder == stopped.with_name(stopped.name.removesuffix(".incomplete")), (
-        (failed.read_text() if failed.exists() else "no FAILED.txt") + federation.procs.log("run-again")[-3000:]
-    )
+        failed.read_text() if failed.exists() else "no FAILED.txt"
+    ) + federation.procs.log("run-again")[-3000:]
     final = metrics(folder)
     assert [line["round"] for line in final] == [0, 1, 2, 3, 4]
     assert final[1]["run_id"] == job and final[4]["run_id"] != job
     assert all(set(line["sites"]) == set(SITES) and not line["failures"] for line in final[2:])
     for site in SITES:
-        entries = json.loads((federation.site_dir(site) / "ledger" / f"{site}.json").read_text())["entries"]
-        rounds = sorted(e["round"] for e in entries if e.get("run") == job and e["kind"] == "dpsgd")
-        assert set(rounds) == {1, 2, 3, 4} and len(rounds) - 4 <= 1, rounds
+        entries = dpsgd(site)
+        assert [e["round"] for e in entries] == [1, 2, 2, 3, 4], entries
+        sigma = [e["noise_multiplier"] for e in entries]
+        assert sigma[1] == sigma[0] and min(sigma[2:]) > sigma[0], sigma
 
 
 @pytest.mark.slow

@@ -178,8 +178,9 @@ def target_check(
         if projected > cfg.target_epsilon * (1 + TARGET_SLACK):
             raise BudgetExceeded(
                 f"site '{site}' refuses to train: this job would reach epsilon {projected:.3f}, above its "
-                f"privacy.target_epsilon={cfg.target_epsilon:g} (strategy.rounds raised after rounds were "
-                "spent at a noise calibrated for fewer)"
+                f"privacy.target_epsilon={cfg.target_epsilon:g}, and {MAX_NOISE_RAISE:g}x the planned noise would "
+                "not keep it within (it already spent more than planned: strategy.rounds raised on resume, or "
+                "rounds trained for a coordinator that was lost)"
             )
 
     return check
