@@ -42,7 +42,7 @@ from common.errors import ConfigError, PrivacyError
 from common.privacy.governance.dpsgd import plan_round, site_delta, train_private
 from common.privacy.governance.ledger import Ledger
 from common.privacy.governance.policy import SIMULATION
-from common.privacy.mechanism.accounting import default_delta, epsilon
+from common.privacy.mechanism.accounting import calibrate_rest, default_delta, epsilon
 
 pytestmark = pytest.mark.unit
 
@@ -213,3 +213,18 @@ def test_a_long_history_of_repeated_rounds_costs_per_mechanism_and_gives_the_sam
     assert grouped(history) == [(SIGMA, HAND_Q, 90), (2.0, 1.0, 30)]
     tol = RDP_TOL if kind == "rdp" else PRV_TOL
     assert rel(epsilon(history, HAND_DELTA, kind), independent_epsilon(history, HAND_DELTA, kind)) <= tol
+
+
+@pytest.mark.parametrize("kind", ["rdp", "prv"])
+def test_the_rest_of_a_job_is_calibrated_into_what_its_history_left(kind: str) -> None:
+    """A history that spent more than planned: the noise for 3 more blocks is raised so that the
+    whole job, by an independent accountant, ends within the target and less than 0.2% below it
+    (the stopping rule is 0.1%; the accountants differ slightly); no noise up to the cap is
+    enough for a history that already spent the target."""
+    spent, block, delta, target = [(1.1, 0.05, 200)] * 2, (0.05, 200), 1e-5, 8.0
+    sigma = calibrate_rest(target, delta, spent, block, 3, (1.1, 2.2), kind)
+    assert sigma is not None and 1.1 < sigma < 2.2
+    whole = spent + [(sigma, *block)] * 3
+    assert epsilon(whole, delta, kind) <= target
+    assert independent_epsilon(whole, delta, kind) == pytest.approx(target, rel=2e-3)
+    assert calibrate_rest(epsilon(spent, delta, kind), delta, spent, block, 1, (1.1, 2.2), kind) is None
