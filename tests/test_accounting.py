@@ -42,7 +42,7 @@ from common.errors import ConfigError, PrivacyError
 from common.privacy.governance.dpsgd import plan_round, site_delta, train_private
 from common.privacy.governance.ledger import Ledger
 from common.privacy.governance.policy import SIMULATION
-from common.privacy.mechanism.accounting import calibrate_rest, default_delta, epsilon
+from common.privacy.mechanism.accounting import calibrate, calibrate_rest, default_delta, epsilon
 
 pytestmark = pytest.mark.unit
 
@@ -147,6 +147,18 @@ def test_calibrated_noise_spends_at_most_the_target_by_an_independent_accountant
     hand = [(sigma, HAND_Q, HAND_STEPS)] * ROUNDS
     independent = independent_epsilon(hand, HAND_DELTA, kind)
     assert independent <= target and rel(independent, target) <= 0.01, independent
+
+
+@pytest.mark.parametrize(("target", "q", "steps"), [(50.0, 1.0, 4), (1.0, 0.05, 200), (8.0, 0.5, 8)])
+def test_calibration_finds_noise_below_and_above_one_within_a_thousandth_of_the_target(
+    target: float, q: float, steps: int
+) -> None:
+    """The search starts at sigma = 1 and halves (first case, sigma ~0.31) or doubles (the others,
+    ~3.1 and ~1.2) to bracket the answer: either way the noise spends at most the target and at
+    least 99.9% of it, by dp_accounting's RDP accountant."""
+    sigma = calibrate.__wrapped__(target, HAND_DELTA, q, steps, "rdp")
+    spent = independent_epsilon([(sigma, q, steps)], HAND_DELTA, "rdp")
+    assert target * 0.999 <= spent <= target * (1 + 1e-9), (sigma, spent)
 
 
 def test_default_delta_by_hand() -> None:
