@@ -106,6 +106,13 @@ _MODELS_SIZE = 2
 _INITIAL_HEADS: dict[int, dict[str, torch.Tensor]] = {}
 
 
+def clear_caches() -> None:
+    """Forget every site runtime, model and initial head this process has built."""
+    _CACHE.clear()
+    _MODELS.clear()
+    _INITIAL_HEADS.clear()
+
+
 def site_runtime(exp: ExperimentConfig, spec: SiteSpec, labels: LabelSet) -> SiteRuntime:
     """The site's data for this experiment, built once per process (an LRU of ``_CACHE_SIZE``
     sites), with the process's model for the experiment (callers load weights into it first)."""

@@ -54,8 +54,8 @@ def simulate(
     ``ray_address``: a running Ray cluster's HOST:PORT (or ``auto``) to attach to instead of
     starting a private Ray instance; ``RAY_ADDRESS`` when not given (see ``ray_address_from``)."""
     from client.app import create_client_app
+    from server import flower_internals
     from server.app import create_server_app
-    from server.flower_internals import run_in_process
     from server.run import preflight
 
     address = ray_address_from(ray_address)
@@ -71,11 +71,14 @@ def simulate(
     init_args = {"logging_level": "INFO" if logs.verbose() else "ERROR", "log_to_driver": True} | (
         {} if cluster else {"address": "local"}
     )
+    warm = flower_internals.warm()
+    if cluster is None and warm is not None:
+        warm.disconnect()  # this simulation starts a private Ray: a kept cluster connection must not serve it
     with (
-        reaped(shutdown_ray=cluster is None),
+        reaped(shutdown_ray=cluster is None, spare=warm.kept_pids if warm is not None else None),
         attached(cluster, max_actors=exp.data.num_sites) if cluster else nullcontext(),
     ):
-        run_in_process(
+        flower_internals.run_in_process(
             server_app=create_server_app(exp, resume=resume),
             client_app=create_client_app(exp, mods=client_mods),
             num_supernodes=exp.data.num_sites,

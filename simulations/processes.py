@@ -13,7 +13,7 @@ import contextlib
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 
@@ -31,17 +31,28 @@ def descendants() -> dict[int, psutil.Process]:
 
 
 @contextlib.contextmanager
-def reaped(shutdown_ray: bool = True) -> Iterator[None]:
+def reaped(shutdown_ray: bool = True, spare: Callable[[], set[int]] | None = None) -> Iterator[None]:
     """Run the block; then stop every process it started (and Ray, with ``shutdown_ray``: a private
-    instance. An attached cluster is left running, its processes are not ours)."""
+    instance. An attached cluster is left running, its processes are not ours) except the
+    processes ``spare()`` names at the end, and theirs (actors kept for the next simulation)."""
     before = set(descendants())
     try:
         yield
     finally:
         if shutdown_ray:
             _shutdown_ray()
-        left = [p for pid, p in descendants().items() if pid not in before]
-        _stop(left)
+        now = descendants()
+        kept = _with_descendants(spare() if spare else set(), now)
+        _stop([p for pid, p in now.items() if pid not in before and pid not in kept])
+
+
+def _with_descendants(pids: set[int], procs: dict[int, psutil.Process]) -> set[int]:
+    out = set(pids)
+    for pid in pids:
+        if pid in procs:
+            with contextlib.suppress(psutil.Error):
+                out |= {c.pid for c in procs[pid].children(recursive=True)}
+    return out
 
 
 def _shutdown_ray() -> None:

@@ -141,21 +141,37 @@ def attached(cluster: RayCluster, max_actors: int) -> Iterator[None]:
     cluster (``pool_size_from_resources`` over ``ray.nodes()``): here it is capped at the number
     of sites, so a simulation holds no idle actors on a shared cluster and concurrent sweep cells
     cannot wait on each other's. ray.shutdown() (Flower's at the end, and this one) only
-    disconnects the driver; its actors end, the cluster keeps running."""
+    disconnects the driver; its actors end, the cluster keeps running. While
+    ``flower_internals.warm_actors`` is active, the connection and the actors are kept for the
+    next simulation on the same cluster instead, and each simulation's worker environment is
+    given to the actors it takes over."""
     import ray
     from flwr.simulation.ray_transport import ray_actor
 
-    if ray.is_initialized():
-        raise ConfideError(f"Ray is already initialised in this process; cannot attach it to {cluster.address}")
-    try:
-        ray.init(
-            address=cluster.address,
-            runtime_env={"env_vars": _worker_env()},
-            logging_level=logging.ERROR,
-            log_to_driver=True,
-        )
-    except Exception as exc:
-        raise ConfideError(f"could not attach to the Ray cluster at {cluster.address}: {_first_line(exc)}") from None
+    from server import flower_internals
+
+    env = _worker_env()
+    warm = flower_internals.warm()
+    if warm is not None and warm.connection != cluster.address:
+        warm.disconnect()  # kept for another cluster
+    if warm is None or warm.connection is None:
+        if ray.is_initialized():
+            raise ConfideError(f"Ray is already initialised in this process; cannot attach it to {cluster.address}")
+        try:
+            ray.init(
+                address=cluster.address,
+                runtime_env={"env_vars": env},
+                logging_level=logging.ERROR,
+                log_to_driver=True,
+            )
+        except Exception as exc:
+            raise ConfideError(
+                f"could not attach to the Ray cluster at {cluster.address}: {_first_line(exc)}"
+            ) from None
+        if warm is not None:
+            warm.connection = cluster.address
+    if warm is not None:
+        warm.env = env  # each actor gets it before the simulation's first message
     log.info("attached to the Ray cluster at %s (%s), up to %d actors", cluster.address, cluster.describe(), max_actors)
     original = ray_actor.pool_size_from_resources
 
@@ -167,7 +183,8 @@ def attached(cluster: RayCluster, max_actors: int) -> Iterator[None]:
         yield
     finally:
         ray_actor.pool_size_from_resources = original
-        ray.shutdown()
+        if warm is None:
+            ray.shutdown()
 
 
 def _worker_env() -> dict[str, str]:

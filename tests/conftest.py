@@ -83,6 +83,7 @@ def unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 
 
 PRIVATE_RAY_ENV = "CONFIDE_TEST_PRIVATE_RAY"  # =1: each simulation starts its own Ray, as outside tests
+COLD_ACTORS_ENV = "CONFIDE_TEST_COLD_ACTORS"  # =1: each simulation starts its own actors, as outside tests
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +96,17 @@ def shared_ray_head() -> Iterator[ray_head.RayHead]:
         ray_head.stop_head(head)
 
 
+@pytest.fixture(scope="session")
+def warm_simulation_actors(shared_ray_head: ray_head.RayHead) -> Iterator[None]:
+    """The session's simulations keep their Ray actors between runs (server/flower_internals.py):
+    each simulation otherwise spends seconds starting workers that import torch and the ClientApp."""
+    from server import flower_internals
+    from tests.warm_actors import forget_process_state
+
+    with flower_internals.warm_actors(reset=forget_process_state):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def sim_tier_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sim-tier test's simulations attach to the session's Ray head rather than starting a
@@ -104,6 +116,8 @@ def sim_tier_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     if tiers.tier_of(request.node) != tiers.SIM or os.environ.get(PRIVATE_RAY_ENV) or os.environ.get("RAY_ADDRESS"):
         return
     head = request.getfixturevalue("shared_ray_head")
+    if not os.environ.get(COLD_ACTORS_ENV):
+        request.getfixturevalue("warm_simulation_actors")
     monkeypatch.setenv("RAY_ADDRESS", head.address)
     from simulations import ray_cluster
 

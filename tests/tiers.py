@@ -3,7 +3,8 @@
 - ``unit``: no process is started, no Ray, no network connection, no training beyond a few steps;
   the whole tier runs in minutes (``python -m pytest -q -m unit``).
 - ``sim``: in process but heavy: Flower's simulation engine on Ray (one Ray head for the whole
-  session, tests/ray_head.py), or training for real.
+  session, tests/ray_head.py, whose actors one simulation hands to the next: tests/warm_actors.py),
+  or training for real.
 - ``system``: real processes: SuperLink/SuperNode, ``flwr``/``confide`` CLIs, containers, browsers.
 
 A module declares its tier with ``pytestmark``; a module mixing tiers marks each test instead. A
