@@ -7,6 +7,7 @@ so their state_dict keys match. Imports nothing from ``common`` beyond config an
 
 from __future__ import annotations
 
+import sys
 import types
 from dataclasses import dataclass
 
@@ -38,14 +39,16 @@ def dp_compatible(model: nn.Module) -> tuple[nn.Module, list[str]]:
 
 
 def _non_inplace_residuals(model: nn.Module) -> int:
-    """torchvision's ``out += identity`` breaks Opacus hooks; use ``out = out + identity``."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
+    """torchvision's ``out += identity`` breaks Opacus hooks; use ``out = out + identity``. A model
+    holds torchvision's blocks only if torchvision built it, so torchvision is not imported (most of
+    a second per process) to look for them in a model it did not build."""
+    resnet = sys.modules.get("torchvision.models.resnet")
+    blocks = (resnet.BasicBlock, resnet.Bottleneck) if resnet is not None else ()
     count = 0
     for module in model.modules():
-        if isinstance(module, (BasicBlock, Bottleneck)):
+        if blocks and isinstance(module, blocks):
             module.forward = types.MethodType(
-                _bottleneck_forward if isinstance(module, Bottleneck) else _basic_forward, module
+                _bottleneck_forward if isinstance(module, blocks[1]) else _basic_forward, module
             )
             module.relu = nn.ReLU(inplace=False)
             count += 1
