@@ -179,16 +179,19 @@ def warm_actors(reset: Callable[[], None]) -> Iterator[WarmActors]:
     build, terminate = RayBackend.build, RayBackend.terminate
 
     def warm_build(backend: Any, app_fn: Callable[[], Any]) -> None:
+        if holder.connection is None:  # not attached through ``attached``: Flower's own pool
+            build(backend, app_fn)
+            return
         resources = tuple(sorted(backend.client_resources.items()))
         key = (holder.connection, resources, ray_actor.pool_size_from_resources(backend.client_resources))
-        pool = holder.take(key) if holder.connection is not None else None
-        if pool is None:
-            build(backend, app_fn)
-            holder.pool_key = key
-            if holder.connection is not None and not holder.prepare(backend.pool):
-                raise RuntimeError("a new simulation actor did not start")
-        else:
+        pool = holder.take(key)
+        if pool is not None:
             backend.pool, backend.app_fn = pool, app_fn
+            return
+        build(backend, app_fn)
+        holder.pool_key = key
+        if not holder.prepare(backend.pool):
+            raise RuntimeError("a new simulation actor did not start")
 
     def warm_terminate(backend: Any) -> None:
         if holder.connection is None:  # not attached through ``attached``: Flower's own ending

@@ -76,8 +76,15 @@ def epsilon(history: list[HistoryEntry], delta: float, kind: str = "rdp", n: int
         return 0.0
     if any(s <= 0 for s, _, _ in history):
         return math.inf
+    return _composed(tuple(grouped(history)), delta, kind)
+
+
+@functools.lru_cache(maxsize=256)
+def _composed(groups: tuple[tuple[float, float, int], ...], delta: float, kind: str) -> float:
+    """Epsilon of the grouped history, kept per process: a round's plan and its check under the
+    ledger's lock project the same history, and each accountant call costs a tenth of a second."""
     try:
-        eps = float(make_accountant(kind, history).get_epsilon(delta=delta))
+        eps = float(make_accountant(kind, list(groups)).get_epsilon(delta=delta))
     except (RuntimeError, ValueError) as exc:  # e.g. PRV's "Cannot compute epsilon" near delta = 1
         raise PrivacyError(f"the {kind} accountant cannot compute epsilon for delta={delta:g} ({exc})") from None
     if math.isnan(eps) or eps < 0:
@@ -139,9 +146,10 @@ def calibrate_rest(
         return epsilon(spent + [(sigma, q, steps)] * blocks, delta, kind, n)
 
     low, high = noise_range
-    over_low, over_high = total(low) - target_epsilon, total(high) - target_epsilon
+    over_high = total(high) - target_epsilon
     if over_high > 0:
         return None
+    over_low = total(low) - target_epsilon
     return _solve(lambda sigma: total(sigma) - target_epsilon, target_epsilon, low, high, over_low, over_high)
 
 
