@@ -9,7 +9,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import RESUME_KEY, ExperimentConfig, load_from_run_config, resolve_path
 from common.errors import ConfideError, RunFailed
-from server import flower_runtime
+from server import flower_internals, flower_runtime
+from server.prompt_grid import PromptGrid
 from server.run import run_experiment
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ def create_server_app(fixed: ExperimentConfig | None = None, resume: Path | None
             exp = fixed or load_from_run_config(context.run_config, APP_DIR)
             folder = str(context.run_config.get(RESUME_KEY, "") or "") if fixed is None else ""
             resume_from = resume or (resolve_path(folder) if folder else None)
+            grid = PromptGrid(grid) if flower_internals.polls_slowly(grid) else grid
             run_experiment(grid, exp, run_id=str(context.run_id), resume=resume_from)
         except ConfideError as exc:
             # One clear line; re-raised as an Exception so that Flower marks the run failed

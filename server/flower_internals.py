@@ -1,6 +1,7 @@
 """The one place Confide touches what Flower does not promise: private strategy state, the stack
-of Flower's signal handler, the in-process simulation entry point Flower 1.42 deprecates, and its
-Ray backend's actor pool (kept warm between simulations of one process).
+of Flower's signal handler, the in-process simulation entry point Flower 1.42 deprecates, its
+Ray backend's actor pool (kept warm between simulations of one process), and how often its grids
+look for replies.
 
 Everything here is pinned by tests/flower_contract/, so a Flower upgrade that moves any of it
 fails there first, with a message naming what changed. Nothing outside this module reads or
@@ -62,6 +63,16 @@ def exiting_signal() -> int | None:
             return int(frame.f_locals["signalnum"])
         frame = frame.f_back
     return None
+
+
+# Flower's in-memory (simulation) grid looks for replies every ``pull_interval`` seconds (0.1);
+# its grid to a remote SuperLink has no such attribute and looks every 3 s.
+PULL_INTERVAL = "pull_interval"
+
+
+def polls_slowly(grid: Any) -> bool:
+    """Whether ``grid`` waits seconds between looks for replies (so server/prompt_grid.py helps)."""
+    return getattr(grid, PULL_INTERVAL, None) is None
 
 
 def run_in_process(**kwargs: Any) -> None:

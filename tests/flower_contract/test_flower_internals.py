@@ -3,7 +3,8 @@ against the installed Flower. A Flower upgrade that changes any of it fails here
 assertion saying what Confide needs: FedAvgM's momentum list and FedAdam's moment dicts (saved in
 checkpoints and restored on resume), the signal handler Confide reads the signal from, the
 in-process simulation entry point and its arguments, the SecAgg+ workflow names server/secagg.py
-uses, and the actor-pool sizing function simulations/ray_cluster.py caps. Expected values are
+uses, the actor-pool sizing function simulations/ray_cluster.py caps, and how often Flower's
+grids look for replies (server/prompt_grid.py). Expected values are
 computed by hand from the updates."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import inspect
 import time
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -103,6 +105,25 @@ def test_the_in_process_simulation_takes_the_arguments_confide_passes() -> None:
     assert {"server_app", "client_app", "num_supernodes", "backend_config"} <= set(params), (
         "flwr.simulation.run_simulation changed its arguments (simulations/local.py passes these)"
     )
+
+
+def test_the_simulation_grid_looks_for_replies_often_and_the_remote_one_every_3_s() -> None:
+    """server/app.py wraps only a grid without ``pull_interval`` (Flower's remote grid, which
+    sleeps 3 s between looks) in PromptGrid; the in-memory grid already looks every 0.1 s. If
+    Flower's remote grid looks often itself, PromptGrid is no longer needed."""
+    from flwr.superlink.grid.http_grid import HttpGrid
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    assert inspect.signature(InMemoryGrid.__init__).parameters["pull_interval"].default == 0.1, (
+        "Flower's in-memory grid no longer looks for replies every 0.1 s by default"
+    )
+    assert "pull_interval" not in inspect.signature(HttpGrid.__init__).parameters
+    assert "time.sleep(3)" in inspect.getsource(HttpGrid.send_and_receive), (
+        "Flower's remote grid no longer waits 3 s between looks for replies: server/prompt_grid.py may go"
+    )
+    no_state = SimpleNamespace(state=lambda: None)
+    assert not flower_internals.polls_slowly(InMemoryGrid(no_state))  # type: ignore[arg-type]
+    assert flower_internals.polls_slowly(HttpGrid(token="t"))
 
 
 def test_the_secagg_workflow_names_confide_uses_exist() -> None:
