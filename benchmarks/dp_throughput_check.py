@@ -100,7 +100,7 @@ VARIANT_NAMES = {
     "hooks": "DP, Opacus hooks",
     "ghost": "DP, Opacus ghost",
     "bookkeeping": "DP, **book-keeping** (default)",
-    "bookkeeping-capped": "DP, book-keeping, physical batches <= batch size",
+    "bookkeeping-unsplit": "DP, book-keeping, Poisson batches in one pass",
     "lora": "LoRA r=8, non-private",
     "lora-ghost": "LoRA r=8 + DP, ghost",
     "lora-bookkeeping": "LoRA r=8 + DP, **book-keeping**",

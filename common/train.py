@@ -133,6 +133,15 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+@dataclass(frozen=True)
+class PhysicalBatches:
+    """Several forward/backward passes per optimizer step: DP-SGD processes a large Poisson batch
+    as physical batches, and the optimizer adds noise and steps on the last of them only."""
+
+    planned: int  # the optimizer steps the round will take
+    stepped: Callable[[], bool]  # after ``optimizer.step()``: whether it took a step
+
+
 def planned_steps(loader: DataLoader, cfg: TrainConfig) -> int:
     """The optimizer steps a round will take (Poisson loaders: their expected batch count)."""
     try:
@@ -152,6 +161,7 @@ def train(
     proximal_mu: float = 0.0,
     augment: Callable[[Batch], Batch] | None = None,
     empty_step: Callable[[], None] | None = None,
+    physical: PhysicalBatches | None = None,
 ) -> TrainResult:
     """Run local training; returns the mean training loss over the steps taken (without any
     proximal term, which ``proximal_mu`` > 0 adds to the objective: FedProx).
@@ -163,6 +173,8 @@ def train(
     the exponential moving average of its weights over the round's steps (``WeightAverage``).
     ``empty_step`` replaces the forward, backward and step for an empty (Poisson) batch: DP-SGD's
     noise-only step, which some layers (GroupNorm, per-sample convolution gradients) cannot run.
+    With ``physical``, a batch after which the optimizer did not step is part of the next step:
+    steps, ``train.max_steps``, the average and the progress count optimizer steps, not batches.
     """
     optimizer = optimizer or make_optimizer(model, cfg, proximal_mu)
     loss_fn = loss_fn or _loss(cfg, loader)
@@ -172,9 +184,10 @@ def train(
     # fp16 needs loss scaling (bf16 has fp32's range); private steps never autocast (config refuses).
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     start = time.perf_counter()
-    total_loss, seen, steps = 0.0, 0, 0
+    total_loss, seen, steps, step_records = 0.0, 0, 0, 0
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
-    progress = Progress(planned_steps(loader, cfg), cfg.progress_seconds)
+    planned = planned_steps(loader, cfg) if physical is None else physical.planned
+    progress = Progress(planned, cfg.progress_seconds)
     for _ in range(cfg.local_epochs):
         for batch in loader:
             if not isinstance(batch, dict):  # pragma: no cover - DP loaders give empty batches structure
@@ -203,12 +216,16 @@ def train(
                 scaler.update()
             else:
                 optimizer.step()
-            if ema is not None:
-                ema.update()
             total_loss += float(loss.detach()) * n if n else 0.0
             seen += n
+            step_records += n
+            if physical is not None and not physical.stepped():
+                continue  # the weights did not move: the next batch belongs to the same step
+            if ema is not None:
+                ema.update()
             steps += 1
-            progress.step(n)
+            progress.step(step_records)
+            step_records = 0
             if cfg.max_steps and steps >= cfg.max_steps:
                 break
         if cfg.max_steps and steps >= cfg.max_steps:

@@ -376,21 +376,24 @@ def test_the_dp_loader_yields_the_planned_batches_per_epoch() -> None:
 # --------------------------------------------------------------------------- physical batches
 
 
-@pytest.mark.parametrize("mode", ["bookkeeping", "ghost", "hooks"])
-def test_physical_batches_give_the_same_dp_steps(mode: str) -> None:
+@pytest.mark.parametrize(("mode", "max_steps"), [("bookkeeping", 0), ("ghost", 0), ("hooks", 0), ("bookkeeping", 3)])
+def test_physical_batches_give_the_same_dp_steps(mode: str, max_steps: int) -> None:
     """privacy.max_physical_batch_size: the same Poisson batches and the same noise (seeded here, as
     only a test may) split into physical batches of 5 end at the same weights as unsplit batches of
-    ~16, and the accountant records the same logical steps: only memory changes, not the DP step."""
+    ~16, and the accountant records the same logical steps: only memory changes, not the DP step.
+    train.max_steps counts those steps, not physical batches, and so does the round's result."""
     from common.privacy.governance.dpsgd import physical_batches
     from common.privacy.mechanism.clipping import make_private
+    from common.train import PhysicalBatches, planned_steps
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (64, 1, 6, 6)).astype(np.uint8)
     raw = RawData(labels=rng.integers(0, 3, 64).astype(np.int64), images=images)
-    cfg = config_mod.load(None, {"train.optimizer": "sgd", "train.lr": 0.5, "train.momentum": 0.0}).train
+    train_keys = {"train.optimizer": "sgd", "train.lr": 0.5, "train.momentum": 0.0, "train.max_steps": max_steps}
+    cfg = config_mod.load(None, train_keys).train
     ds = make_dataset(raw, config_mod.load(None).model)
-    finals, steps = [], []
-    for size in (0, 5):
+    finals, steps, results = [], [], []
+    for size in (64, 5):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(64, 3))
         step = make_private(
@@ -406,16 +409,40 @@ def test_physical_batches_give_the_same_dp_steps(mode: str) -> None:
                     sizes.append(int(batch["labels"].shape[0]))
                     yield batch
 
+            physical = PhysicalBatches(planned_steps(step.loader, cfg), step.stepped)
             with physical_batches(step, size) as loader:
-                train(model, seen(loader), cfg, optimizer=step.optimizer, loss_fn=step.criterion)
+                result = train(model, seen(loader), cfg, optimizer=step.optimizer, loss_fn=step.criterion,
+                               physical=physical)  # fmt: skip
         finally:
             step.close()
         finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
         steps.append(sum(k for _, _, k in step.accountant.history))
-        if size:  # physical batches of at most 5, more of them than logical steps
-            assert max(sizes) <= 5 and len(sizes) > 4
-    assert steps[0] == steps[1] == 4  # 64 records / expected batch 16: 4 logical steps either way
+        results.append(result)
+        if size == 5:  # physical batches of at most 5, more of them than logical steps
+            assert max(sizes) <= 5 and len(sizes) > (max_steps or 4)
+    expected = max_steps or 4  # 64 records / expected batch 16: 4 logical steps either way
+    assert steps[0] == steps[1] == results[0].steps == results[1].steps == expected
+    assert results[0].num_examples == results[1].num_examples  # the same records, whole Poisson batches
     assert torch.allclose(finals[0], finals[1], atol=1e-5)
+
+
+@pytest.mark.parametrize(("cap", "largest"), [(0, 4), (2, 2)])
+def test_a_dp_round_never_runs_more_records_at_once_than_its_bound(tmp_path: Path, cap: int, largest: int) -> None:
+    """By default a Poisson batch above train.batch_size is run as two passes of one DP step, so a
+    DP site never holds more records' activations than a non-private step of the same batch size;
+    privacy.max_physical_batch_size bounds it lower. The ledger keeps the round's planned steps."""
+    exp = exp_config(**{"train.batch_size": 4, "privacy.max_physical_batch_size": cap})
+    model, passes = mlp(), []
+    training = lambda _, args: passes.append(int(args[0].shape[0])) if torch.is_grad_enabled() else None  # noqa: E731
+    model.register_forward_pre_hook(training)
+    with study_noise_seeds(itertools.repeat(3).__next__):
+        train_private(
+            model, site_data(64), exp.train, exp.privacy, rounds=1, ledger=Ledger.open(tmp_path / "l.json"),
+            policy=SIMULATION, site="s", run="r", server_round=1,
+        )  # fmt: skip
+    steps = sum(e["steps"] for e in Ledger.open(tmp_path / "l.json").entries)
+    assert steps == 16 and max(passes) <= largest
+    assert len(passes) > steps  # some sampled batches took two passes or more
 
 
 # --------------------------------------------------------------------------- augmentation multiplicity

@@ -36,7 +36,8 @@ class PrivacyConfig:
     # reused layers: common/privacy/mechanism/clipping.py). All give the same DP-SGD step.
     grad_sample_mode: Literal["auto", "bookkeeping", "ghost", "hooks"] = "auto"
     # Split each Poisson-sampled batch into physical batches of at most this many records (Opacus's
-    # BatchMemoryManager): large expected batches in bounded memory, the same DP step (0: no split).
+    # BatchMemoryManager): the same DP step in bounded memory. 0: train.batch_size, so a Poisson batch
+    # above its expected size never holds more activations than a non-private step of that size.
     max_physical_batch_size: int = 0
 
     # central mode: Flower's DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping

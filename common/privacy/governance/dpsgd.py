@@ -30,7 +30,7 @@ from common.privacy.governance.policy import SitePolicy
 from common.privacy.mechanism.accounting import calibrate, calibrate_rest, check_delta, default_delta, epsilon
 from common.privacy.mechanism.clipping import PrivateStep, choose_mode, make_private
 from common.privacy.mechanism.randomness import secret_generator
-from common.train import TrainResult, logits, make_optimizer, train
+from common.train import PhysicalBatches, TrainResult, logits, make_optimizer, planned_steps, train
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +280,11 @@ def _train_round(
     clip = _ClipCounter(step.norms, cfg.max_grad_norm, mode)
     hook = _then(average_copies(model, copies), clip) if copies > 1 else clip
     try:
-        with physical_batches(step, cfg.max_physical_batch_size) as loader:
+        physical = PhysicalBatches(planned_steps(step.loader, train_cfg), step.stepped)
+        with physical_batches(step, cfg.max_physical_batch_size or train_cfg.batch_size) as loader:
             result = train(
                 model, loader, train_cfg, optimizer=step.optimizer, loss_fn=step.criterion, step_hook=hook,
-                augment=augment, empty_step=noise_only_step(step, model),
+                augment=augment, empty_step=noise_only_step(step, model), physical=physical,
             )  # fmt: skip
     finally:
         step.close()
@@ -352,7 +353,8 @@ def physical_batches(step: PrivateStep, size: int) -> contextlib.AbstractContext
     """The private loader, split by Opacus's BatchMemoryManager into physical batches of at most
     ``size`` records when ``size`` > 0: the optimizer accumulates the clipped per-sample gradients
     and adds noise and steps once per sampled (logical) batch, so the DP step and its accounting are
-    unchanged; only peak memory is bounded. ``train.max_steps`` then counts physical batches."""
+    unchanged; only peak memory is bounded. Steps and ``train.max_steps`` count optimizer steps
+    (``common.train.PhysicalBatches``)."""
     if not size:
         return contextlib.nullcontext(step.loader)
     from opacus.utils.batch_memory_manager import BatchMemoryManager

@@ -181,6 +181,11 @@ class PrivateStep:
     norms: Callable[[], torch.Tensor]  # per-sample gradient norms of the last step
     close: Callable[[], None]
 
+    def stepped(self) -> bool:
+        """After ``optimizer.step()``: whether the optimizer noised and stepped. Under physical
+        batches it only accumulates the clipped sum until its Poisson batch's last one."""
+        return not getattr(self.optimizer, "_is_last_step_skipped", False)
+
 
 def make_private(
     model: nn.Module,
