@@ -110,10 +110,18 @@ def warm_simulation_actors(shared_ray_head: ray_head.RayHead) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def sim_tier_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sim-tier test's simulations attach to the session's Ray head rather than starting a
-    private Ray each (10-25 s apiece). Its workers get what a private Ray's workers would inherit
-    from this process: the CONFIDE_* variables the test set. A test that unsets RAY_ADDRESS, or
-    names another cluster, still gets what it asks for."""
-    if tiers.tier_of(request.node) != tiers.SIM or os.environ.get(PRIVATE_RAY_ENV) or os.environ.get("RAY_ADDRESS"):
+    private Ray each (10-25 s apiece). A test that unsets RAY_ADDRESS, or names another cluster,
+    still gets what it asks for."""
+    if tiers.tier_of(request.node) == tiers.SIM:
+        attach_to_shared_ray(request, monkeypatch)
+
+
+def attach_to_shared_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's simulations from here on (until ``monkeypatch`` is undone) run on the
+    session's Ray head, with its kept actors. Their workers get what a private Ray's workers would
+    inherit from this process: the CONFIDE_* variables set at the time. Processes this test starts
+    are not affected unless it passes them RAY_ADDRESS."""
+    if os.environ.get(PRIVATE_RAY_ENV) or os.environ.get("RAY_ADDRESS"):
         return
     head = request.getfixturevalue("shared_ray_head")
     if not os.environ.get(COLD_ACTORS_ENV):

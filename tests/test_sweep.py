@@ -40,7 +40,7 @@ from simulations.study.cellstore import RESULT, atomic_write, cell_dir, load_res
 from simulations.study.sweep import main as sweep_main
 from simulations.study.sweep import reaudit_sweep, run_sweep
 from simulations.study.sweep_spec import build_sweep, load_sweep
-from tests.conftest import REPO
+from tests.conftest import REPO, attach_to_shared_ray
 from tests.test_report import assert_rendered_with_plots, needs_chromium, screenshot
 
 BASE = {
@@ -248,8 +248,9 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def interrupted_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Start the sweep CLI, interrupt it once its first cell is done, then rerun it to the end."""
+def interrupted_sweep(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict:
+    """Start the sweep CLI, interrupt it once its first cell is done (its own private Ray, as a
+    user's sweep has), then rerun it to the end in this process (on the tests' shared Ray head)."""
     root = tmp_path_factory.mktemp("sweep")
     file, out = root / "tiny.yaml", root / "out"
     file.write_text(json.dumps(TINY))
@@ -275,7 +276,9 @@ def interrupted_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     before = {"mtime": first.stat().st_mtime_ns, "runs": sorted((first.parent / "runs").iterdir())}
     done_after_interrupt = [load_result(cell_dir(out, c.id), c.id) is not None for c in sweep.cells]
     lines: list[str] = []
-    counts = run_sweep(sweep, out, echo=lines.append)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        attach_to_shared_ray(request, monkeypatch)
+        counts = run_sweep(sweep, out, echo=lines.append)
     return {
         "sweep": sweep,
         "out": out,
@@ -347,10 +350,16 @@ def test_sweep_report_renders_in_headless_chromium(interrupted_sweep: dict, tmp_
 
 @pytest.mark.system
 @pytest.mark.slow
-def test_same_sweep_and_seed_give_the_same_results(interrupted_sweep: dict, tmp_path: Path) -> None:
+def test_same_sweep_and_seed_give_the_same_results(
+    interrupted_sweep: dict, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The DP cell rerun from scratch in another folder: same metrics (not wall time), same curve.
-    The sites' cumulative epsilon is left out: it is whatever the ledgers in the state folder hold
-    (this test's own folder, not the fixture's), never less than what the job spent."""
+    The first run was the sweep CLI's own process on a private Ray; this one runs in this process
+    on actors other simulations used before, so it also shows that nothing carries over between
+    simulations on kept actors. The sites' cumulative epsilon is left out: it is whatever the
+    ledgers in the state folder hold (this test's own folder, not the fixture's), never less than
+    what the job spent."""
+    attach_to_shared_ray(request, monkeypatch)
     sweep = interrupted_sweep["sweep"]
     one = dataclasses.replace(sweep, cells=sweep.cells[:1])
     run_sweep(one, tmp_path / "again", report=False, echo=lambda _: None)
