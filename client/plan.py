@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from common import logs
-from common.cli import Parser, existing_file, prog, refuse, require
+from common.cli import Parser, existing_file, parse_sets, prog, refuse, require
 from common.config import ExperimentConfig
 from common.errors import ConfideError
 
@@ -60,17 +60,6 @@ def _parser() -> Parser:
         help="batches of the site's records for the clip-fraction probe (0: none; default 3)",
     )  # fmt: skip
     return parser
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        require("=" in item, f"--set expects key=value, got '{item}'")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def parse_records(items: list[str]) -> list[int]:

@@ -12,7 +12,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from common.errors import ConfideError
 
@@ -25,6 +25,24 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise ConfideError(f"{message} ({self.prog} --help)")
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` overrides by key, each value read as YAML (``0.01``, ``[a, b]``, ``off``)."""
+    import yaml
+
+    from common.yamlfile import loads, yaml_reason
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfideError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = loads(value)
+        except yaml.YAMLError as exc:
+            raise ConfideError(f"--set {key.strip()}: {value!r} is not a YAML value: {yaml_reason(exc)}") from None
+    return out
 
 
 def refuse(exc: BaseException | str) -> int:

@@ -4,10 +4,15 @@ be wrong, never a traceback and never a silent choice.
 PyYAML keeps the last of two equal keys in a mapping, so a file with ``rounds: 1000`` written twice
 would run whichever came last; here a repeated key is refused with both line numbers. An empty or
 comment-only file is refused too (it would otherwise run the default job).
+
+Only ``true`` and ``false`` are booleans, as in YAML 1.2. PyYAML follows YAML 1.1, where ``off``,
+``on``, ``yes`` and ``no`` are booleans too: ``baseline.features: off`` or ``--set privacy.mode=off``
+would reach the config as ``False`` and be refused as "not a string".
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     )
                 first[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def loads(text: str) -> Any:

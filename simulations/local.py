@@ -24,10 +24,11 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from common import config as config_mod
 from common import logs, stopping
+from common.cli import parse_sets
 from common.config import ExperimentConfig
 from common.errors import ConfideError, RunFailed, exit_code
 from common.rundir import INCOMPLETE, failure_of
@@ -113,18 +114,6 @@ def simulate(
 def _runs(exp: ExperimentConfig) -> set[Path]:
     base = config_mod.resolve_path(exp.output_dir)
     return {p for p in base.iterdir() if (p / "config.yaml").is_file()} if base.exists() else set()
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfideError(f"--set expects key=value, got '{item}'")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def _interrupt(signum: int, _frame: object) -> None:
