@@ -238,7 +238,10 @@ def test_flwr_stop_records_why_keeps_the_run_resumable_and_ends_its_processes(tm
     if port_in_use(LOCAL_CONTROL_PORT):
         pytest.skip("a local Flower SuperLink is already running on 127.0.0.1:39093; stop it to run this test")
     flwr = str(Path(sys.executable).parent / "flwr")
-    config = "data.num_sites=2 strategy.rounds=6 data.max_samples=300 model.name='resnet8' faults.straggler_delay=3"
+    config = (  # no baseline: its rounds (each one straggler_delay long) would come before the job's
+        "data.num_sites=2 strategy.rounds=6 data.max_samples=300 model.name='resnet8' faults.straggler_delay=3 "
+        "baseline.features='off'"
+    )
     cmd = [flwr, "run", str(REPO), "--stream", "--federation-config", "num-supernodes=2", "--run-config", config]
     env, home, runs = flwr_env(tmp_path), tmp_path / "flwr-home", tmp_path / "runs"
     job = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

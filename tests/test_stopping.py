@@ -69,7 +69,9 @@ def test_descendants_walks_the_tree_and_only_it(tmp_path: Path) -> None:
 @pytest.mark.system
 @pytest.mark.slow
 def test_ctrl_c_records_the_stop_and_ends_the_ray_processes(tmp_path: Path) -> None:
+    # No baseline: its 50 rounds would come before the job's, and the stop is the point here.
     sets = ["data.num_sites=2", "strategy.min_sites=2", "data.max_samples=400", "strategy.rounds=50"]
+    sets.append("baseline.features=off")
     cmd = [sys.executable, "-m", "simulations.local", str(REPO / "simulations/configs/default.yaml")]
     cmd += [f"--set={s}" for s in sets]
     env = {**os.environ, "CONFIDE_ROOT": str(tmp_path), "PYTHONPATH": str(REPO)}
