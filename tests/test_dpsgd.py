@@ -384,7 +384,6 @@ def test_physical_batches_give_the_same_dp_steps(mode: str, max_steps: int) -> N
     train.max_steps counts those steps, not physical batches, and so does the round's result."""
     from common.privacy.governance.dpsgd import physical_batches
     from common.privacy.mechanism.clipping import make_private
-    from common.train import PhysicalBatches, planned_steps
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (64, 1, 6, 6)).astype(np.uint8)
@@ -409,8 +408,7 @@ def test_physical_batches_give_the_same_dp_steps(mode: str, max_steps: int) -> N
                     sizes.append(int(batch["labels"].shape[0]))
                     yield batch
 
-            physical = PhysicalBatches(planned_steps(step.loader, cfg), step.stepped)
-            with physical_batches(step, size) as loader:
+            with physical_batches(step, size, cfg) as (loader, physical):
                 result = train(model, seen(loader), cfg, optimizer=step.optimizer, loss_fn=step.criterion,
                                physical=physical)  # fmt: skip
         finally:

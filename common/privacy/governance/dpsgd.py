@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -280,8 +280,8 @@ def _train_round(
     clip = _ClipCounter(step.norms, cfg.max_grad_norm, mode)
     hook = _then(average_copies(model, copies), clip) if copies > 1 else clip
     try:
-        physical = PhysicalBatches(planned_steps(step.loader, train_cfg), step.stepped)
-        with physical_batches(step, cfg.max_physical_batch_size or train_cfg.batch_size) as loader:
+        bound = cfg.max_physical_batch_size or train_cfg.batch_size
+        with physical_batches(step, bound, train_cfg) as (loader, physical):
             result = train(
                 model, loader, train_cfg, optimizer=step.optimizer, loss_fn=step.criterion, step_hook=hook,
                 augment=augment, empty_step=noise_only_step(step, model), physical=physical,
@@ -349,17 +349,20 @@ def _then(*hooks: Callable[[Batch], None]) -> Callable[[Batch], None]:
     return run
 
 
-def physical_batches(step: PrivateStep, size: int) -> contextlib.AbstractContextManager[DataLoader]:
-    """The private loader, split by Opacus's BatchMemoryManager into physical batches of at most
-    ``size`` records when ``size`` > 0: the optimizer accumulates the clipped per-sample gradients
-    and adds noise and steps once per sampled (logical) batch, so the DP step and its accounting are
-    unchanged; only peak memory is bounded. Steps and ``train.max_steps`` count optimizer steps
-    (``common.train.PhysicalBatches``)."""
-    if not size:
-        return contextlib.nullcontext(step.loader)
+@contextlib.contextmanager
+def physical_batches(
+    step: PrivateStep, size: int, train_cfg: TrainConfig
+) -> Iterator[tuple[DataLoader, PhysicalBatches]]:
+    """The private loader split by Opacus's BatchMemoryManager into physical batches of at most
+    ``size`` records, and what ``common.train.train`` needs to count its optimizer steps. The
+    optimizer accumulates the clipped per-sample gradients and adds noise and steps once per
+    sampled (logical) batch, so the DP step and its accounting are unchanged; only peak memory is
+    bounded, and steps and ``train.max_steps`` count optimizer steps, not passes."""
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
-    return BatchMemoryManager(data_loader=step.loader, max_physical_batch_size=size, optimizer=step.optimizer)
+    physical = PhysicalBatches(planned_steps(step.loader, train_cfg), step.stepped)
+    with BatchMemoryManager(data_loader=step.loader, max_physical_batch_size=size, optimizer=step.optimizer) as loader:
+        yield loader, physical
 
 
 def _round_stats(
